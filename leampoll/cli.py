@@ -1,0 +1,40 @@
+"""The `leampoll` command: parse, set up logging, hand over to the worker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from leampoll.config import ConfigError, load
+
+
+def setup_logging(debug: bool) -> None:
+    """One line per event on stderr (Supervisor keeps and rotates it)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load(argv)
+    except ConfigError as exc:
+        print(f"leampoll: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(config.debug)
+    if config.check:
+        from leampoll import check
+
+        return check.run(config)
+    from leampoll.worker import Worker
+
+    try:
+        return Worker(config).run()
+    except OSError as exc:
+        logging.getLogger("leampoll").error("cannot run: %s", exc)
+        return 1

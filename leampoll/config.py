@@ -1,0 +1,230 @@
+"""Command line and configuration: everything the poller is told, checked once.
+
+The old poller's flags keep their names and meanings; new ones are long-only.
+Credentials come from PORTAL_USER / PORTAL_PASSWORD; -U/-X still work but put
+the password where `ps` shows it, so they are discouraged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from leampoll import __version__
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+class ConfigError(Exception):
+    """A configuration the poller cannot start with; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Size:
+    """A threshold: an absolute byte (or inode) count, or a share of the total."""
+
+    value: float
+    percent: bool = False
+
+    def bytes_of(self, total: int) -> int:
+        """The absolute threshold for a resource of `total` units."""
+        return int(total * self.value / 100) if self.percent else int(self.value)
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else human(self.value)
+
+
+def parse_size(text: str, units: bool = True) -> Size:
+    """Parse '5G', '512M', '1.5T', '100' or '15%' (suffixes are powers of 1024)."""
+    match = _PERCENT.match(text)
+    if match:
+        value = float(match.group(1))
+        if value > 100:
+            raise ValueError(f"{text!r}: a percentage cannot exceed 100%")
+        return Size(value, percent=True)
+    match = _SIZE.match(text)
+    if not match or (match.group(2) and not units):
+        raise ValueError(f"{text!r} is not a size (a number with K/M/G/T, or a percentage)")
+    return Size(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def human(n: float) -> str:
+    """Bytes as a short figure with a 1024-based unit, e.g. 5.0G."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The poller's settings after validation."""
+
+    site: str
+    user: str
+    password: str
+    workdir: Path
+    popq: str = "/pop_queue"
+    speed: float = 20.0
+    idle: int = 0
+    preserve: bool = False
+    debug: bool = False
+    min_free_disk: Size = Size(5 * 1024**3)
+    min_free_mem: Size = Size(1024**3)
+    min_free_inodes: Size = Size(10_000)
+    job_timeout: float = 0.0
+    checkout_timeout: float = 900.0
+    max_backoff: float = 600.0
+    grace: float = 10.0
+    keep_failed: int = 20
+    keep_logs: int = 200
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    once: bool = False
+    check: bool = False
+    metrics_file: Path | None = None
+    project: str = ""
+
+    @property
+    def pop_url(self) -> str:
+        return self.site.rstrip("/") + "/" + self.popq.lstrip("/")
+
+    @property
+    def state_dir(self) -> Path:
+        """Per-workdir state: current job, pending reports, status, counters."""
+        return self.workdir / ".leampoll"
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number >= 0")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 0")
+    return value
+
+
+def _size(text: str) -> Size:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _inodes(text: str) -> Size:
+    try:
+        return parse_size(text, units=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="leampoll",
+        description="Poll a LEAM Planning Portal for queued jobs, run them and report back.",
+        epilog="Credentials: PORTAL_USER and PORTAL_PASSWORD in the environment.",
+    )
+    p.add_argument("site", nargs="?", metavar="SITE_URL", help="the portal's root URL")
+    p.add_argument("-s", "--speed", type=_seconds, default=20.0, metavar="SECONDS",
+                   help="poll interval while the queue is empty (default 20)")
+    p.add_argument("-i", "--idle", type=_count, default=0, metavar="N",
+                   help="exit 0 after N consecutive empty polls; 0 = never")
+    p.add_argument("-q", "--popq", default="/pop_queue", metavar="PATH",
+                   help="path of the pop view below the site (default /pop_queue)")
+    p.add_argument("-p", "--preserve", action="store_true",
+                   help="keep the run directories of successful jobs")
+    p.add_argument("-U", "--user", help="portal user (prefer PORTAL_USER)")
+    p.add_argument("-X", "--password",
+                   help="portal password (discouraged: visible in ps; use PORTAL_PASSWORD)")
+    p.add_argument("-u", "--userdata", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-d", "--debug", action="store_true", help="log debug lines")
+    p.add_argument("-v", "--version", action="version", version=f"leampoll {__version__}")
+    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="where run directories are made (default: current directory)")
+    p.add_argument("--min-free-disk", type=_size, default=Size(5 * 1024**3), metavar="SIZE",
+                   help="hold popping below this free space on the workdir (default 5G)")
+    p.add_argument("--min-free-mem", type=_size, default=Size(1024**3), metavar="SIZE",
+                   help="hold popping below this available memory (default 1G)")
+    p.add_argument("--min-free-inodes", type=_inodes, default=Size(10_000), metavar="N",
+                   help="hold popping below this many free inodes (default 10000, or N%%)")
+    p.add_argument("--job-timeout", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="kill a job after this long; 0 = never (default)")
+    p.add_argument("--checkout-timeout", type=_seconds, default=900.0, metavar="SECONDS",
+                   help="give up a checkout after this long (default 900)")
+    p.add_argument("--max-backoff", type=_seconds, default=600.0, metavar="SECONDS",
+                   help="cap of the wait after portal errors (default 600)")
+    p.add_argument("--grace", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="time a job gets between TERM and KILL when stopped (default 10)")
+    p.add_argument("--keep-failed", type=_count, default=20, metavar="N",
+                   help="keep at most N run directories of failed jobs (default 20)")
+    p.add_argument("--keep-logs", type=_count, default=200, metavar="N",
+                   help="keep at most N job logs (default 200)")
+    p.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="read timeout of portal requests (default 60)")
+    p.add_argument("--project", default="", help="name of the project (default: workdir name)")
+    p.add_argument("--metrics-file", type=Path, default=None, metavar="PATH",
+                   help="write Prometheus metrics to PATH after every cycle")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true",
+                      help="at most one guard/pop/run/report cycle, then exit")
+    mode.add_argument("--check", action="store_true",
+                      help="check configuration, workdir, guards and portal; pop nothing")
+    return p
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate; raise ConfigError with one clear line when unusable."""
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    if not args.site:
+        raise ConfigError("no portal URL given (leampoll [options] SITE_URL)")
+    parts = urllib.parse.urlsplit(args.site)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"portal URL must be http(s)://host/...: {args.site!r}")
+    if parts.username or parts.password:
+        raise ConfigError("put credentials in PORTAL_USER/PORTAL_PASSWORD, not in the URL")
+    user = args.user or env.get("PORTAL_USER", "")
+    password = args.password or env.get("PORTAL_PASSWORD", "")
+    if not user or not password:
+        raise ConfigError("portal credentials missing: set PORTAL_USER and PORTAL_PASSWORD")
+    workdir = (args.workdir or Path.cwd()).absolute()
+    if args.speed <= 0 and not args.once:
+        raise ConfigError("--speed must be greater than 0")
+    return Config(
+        site=args.site.rstrip("/"),
+        user=user,
+        password=password,
+        workdir=workdir,
+        popq=args.popq,
+        speed=args.speed,
+        idle=args.idle,
+        preserve=args.preserve,
+        debug=args.debug,
+        min_free_disk=args.min_free_disk,
+        min_free_mem=args.min_free_mem,
+        min_free_inodes=args.min_free_inodes,
+        job_timeout=args.job_timeout,
+        checkout_timeout=args.checkout_timeout,
+        max_backoff=max(args.max_backoff, 0.1),
+        grace=args.grace,
+        keep_failed=args.keep_failed,
+        keep_logs=args.keep_logs,
+        read_timeout=args.timeout,
+        once=args.once,
+        check=args.check,
+        metrics_file=args.metrics_file,
+        project=args.project or workdir.name,
+    )

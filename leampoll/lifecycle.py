@@ -1,0 +1,85 @@
+"""Signals, in one place, and the one wait primitive everything sleeps in.
+
+SIGTERM/SIGINT ask for a cold stop (stop the job, hand it back, exit);
+SIGUSR1 asks for a warm stop (finish the job, pop nothing more, exit 0).
+Every wait - the idle sleep, a backoff, a running job - goes through
+`Lifecycle.wait`, which wakes at once on any signal or child exit: Python's
+handlers only set flags, and `signal.set_wakeup_fd` turns each signal into a
+byte on a pipe that `select` watches. So a stop never waits out a sleep, and a
+finished job is noticed without polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+
+log = logging.getLogger("leampoll")
+
+WARM = "warm"
+COLD = "cold"
+
+
+class Lifecycle:
+    """The poller's stop state, set only by signal handlers."""
+
+    def __init__(self) -> None:
+        self.stop: str | None = None
+        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        for sig, handler in (
+            (signal.SIGTERM, self._cold),
+            (signal.SIGINT, self._cold),
+            (signal.SIGUSR1, self._warm),
+            (signal.SIGCHLD, self._child),  # only to wake wait(); Popen reaps
+        ):
+            self._previous[sig] = signal.signal(sig, handler)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(-1)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    def _cold(self, signum: int, _frame: object) -> None:
+        if self.stop != COLD:
+            self.stop = COLD
+            log.info("%s: stopping (a running job is stopped and handed back)",
+                     signal.Signals(signum).name)
+
+    def _warm(self, _signum: int, _frame: object) -> None:
+        if self.stop is None:
+            self.stop = WARM
+            log.info("SIGUSR1: draining (the running job finishes, nothing more is popped)")
+
+    def _child(self, _signum: int, _frame: object) -> None:
+        pass
+
+    def wait(self, seconds: float | None) -> None:
+        """Sleep up to `seconds` (None: until woken), waking on any signal."""
+        if seconds is not None and seconds <= 0:
+            return
+        ready, _, _ = select.select([self._read_fd], [], [], seconds)
+        if ready:
+            try:
+                while os.read(self._read_fd, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep the whole time unless a stop is asked for; True if it was."""
+        end = time.monotonic() + seconds
+        while self.stop is None:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self.wait(left)
+        return True

@@ -1,0 +1,277 @@
+"""The portal client: pop a job, report an outcome, hand a job back.
+
+Network only; it decides nothing about jobs. Answers are parsed by a pure
+function (`parse_answer`) so every hostile shape can be tested without a
+server. Popping is not idempotent, so a pop is never retried once the request
+may have reached the portal; reports are, with urllib3's Retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from leampoll import __version__
+
+log = logging.getLogger("leampoll")
+
+MAX_BODY = 1024 * 1024  # a job description is a few hundred bytes
+_FIELD_MAX = 64 * 1024
+LEGACY_CMDLINE = "python startup.py -c config.xml"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A popped job. `legacy_xml` is set for the deprecated XML answer."""
+
+    id: str
+    cmdline: str
+    repository: str = ""
+    title: str = ""
+    url: str = ""
+    on_success: str = ""
+    on_error: str = ""
+    legacy_xml: bytes | None = None
+    problem: str = ""  # why this popped job cannot run; it is reported, never executed
+
+    @property
+    def requeue_url(self) -> str:
+        return self.url.rstrip("/") + "/requeue" if self.url else ""
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in self.__dict__.items() if k != "legacy_xml"}
+        if self.legacy_xml is not None:
+            data["legacy_xml"] = self.legacy_xml.decode("utf-8", "replace")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Job:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if isinstance(fields.get("legacy_xml"), str):
+            fields["legacy_xml"] = fields["legacy_xml"].encode()
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class Empty:
+    """Nothing queued."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Not a job and not EMPTY: logged, then the poller backs off."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+Answer = Job | Empty | Refused
+
+
+def _text(data: dict, key: str) -> str:
+    value = data.get(key)
+    if isinstance(value, str) and len(value) <= _FIELD_MAX and "\x00" not in value:
+        return value
+    return ""
+
+
+def _retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def _short(body: bytes, limit: int = 80) -> str:
+    text = re.sub(r"\s+", " ", body[:400].decode("utf-8", "replace")).strip()
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def parse_answer(status: int, content_type: str, body: bytes,
+                 retry_after: str | None = None) -> Answer:
+    """Turn one pop_queue answer into a Job, Empty or Refused. Never raises."""
+    wait = _retry_after(retry_after)
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if status != 200:
+        return Refused(f"HTTP {status} ({ctype or 'no type'}: {_short(body)})", wait)
+    if len(body) > MAX_BODY:
+        return Refused(f"answer too large ({len(body)} bytes)", wait)
+    if ctype in ("application/xml", "text/xml"):
+        return _parse_xml(body)
+    if ctype != "application/json":
+        hint = " - a login page? check the credentials" if b"login" in body.lower() else ""
+        return Refused(f"unexpected content type {ctype or 'none'!r}{hint}: {_short(body)}")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return Refused(f"malformed JSON ({exc.__class__.__name__}): {_short(body)}")
+    if not isinstance(data, dict):
+        return Refused(f"JSON answer is a {type(data).__name__}, not an object")
+    state = data.get("status")
+    if state == "EMPTY":
+        return Empty()
+    if state != "OK":
+        return Refused(f"portal status {str(state)[:40]!r}")
+    return _job_from_json(data)
+
+
+def _job_from_json(data: dict) -> Job:
+    job = Job(
+        id=_text(data, "id"),
+        cmdline=_text(data, "cmdline"),
+        repository=_text(data, "repository"),
+        title=_text(data, "title"),
+        url=_text(data, "url"),
+        on_success=_text(data, "on_success"),
+        on_error=_text(data, "on_error"),
+    )
+    missing = [k for k in ("id", "cmdline") if not getattr(job, k).strip()]
+    if missing:
+        # Popped all the same: the portal now says "running", so it must be told.
+        return Job(**{**job.__dict__, "problem": "job has no " + " and no ".join(missing)})
+    return job
+
+
+def _parse_xml(body: bytes) -> Answer:
+    """The deprecated XML answer: EMPTY/ERROR as root text, or a scenario."""
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        return Refused("XML answer with a DOCTYPE/ENTITY refused")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        return Refused(f"malformed XML answer ({exc})")
+    text = (root.text or "").strip()
+    if text == "EMPTY":
+        return Empty()
+    if text == "ERROR":
+        return Refused("portal answered ERROR (legacy XML)")
+    job_id = (root.findtext("scenario/id") or "").strip()
+    repo = (root.findtext("scenario/repository") or "").strip()
+    if not job_id:
+        return Refused("legacy XML answer without scenario/id")
+    log.warning("job %s: legacy XML answer (deprecated); it cannot be reported", job_id)
+    return Job(
+        id=job_id,
+        cmdline=LEGACY_CMDLINE,
+        repository=f"svn co {repo}" if repo else "",
+        title=(root.findtext("scenario/title") or "").strip(),
+        legacy_xml=body,
+    )
+
+
+class ReportError(Exception):
+    """A report the portal did not take. Transient ones stay in the outbox;
+    permanent ones (the portal will never take it) are set aside for a human."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class PortalClient:
+    """HTTP to one portal, with one keep-alive session per purpose."""
+
+    def __init__(self, site: str, pop_url: str, user: str, password: str,
+                 connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
+        self.site = site
+        self.pop_url = pop_url
+        self.timeout = (connect_timeout, read_timeout)
+        self._origin = _origin(site)
+        agent = f"leampoll/{__version__} (+LEAM job server)"
+        # A pop may only be retried when the request never left: connect errors.
+        self._pop = _session((user, password), agent,
+                             Retry(total=2, connect=2, read=0, status=0, other=0,
+                                   backoff_factor=0.2, allowed_methods=None, raise_on_status=False))
+        # Reports are safe to repeat; retry connection trouble and proxy restarts.
+        self._report = _session((user, password), agent,
+                                Retry(total=3, connect=3, read=2, status=3,
+                                      backoff_factor=0.5, status_forcelist=(502, 503, 504),
+                                      allowed_methods=None, respect_retry_after_header=True,
+                                      raise_on_status=False))
+
+    def pop(self) -> Answer:
+        """One pop. Network failures come back as Refused, never as exceptions."""
+        try:
+            with self._pop.get(self.pop_url, timeout=self.timeout, stream=True,
+                               allow_redirects=False) as r:
+                body = _read_capped(r)
+                if body is None:
+                    return Refused("answer larger than 1 MiB")
+                return parse_answer(r.status_code, r.headers.get("Content-Type", ""), body,
+                                    r.headers.get("Retry-After"))
+        except requests.RequestException as exc:
+            return Refused(f"portal unreachable: {_why(exc)}")
+
+    def post(self, url: str, message: str) -> str:
+        """POST a report; return the portal's answer text or raise ReportError."""
+        if _origin(url) != self._origin:
+            # Credentials only ever go to the portal they belong to.
+            raise ReportError(f"report URL {url!r} is not on the portal", permanent=True)
+        try:
+            r = self._report.post(url, data={"message": message}, timeout=self.timeout,
+                                  allow_redirects=False)
+        except requests.RequestException as exc:
+            raise ReportError(f"{url}: {_why(exc)}") from None
+        if r.status_code != 200:
+            # 4xx but auth and throttling: the URL itself is wrong, retrying cannot help
+            permanent = 400 <= r.status_code < 500 and r.status_code not in (401, 403, 408, 429)
+            raise ReportError(f"{url}: HTTP {r.status_code}", permanent)
+        return r.text[:200]
+
+    def get_text(self, url: str) -> tuple[int, str]:
+        """A plain GET for --check; never used on pop_queue."""
+        r = self._report.get(url, timeout=self.timeout, allow_redirects=False)
+        return r.status_code, r.text[:400]
+
+    def close(self) -> None:
+        self._pop.close()
+        self._report.close()
+
+
+def _session(auth: tuple[str, str], agent: str, retry: Retry) -> requests.Session:
+    s = requests.Session()
+    s.auth = auth
+    s.headers["User-Agent"] = agent
+    s.trust_env = True  # proxies and CA bundles from the environment, as usual
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=1)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
+def _read_capped(r: requests.Response) -> bytes | None:
+    chunks, size = [], 0
+    for chunk in r.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _why(exc: Exception) -> str:
+    """A one-line reason without URLs' query strings or credentials."""
+    text = str(exc.__context__ or exc) if isinstance(exc, requests.ConnectionError) else str(exc)
+    return re.sub(r"\s+", " ", text)[:160]

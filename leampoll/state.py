@@ -1,0 +1,180 @@
+"""State and recovery: what must outlive the poller, in `<workdir>/.leampoll/`.
+
+- `current.json`: the job being run (written before its checkout, cleared after
+  its report is safely in the outbox). Found on start, it means the poller was
+  killed mid-job: the job is handed back before anything else is popped.
+- `outbox/`: reports not yet delivered, one file each, delivered in order.
+- `orphans.json`: how often a job was orphaned, so a job that kills its own
+  poller is reported as an error the second time instead of looping forever.
+- `status.json`: what `leampoll status` and the metrics show.
+
+Every file is written to a temporary name and renamed, so a reader never sees
+half a file and a kill never leaves one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from leampoll.portal import Job
+
+MAX_ORPHANS_KEPT = 200
+
+
+def write_json(path: Path, data: Any, mode: int = 0o600) -> None:
+    """Atomically replace path with data as JSON."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in path, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Report:
+    """An outcome on its way to the portal."""
+
+    kind: str  # success, error, requeue
+    url: str
+    message: str
+    job_id: str
+    fallback: str = ""  # where to send it if `url` refuses (requeue -> on_error)
+    created: float = 0.0
+
+
+class State:
+    """The state folder of one workdir."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.outbox = directory / "outbox"
+        self.current_path = directory / "current.json"
+        self.orphans_path = directory / "orphans.json"
+        self.status_path = directory / "status.json"
+        self._seq = 0
+
+    def ensure(self) -> None:
+        self.outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+
+    # -- the current job ---------------------------------------------------
+
+    def begin(self, job: Job, rundir: Path) -> dict:
+        record = {"job": job.to_dict(), "rundir": str(rundir), "poller_pid": os.getpid(),
+                  "started": time.time(), "groups": []}
+        write_json(self.current_path, record)
+        return record
+
+    def add_group(self, record: dict, stage: str, pgid: int) -> None:
+        """Remember a job's process group, so a restarted poller can stop it."""
+        try:
+            created = psutil.Process(pgid).create_time()
+        except psutil.Error:
+            created = 0.0
+        record["groups"].append({"stage": stage, "pgid": pgid, "created": created})
+        write_json(self.current_path, record)
+
+    def finish(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.current_path.unlink()
+
+    def orphan(self) -> dict | None:
+        """The record a killed poller left behind, if any."""
+        record = read_json(self.current_path)
+        if record is None and self.current_path.exists():
+            self.finish()  # unreadable: nothing can be done with it
+        return record if isinstance(record, dict) and "job" in record else None
+
+    # -- orphan counting ---------------------------------------------------
+
+    def count_orphaned(self, key: str) -> int:
+        """Count one more orphaning of the job `key`; return the new count."""
+        counts = read_json(self.orphans_path) or {}
+        counts[key] = counts.pop(key, 0) + 1
+        while len(counts) > MAX_ORPHANS_KEPT:
+            counts.pop(next(iter(counts)))
+        write_json(self.orphans_path, counts)
+        return counts[key]
+
+    def forget_orphan(self, key: str) -> None:
+        counts = read_json(self.orphans_path)
+        if counts and key in counts:
+            del counts[key]
+            write_json(self.orphans_path, counts)
+
+    # -- the outbox --------------------------------------------------------
+
+    def put(self, report: Report) -> Path:
+        report.created = report.created or time.time()
+        self._seq += 1
+        path = self.outbox / f"{time.time_ns():020d}-{os.getpid()}-{self._seq}.json"
+        write_json(path, asdict(report))
+        return path
+
+    def pending(self) -> list[tuple[Path, Report]]:
+        items = []
+        for path in sorted(self.outbox.glob("*.json")):
+            data = read_json(path)
+            try:
+                items.append((path, Report(**data)))
+            except TypeError:
+                path.rename(path.with_suffix(".bad"))  # keep it for a human, stop retrying
+        return items
+
+    def pending_count(self) -> int:
+        return sum(1 for _ in self.outbox.glob("*.json"))
+
+    # -- status ------------------------------------------------------------
+
+    def load_status(self) -> dict:
+        data = read_json(self.status_path)
+        return data if isinstance(data, dict) else {}
+
+    def save_status(self, status: dict) -> None:
+        write_json(self.status_path, status, mode=0o644)
+
+
+def stop_orphan_groups(record: dict, grace: float) -> list[int]:
+    """Stop what is left of an orphaned job's process groups; return the pids found.
+
+    A job runs in a session of its own, so Supervisor's killasgroup, which
+    reaches the poller's group, leaves it running. Only processes that belong
+    to the recorded group and are not younger than the record are touched,
+    so a recycled pid is never hit.
+    """
+    found: list[psutil.Process] = []
+    started = float(record.get("started", 0)) - 1
+    pgids = {int(g["pgid"]) for g in record.get("groups", []) if g.get("pgid")}
+    if not pgids:
+        return []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) in pgids and proc.create_time() >= started:
+                found.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in found]

@@ -1,0 +1,295 @@
+"""The poller's one lifecycle: recover, then guard -> pop -> run -> report, until stopped.
+
+The loop decides; the portal client, the guards, the executor and the state
+folder each do one thing for it. A popped job always ends in a report or a
+requeue: the report goes to the on-disk outbox first, and the outbox is
+emptied before the next pop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from leampoll import __version__, guards
+from leampoll.backoff import Backoff, idle_wait
+from leampoll.config import Config
+from leampoll.executor import Executor, Outcome
+from leampoll.lifecycle import COLD, Lifecycle
+from leampoll.portal import Empty, Job, PortalClient, Refused, ReportError
+from leampoll.state import Report, State, read_json, stop_orphan_groups, write_json
+
+log = logging.getLogger("leampoll")
+
+OUTCOMES = ("success", "error", "requeued")
+
+
+class Worker:
+    """One poller for one portal and one workdir."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.life = Lifecycle()
+        self.portal = PortalClient(config.site, config.pop_url, config.user, config.password,
+                                   config.connect_timeout, config.read_timeout)
+        self.state = State(config.state_dir)
+        self.executor = Executor(config.workdir, self.life, config.grace,
+                                 config.checkout_timeout, config.job_timeout)
+        self.backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
+        self.report_backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
+        self.empties = 0
+        self.holding: list[str] = []
+        self.exit_code = 0
+        self.metrics = None
+        self.status = self._initial_status()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; the exit code for the process."""
+        self.config.workdir.mkdir(parents=True, exist_ok=True)
+        self.state.ensure()
+        if self.config.metrics_file:
+            from leampoll.metrics import Metrics  # only then: the idle poller stays small
+
+            self.metrics = Metrics(self.config, self.status)
+        self.life.install()
+        log.info("leampoll %s polling %s every %gs, workdir %s", __version__,
+                 self.config.pop_url, self.config.speed, self.config.workdir)
+        try:
+            self.recover()
+            while self.life.stop is None:
+                self.cycle()
+                if self.config.once:
+                    break
+        finally:
+            self.life.uninstall()
+            self.portal.close()
+            self.status.update(state="stopped", pid=None, current=None)
+            self.publish()
+        log.info("leampoll stopped (%s)", self.life.stop or "done")
+        return self.exit_code
+
+    def cycle(self) -> None:
+        """One round: deliver reports, check guards, pop, and run what was popped."""
+        once = self.config.once
+        if not self.flush_reports():
+            self.exit_code = 1 if once else 0
+            self.wait(0 if once else self.report_backoff.next(), "backoff")
+            return
+        self.report_backoff.reset()
+        if self.guards_hold():
+            self.wait(0 if once else self.config.speed, "holding")
+            return
+        answer = self.portal.pop()
+        if not isinstance(answer, Refused):
+            self.status["last_poll"] = time.time()
+            self.backoff.reset()
+        if isinstance(answer, Empty):
+            self.empties += 1
+            log.debug("queue empty (%d in a row)", self.empties)
+            if self.config.idle and self.empties >= self.config.idle:
+                log.info("%d empty polls in a row: exiting (--idle)", self.empties)
+                self.life.stop = "idle"
+            else:
+                self.wait(0 if once else idle_wait(self.config.speed), "idle")
+        elif isinstance(answer, Refused):
+            wait = self.backoff.next(answer.retry_after)
+            log.warning("portal: %s; next try in %.1fs", answer.reason, wait)
+            self.exit_code = 1 if once else 0
+            self.wait(0 if once else wait, "backoff")
+        else:
+            self.empties = 0
+            self.handle(answer)  # then straight back to the queue: a backlog drains at once
+
+    def wait(self, seconds: float, why: str) -> None:
+        self.status["state"] = why
+        self.publish()
+        self.life.sleep(seconds)
+
+    # -- guards ----------------------------------------------------------------
+
+    def guards_hold(self) -> bool:
+        readings = guards.check(self.config)
+        held = guards.holding(readings)
+        names = [r.guard for r in held]
+        self.status["guard"] = {"holding": names,
+                                "readings": {r.guard: [r.free, r.total, r.required]
+                                             for r in readings}}
+        if names and not self.holding:
+            log.warning("guard hold, not popping: %s", "; ".join(map(str, held)))
+        elif self.holding and not names:
+            log.info("guard hold ended: %s", "; ".join(map(str, readings)))
+        self.holding = names
+        return bool(names)
+
+    # -- one job ---------------------------------------------------------------
+
+    def handle(self, job: Job) -> None:
+        if job.problem:
+            log.error("job %s: popped but cannot run: %s", job.id or "?", job.problem)
+            self.enqueue(job, "error", f"leampoll cannot run this job: {job.problem}")
+            self.flush_reports()
+            return
+        rundir, logpath = self.executor.paths(job)
+        log.info("job %s: starting in %s (log %s)", job.id, rundir, logpath)
+        record = self.state.begin(job, rundir)
+        self.executor.on_start = lambda stage, pgid: self.state.add_group(record, stage, pgid)
+        self.status.update(state="running", current={
+            "id": job.id, "title": job.title, "started_at": time.time(),
+            "rundir": str(rundir), "log": str(logpath)})
+        self.publish()
+        env = {"PORTAL_USER": self.config.user, "PORTAL_PASSWORD": self.config.password,
+               "LEAM_JOB_ID": job.id, "LEAM_JOB_URL": job.url,
+               "LEAM_PORTAL_URL": self.config.site}
+        outcome = self.executor.execute(job, env)
+        self.finish(job, outcome, rundir)
+
+    def finish(self, job: Job, outcome: Outcome, rundir: Path) -> None:
+        if outcome.interrupted:
+            log.warning("job %s: stopped after %.1fs; handing it back", job.id, outcome.duration)
+            self.enqueue(job, "requeue", "leampoll was stopped during this job; requeued")
+        elif outcome.ok:
+            log.info("job %s: %s", job.id, outcome.describe())
+            self.enqueue(job, "success", f"job {job.id} {outcome.describe()}")
+        else:
+            log.error("job %s: %s", job.id, outcome.describe().splitlines()[0])
+            self.enqueue(job, "error", f"job {job.id} {outcome.describe()}")
+        self.state.finish()
+        self.state.forget_orphan(job.url or job.id)
+        self.status["current"] = None
+        if self.metrics:
+            self.metrics.job_done(outcome)
+        self.flush_reports()
+        self.retain(rundir, outcome.ok and not outcome.interrupted)
+
+    def enqueue(self, job: Job, kind: str, message: str) -> None:
+        """Put a report in the outbox (it survives a crash) and count the outcome."""
+        outcome = "requeued" if kind == "requeue" else kind
+        counts = self.status["counts"]
+        counts[outcome] = counts.get(outcome, 0) + 1
+        self.status["session"][outcome] = self.status["session"].get(outcome, 0) + 1
+        self.status["last"] = {"id": job.id, "outcome": outcome, "at": time.time(),
+                               "message": message.splitlines()[0][:200]}
+        url = {"success": job.on_success, "error": job.on_error,
+               "requeue": job.requeue_url}[kind]
+        if not url:
+            log.error("job %s: no URL to report %s to (the portal gave none); outcome: %s",
+                      job.id or "?", kind, message.splitlines()[0])
+            return
+        fallback = job.on_error if kind == "requeue" else ""
+        self.state.put(Report(kind, url, message, job.id, fallback))
+
+    def flush_reports(self) -> bool:
+        """Deliver the outbox in order; False if something is still pending."""
+        for path, report in self.state.pending():
+            delivered = self._deliver(report)
+            if delivered is None:
+                # The portal will never take it: set it aside, loudly, and go on.
+                path.rename(path.with_suffix(".undeliverable"))
+                log.error("job %s: %s report set aside as undeliverable in %s: %s",
+                          report.job_id, report.kind, path.parent, report.message[:200])
+            elif not delivered:
+                self.status["reports_pending"] = self.state.pending_count()
+                return False
+            else:
+                path.unlink()
+        self.status["reports_pending"] = 0
+        return True
+
+    def _deliver(self, report: Report) -> bool | None:
+        """True when delivered, False to retry later, None when it never can be."""
+        permanent = True
+        for kind, url in ((report.kind, report.url), ("error", report.fallback)):
+            if not url:
+                continue
+            try:
+                self.portal.post(url, report.message)
+            except ReportError as exc:
+                permanent = permanent and exc.permanent
+                log.warning("job %s: %s report not delivered: %s", report.job_id, kind, exc)
+                continue
+            log.info("job %s: reported %s", report.job_id, kind)
+            return True
+        return None if permanent else False
+
+    # -- recovery and retention --------------------------------------------------
+
+    def recover(self) -> None:
+        """Hand back the job a killed poller left behind, before any pop."""
+        record = self.state.orphan()
+        if record is None:
+            return
+        job = Job.from_dict(record["job"])
+        stopped = stop_orphan_groups(record, self.config.grace)
+        if stopped:
+            log.warning("job %s: stopped %d leftover process(es) of an orphaned run",
+                        job.id, len(stopped))
+        if self.state.count_orphaned(job.url or job.id) >= 2:
+            log.error("job %s: orphaned twice; reporting an error instead of requeueing", job.id)
+            self.enqueue(job, "error", "the poller died twice while running this job "
+                                       "(the job may be killing it); not requeued again")
+        else:
+            log.warning("job %s: found orphaned by a killed poller; handing it back", job.id)
+            self.enqueue(job, "requeue", "leampoll restarted during this job; requeued")
+        self.state.finish()
+
+    def retain(self, rundir: Path, ok: bool) -> None:
+        """Successful run directories go unless --preserve; failed ones are kept, bounded."""
+        if ok:
+            if not self.config.preserve:
+                shutil.rmtree(rundir, ignore_errors=True)
+            return
+        kept_path = self.state.dir / "failed.json"
+        kept = [p for p in (read_json(kept_path) or []) if p != str(rundir)] + [str(rundir)]
+        while len(kept) > self.config.keep_failed:
+            shutil.rmtree(kept.pop(0), ignore_errors=True)
+        write_json(kept_path, kept)
+        self._prune_logs()
+
+    def _prune_logs(self) -> None:
+        logs = [e for e in os.scandir(self.config.workdir)
+                if e.name.endswith(".log") and e.is_file(follow_symlinks=False)]
+        if len(logs) <= self.config.keep_logs:
+            return
+        logs.sort(key=lambda e: e.stat().st_mtime)
+        for entry in logs[:len(logs) - self.config.keep_logs]:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+    # -- status ----------------------------------------------------------------
+
+    def _initial_status(self) -> dict:
+        previous = self.state.load_status()
+        counts = previous.get("counts") if isinstance(previous.get("counts"), dict) else {}
+        return {
+            "project": self.config.project,
+            "version": __version__,
+            "pid": os.getpid(),
+            "site": self.config.site,
+            "workdir": str(self.config.workdir),
+            "started_at": time.time(),
+            "state": "starting",
+            "current": None,
+            "last": previous.get("last"),
+            "counts": {k: int(counts.get(k, 0)) for k in OUTCOMES},
+            "session": {k: 0 for k in OUTCOMES},
+            "guard": {"holding": [], "readings": {}},
+            "last_poll": previous.get("last_poll"),
+            "reports_pending": 0,
+        }
+
+    def publish(self) -> None:
+        """Write status.json (and metrics) for readers; never fatal."""
+        if self.life.stop == COLD and self.status.get("state") not in ("stopped",):
+            self.status["state"] = "stopping"
+        try:
+            self.state.save_status(self.status)
+            if self.metrics:
+                self.metrics.write(self.status)
+        except OSError as exc:
+            log.debug("status not written: %s", exc)
