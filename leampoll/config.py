@@ -52,7 +52,10 @@ def parse_size(text: str, units: bool = True) -> Size:
     match = _SIZE.match(text)
     if not match or (match.group(2) and not units):
         raise ValueError(f"{text!r} is not a size (a number with K/M/G/T, or a percentage)")
-    return Size(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if value >= 2**63:
+        raise ValueError(f"{text!r} is too large")
+    return Size(value)
 
 
 def human(n: float) -> str:

@@ -90,7 +90,7 @@ def _retry_after(value: str | None, now: float | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not '²': str.isdigit() accepts it
         return float(value)
     try:
         when = parsedate_to_datetime(value).timestamp()
@@ -110,14 +110,14 @@ def parse_answer(status: int, content_type: str, body: bytes,
     wait = _retry_after(retry_after)
     ctype = (content_type or "").split(";")[0].strip().lower()
     if status != 200:
-        return Refused(f"HTTP {status} ({ctype or 'no type'}: {_short(body)})", wait)
+        return Refused(f"HTTP {status} ({ctype[:60] or 'no type'}: {_short(body)})", wait)
     if len(body) > MAX_BODY:
         return Refused(f"answer too large ({len(body)} bytes)", wait)
     if ctype in ("application/xml", "text/xml"):
         return _parse_xml(body)
     if ctype != "application/json":
         hint = " - a login page? check the credentials" if b"login" in body.lower() else ""
-        return Refused(f"unexpected content type {ctype or 'none'!r}{hint}: {_short(body)}")
+        return Refused(f"unexpected content type {ctype[:60] or 'none'!r}{hint}: {_short(body)}")
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -151,12 +151,17 @@ def _job_from_json(data: dict) -> Job:
 
 def _parse_xml(body: bytes) -> Answer:
     """The deprecated XML answer: EMPTY/ERROR as root text, or a scenario."""
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        return Refused("XML answer with a DOCTYPE/ENTITY refused")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return Refused("legacy XML answer not in UTF-8 refused")
+    # Checked on the decoded text, so no other encoding can smuggle a DTD past it.
+    if "\x00" in text or "<!doctype" in text.lower() or "<!entity" in text.lower():
+        return Refused("legacy XML answer with a DOCTYPE/ENTITY refused")
     try:
         root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        return Refused(f"malformed XML answer ({exc})")
+    except (ET.ParseError, ValueError, LookupError) as exc:
+        return Refused(f"malformed XML answer ({str(exc)[:80]})")
     text = (root.text or "").strip()
     if text == "EMPTY":
         return Empty()

@@ -51,6 +51,8 @@ class Received:
     form: dict[str, str]
     at: float
     kind: str  # pop, success, error, requeue, check, other
+    agent: str = ""
+    client_port: int = 0  # the same port on two requests: one kept-alive connection
 
 
 @dataclass
@@ -87,6 +89,7 @@ class PortalStandin:
         self.canned: collections.deque[Canned] = collections.deque()
         self.received: list[Received] = []
         self.pop_delay = 0.0
+        self.report_status = 200  # set to 503 to make the portal refuse reports
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -285,7 +288,11 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
             base = portal.base_path
             rel = path[len(base):] if path.startswith(base) else None
             kind, job_id = _classify(rel)
-            portal._record(Received(method, path, user, form, time.time(), kind))
+            refused = kind in ("success", "error", "requeue") and portal.report_status != 200
+            if refused:
+                kind += "-refused"
+            portal._record(Received(method, path, user, form, time.time(), kind,
+                                    self.headers.get("User-Agent", ""), self.client_address[1]))
             if rel is None:
                 self._send(404, b"Not Found", "text/plain")
                 return
@@ -302,7 +309,9 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
                     time.sleep(delay)
                 self._send(answer.status, answer.body, answer.content_type,
                            answer.headers.items())
-            elif kind in ("success", "error", "requeue") and job_id:
+            elif refused:
+                self._send(portal.report_status, b"Service Unavailable", "text/plain")
+            elif kind in ("success", "error", "requeue") and job_id in portal.jobs:
                 self._send(200, portal._outcome(job_id, kind), "text/plain")
             elif rel in ("", "/"):
                 self._send(200, b"<html>LEAM portal stand-in</html>", "text/html")
