@@ -21,8 +21,13 @@ def setup_logging(debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["status"]:
+        from leampoll import status
+
+        return status.main(args[1:])
     try:
-        config = load(argv)
+        config = load(args)
     except ConfigError as exc:
         print(f"leampoll: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,76 @@
+"""Prometheus metrics in the text format, for node_exporter's textfile collector.
+
+Imported only with --metrics-file, so an idle poller without it never loads
+prometheus_client. The file is replaced atomically after every cycle by
+`write_to_textfile`. Job counters start from the totals kept in status.json,
+so they survive a restart of the poller.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
+
+from leampoll import __version__
+from leampoll.config import Config
+from leampoll.executor import Outcome
+
+GUARDS = ("disk", "inodes", "memory")
+# Model runs last from seconds to a day.
+BUCKETS = (1, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
+
+
+class Metrics:
+    """The poller's series, each labelled with its project."""
+
+    def __init__(self, config: Config, status: dict) -> None:
+        self.path = str(config.metrics_file)
+        p = config.project
+        reg = self.registry = CollectorRegistry()
+        self.jobs = Counter("leampoll_jobs", "Jobs by outcome", ["project", "outcome"],
+                            registry=reg)
+        self.duration = Histogram("leampoll_job_duration_seconds", "Job run time",
+                                  ["project"], buckets=BUCKETS, registry=reg).labels(p)
+        self.running = Gauge("leampoll_job_running", "1 while a job runs", ["project"],
+                             registry=reg).labels(p)
+        self.started = Gauge("leampoll_job_start_timestamp_seconds",
+                             "Start of the running job (0: none)", ["project"],
+                             registry=reg).labels(p)
+        self.last_poll = Gauge("leampoll_last_poll_timestamp_seconds",
+                               "Last answer from the portal", ["project"],
+                               registry=reg).labels(p)
+        self.guard = Gauge("leampoll_guard_hold", "1 while a guard holds popping",
+                           ["project", "guard"], registry=reg)
+        self.pending = Gauge("leampoll_reports_pending", "Reports waiting in the outbox",
+                             ["project"], registry=reg).labels(p)
+        Gauge("leampoll_build_info", "The poller's version", ["project", "version"],
+              registry=reg).labels(p, __version__).set(1)
+        self.project = p
+        self._counted: dict[str, int] = {}
+        for outcome in ("success", "error", "requeued"):
+            self.jobs.labels(p, outcome)
+            self._counted[outcome] = 0
+        for guard in GUARDS:
+            self.guard.labels(p, guard)
+        self._sync_counts(status)
+
+    def job_done(self, outcome: Outcome) -> None:
+        self.duration.observe(outcome.duration)
+
+    def _sync_counts(self, status: dict) -> None:
+        for outcome, total in status.get("counts", {}).items():
+            delta = int(total) - self._counted.get(outcome, 0)
+            if delta > 0:
+                self.jobs.labels(self.project, outcome).inc(delta)
+                self._counted[outcome] = int(total)
+
+    def write(self, status: dict) -> None:
+        self._sync_counts(status)
+        current = status.get("current")
+        self.running.set(1 if current else 0)
+        self.started.set(current["started_at"] if current else 0)
+        self.last_poll.set(status.get("last_poll") or 0)
+        holding = set(status.get("guard", {}).get("holding", []))
+        for guard in GUARDS:
+            self.guard.labels(self.project, guard).set(1 if guard in holding else 0)
+        self.pending.set(status.get("reports_pending", 0))
+        write_to_textfile(self.path, self.registry)

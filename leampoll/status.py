@@ -1,0 +1,161 @@
+"""`leampoll status`: what every poller on this host is doing, at a glance.
+
+It reads each project's `.leampoll/status.json` (replaced atomically by the
+poller, so reading never blocks or confuses it), asks Supervisor for the
+program's state, and measures the workdir's filesystem and memory itself.
+Without workdirs it shows the projects the provisioning deployed, listed in
+/etc/leampoll/projects.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+
+from leampoll.config import human
+from leampoll.state import read_json
+
+PROJECTS_FILE = Path(os.environ.get("LEAMPOLL_PROJECTS_FILE", "/etc/leampoll/projects.json"))
+COLUMNS = ("project", "supervisor", "version", "uptime", "job", "last", "ok/failed",
+           "guard", "disk", "inodes", "memory", "log")
+
+
+def _ago(seconds: float | None) -> str:
+    """A duration the way a person reads it: 45s, 12m, 3h, 2d."""
+    if seconds is None:
+        return "-"
+    seconds = int(max(0, seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def supervisor_states() -> dict[str, str]:
+    """Program name -> Supervisor state; empty when supervisorctl is not usable here."""
+    exe = shutil.which("supervisorctl")
+    if not exe:
+        return {}
+    try:
+        out = subprocess.run([exe, "status"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isupper():
+            states[parts[0]] = parts[1]
+    return states
+
+
+def deployed() -> list[dict]:
+    data = read_json(PROJECTS_FILE)
+    if not isinstance(data, list):
+        return []
+    return [p for p in data if isinstance(p, dict) and "workdir" in p]
+
+
+def row(project: dict, programs: dict[str, str], now: float) -> dict:
+    """One project's facts, as plain data (the --json form)."""
+    workdir = Path(project["workdir"])
+    status = read_json(workdir / ".leampoll" / "status.json") or {}
+    name = project.get("name") or status.get("project") or workdir.name
+    program = project.get("program", f"leampoll-{name}")
+    alive = bool(status.get("pid")) and psutil.pid_exists(int(status["pid"]))
+    current = status.get("current") if alive else None
+    last = status.get("last") or {}
+    guard = status.get("guard", {}) if alive else {}
+    try:
+        st = os.statvfs(workdir)
+        disk = {"free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
+        inodes = {"free": st.f_favail, "total": st.f_files}
+    except OSError:
+        disk = inodes = None
+    failing = programs.get(program) in ("FATAL", "BACKOFF") or last.get("outcome") == "error"
+    log = project.get("log", f"/var/log/supervisor/{program}.log")
+    if last.get("outcome") == "error" and last.get("id") and programs.get(program) != "FATAL":
+        log = str(workdir / f"{_rundir_name(last['id'])}.log")
+    return {
+        "project": name,
+        "program": program,
+        "supervisor": programs.get(program, "unknown"),
+        "version": status.get("version"),
+        "pid": status.get("pid") if alive else None,
+        "uptime": now - status["started_at"] if alive and status.get("started_at") else None,
+        "state": status.get("state") if alive else "stopped",
+        "job": {"id": current["id"], "running_for": now - current["started_at"]}
+        if current else None,
+        "last": {**last, "ago": now - last["at"]} if last.get("at") else None,
+        "succeeded": status.get("session", {}).get("success", 0),
+        "failed": status.get("session", {}).get("error", 0),
+        "totals": status.get("counts", {}),
+        "guard": {"holding": guard.get("holding", []), "readings": guard.get("readings", {})},
+        "disk": disk,
+        "inodes": inodes,
+        "memory_available": psutil.virtual_memory().available,
+        "last_poll_ago": now - status["last_poll"] if status.get("last_poll") else None,
+        "failing": failing,
+        "log": log,
+        "workdir": str(workdir),
+    }
+
+
+def _rundir_name(job_id: str) -> str:
+    from leampoll.executor import rundir_name
+
+    return rundir_name(job_id)
+
+
+def render(rows: list[dict]) -> str:
+    cells = []
+    for r in rows:
+        guard = ",".join(r["guard"]["holding"]) or "-"
+        for g in r["guard"]["holding"]:
+            free, _total, need = r["guard"]["readings"].get(g, [0, 0, 0])
+            fmt = str if g == "inodes" else human
+            guard = guard.replace(g, f"{g} {fmt(free)}<{fmt(need)}", 1)
+        cells.append([
+            r["project"], r["supervisor"], r["version"] or "-", _ago(r["uptime"]),
+            f"{r['job']['id']} ({_ago(r['job']['running_for'])})" if r["job"] else "-",
+            f"{r['last']['outcome']} {r['last']['id']} {_ago(r['last']['ago'])} ago"
+            if r["last"] else "-",
+            f"{r['succeeded']}/{r['failed']}", guard,
+            human(r["disk"]["free"]) if r["disk"] else "?",
+            str(r["inodes"]["free"]) if r["inodes"] else "?",
+            human(r["memory_available"]), r["log"],
+        ])
+    widths = [max(len(str(c)) for c in col) for col in zip(COLUMNS, *cells, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in [COLUMNS, *cells]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="leampoll status",
+                                     description="Show what the pollers on this host are doing.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("workdirs", nargs="*", type=Path, metavar="WORKDIR",
+                        help=f"project workdirs (default: the projects in {PROJECTS_FILE})")
+    args = parser.parse_args(argv)
+    projects = [{"workdir": str(w.absolute())} for w in args.workdirs] or deployed()
+    if not projects:
+        print(f"leampoll status: no workdir given and none listed in {PROJECTS_FILE}",
+              file=sys.stderr)
+        return 1
+    now = time.time()
+    programs = supervisor_states()
+    rows = sorted((row(p, programs, now) for p in projects), key=lambda r: r["project"])
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(render(rows))
+    return 0
