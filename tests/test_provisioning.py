@@ -1,0 +1,239 @@
+"""`ansible-playbook site.yml` over real SSH to real sandbox hosts, with real pollers.
+
+Three hosts: `alpha` (two projects) and `beta` (one project) converge; `tiny`
+has a 40 MB job filesystem and must fail the free-space check without
+stopping the others. Each project has its own portal stand-in on 127.0.0.1,
+which the hosts reach because they share the machine's network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.portal_standin import PortalStandin
+from tests.sandbox import Host, Sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest"))
+PASSWORD = 'p@ss "w%rd\\ 1'  # supervisor specials: quotes, %, backslash, space
+
+pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.timeout(1500),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("debootstrap"),
+        reason="sandbox hosts need root, unshare and debootstrap",
+    ),
+]
+
+PROJECTS = {"alpha": ["chicago", "peoria"], "beta": ["stlouis"]}
+
+
+class Fleet:
+    """The sandbox hosts, their portals and the inventory that ties them together."""
+
+    def __init__(self, hosts: dict[str, Host], portals: dict[str, PortalStandin],
+                 workdir: Path) -> None:
+        self.hosts = hosts
+        self.portals = portals
+        self.dir = workdir
+        self.inventory = workdir / "inventory.yml"
+        self.overrides: dict[str, dict[str, dict]] = {}
+
+    def project(self, name: str, **settings) -> dict:
+        return {"name": name, "portal_url": self.portals[name].url, "portal_user": "poller",
+                "portal_password": PASSWORD, "speed": 1, "min_free_disk": "10M",
+                "min_free_mem": "10M", "job_timeout": 0,
+                **self.overrides.get(name, {}), **settings}
+
+    def write(self, sandbox: Sandbox) -> None:
+        host_vars = {h: {"leam_projects": [self.project(p) for p in projects]}
+                     for h, projects in PROJECTS.items()}
+        host_vars["tiny"] = {"leam_projects": [self.project("tinyproj")],
+                             "leam_jobdir_min_free": "1G"}
+        group_vars = {"leam_jobservers": {"leampoll_install_mode": "wheelhouse",
+                                          "leam_jobdir_min_free": "20M",
+                                          "leampoll_drain_timeout": 300}}
+        sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars=group_vars)
+
+    def play(self, *args: str, extra: dict | None = None) -> subprocess.CompletedProcess:
+        argv = [str(PLAYBOOK), "-i", str(self.inventory), "site.yml", *args]
+        if extra is not None:
+            path = self.dir / "extra.json"
+            path.write_text(json.dumps(extra))
+            argv += ["-e", f"@{path}"]
+        env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+        out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env,
+                             timeout=1200)
+        (self.dir / f"play-{time.time_ns()}.log").write_text(out.stdout + out.stderr)
+        return out
+
+    def program(self, host: str, project: str) -> tuple[str, int | None]:
+        """Supervisor state and pid of a project's poller."""
+        out = self.hosts[host].ssh(f"supervisorctl status leampoll-{project}").stdout
+        fields = out.split()
+        pid = re.search(r"pid (\d+)", out)
+        return (fields[1] if len(fields) > 1 else "MISSING"), int(pid.group(1)) if pid else None
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP per host: {'alpha': {'ok': 10, 'changed': 0, 'failed': 0, ...}}."""
+    found = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
+        found[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return found
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Iterator[Fleet]:
+    sandbox = Sandbox(STATE_DIR)
+    sandbox.down_all()  # leftovers of an interrupted earlier run
+    names = [*PROJECTS["alpha"], *PROJECTS["beta"], "tinyproj"]
+    portals = {n: PortalStandin("poller", PASSWORD, base_path=f"/{n}").start() for n in names}
+    try:
+        with sandbox.hosts_up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"}) as hosts:
+            f = Fleet({h.name: h for h in hosts}, portals, tmp_path_factory.mktemp("fleet"))
+            f.write(sandbox)
+            f.sandbox = sandbox
+            f.first = f.play()
+            yield f
+    finally:
+        for p in portals.values():
+            p.stop()
+
+
+def test_converges_bare_hosts_and_pollers_run_jobs(fleet):
+    out = fleet.first.stdout
+    rc = recap(out)
+    assert rc["alpha"]["failed"] == 0 and rc["beta"]["failed"] == 0, out[-4000:]
+    assert rc["alpha"]["changed"] > 0
+    for host, projects in PROJECTS.items():
+        for project in projects:
+            state, pid = fleet.program(host, project)
+            assert state == "RUNNING", (host, project, state)
+            user = fleet.hosts[host].ssh(f"ps -o user= -p {pid}").stdout.strip()
+            assert user == "leam"
+            portal = fleet.portals[project]
+            portal.queue(f"{project}-first", 'sh -c \'test "$(id -un)" = leam\'')
+    for project in [*PROJECTS["alpha"], *PROJECTS["beta"]]:
+        fleet.portals[project].wait_for(
+            lambda p, j=f"{project}-first": p.status.get(j) == "success", timeout=60)
+    assert PASSWORD not in out
+
+
+def test_program_file_keeps_secrets_off_the_command_line(fleet):
+    alpha = fleet.hosts["alpha"]
+    conf = "/etc/supervisor/conf.d/leampoll-chicago.conf"
+    mode = alpha.ssh(f"stat -c '%a %U' {conf}").stdout.split()
+    assert mode == ["600", "root"]
+    _, pid = fleet.program("alpha", "chicago")
+    cmdline = alpha.ssh(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
+    assert "p@ss" not in cmdline and "--workdir /mnt/jobdir/chicago" in cmdline
+    environ = alpha.ssh(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout.splitlines()
+    assert f"PORTAL_PASSWORD={PASSWORD}" in environ  # survives supervisor's quoting
+    link = alpha.ssh("stat -L -c '%a %U %G' /usr/local/bin/leampoll").stdout.split()
+    assert link == ["550", "root", "leam"]
+
+
+def test_tiny_host_fails_free_space_check_with_one_clear_message(fleet):
+    out = fleet.first.stdout
+    assert recap(out)["tiny"]["failed"] == 1
+    line = next(line for line in out.splitlines() if "leam_jobdir_min_free" in line)
+    assert "tiny" in line and "/mnt/jobdir" in line
+    state, _ = fleet.program("tiny", "tinyproj")
+    assert state != "RUNNING"
+
+
+def test_second_run_changes_nothing_and_check_diff_is_clean(fleet):
+    out = fleet.play("--limit", "alpha,beta")
+    rc = recap(out.stdout)
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert rc["alpha"]["changed"] == 0 and rc["beta"]["changed"] == 0, out.stdout[-4000:]
+    check = fleet.play("--limit", "alpha,beta", "--check", "--diff")
+    rc = recap(check.stdout)
+    assert check.returncode == 0, check.stdout[-4000:]
+    assert rc["alpha"]["changed"] == 0 and rc["alpha"]["failed"] == 0
+    assert PASSWORD not in check.stdout and "p@ss" not in check.stdout
+
+
+BAD = [
+    ("missing portal_url", {"portal_url": None}, "portal_url"),
+    ("unsafe name", {"name": "../etc"}, "name"),
+    ("bad size", {"min_free_disk": "10Q"}, "min_free_disk"),
+    ("bad state", {"state": "gone"}, "state"),
+]
+
+
+@pytest.mark.parametrize("label,change,variable", BAD, ids=[b[0] for b in BAD])
+def test_bad_variable_fails_before_any_change(fleet, label, change, variable):
+    project = {k: v for k, v in fleet.project("chicago").items()}
+    for key, value in change.items():
+        if value is None:
+            project.pop(key)
+        else:
+            project[key] = value
+    before = fleet.hosts["alpha"].ssh("md5sum /etc/supervisor/conf.d/*.conf").stdout
+    out = fleet.play("--limit", "alpha", extra={"leam_projects": [project]})
+    assert out.returncode != 0
+    assert "leam_projects" in out.stdout and variable in out.stdout, out.stdout[-3000:]
+    assert "alpha" in out.stdout
+    assert recap(out.stdout)["alpha"]["changed"] == 0
+    assert fleet.hosts["alpha"].ssh("md5sum /etc/supervisor/conf.d/*.conf").stdout == before
+    assert PASSWORD not in out.stdout
+
+
+def test_duplicate_project_name_and_bad_jobdir_size_fail(fleet):
+    dup = [fleet.project("chicago"), fleet.project("chicago")]
+    out = fleet.play("--limit", "alpha", extra={"leam_projects": dup})
+    assert out.returncode != 0 and "duplicate" in out.stdout.lower()
+    out = fleet.play("--limit", "alpha", extra={"leam_jobdir_min_free": "plenty"})
+    assert out.returncode != 0 and "leam_jobdir_min_free" in out.stdout
+
+
+def test_settings_change_waits_for_running_job_and_spares_other_projects(fleet):
+    portal = fleet.portals["chicago"]
+    portal.queue("long-model", "sleep 8")
+    portal.wait_for(lambda p: p.status.get("long-model") == "running", timeout=30)
+    _, other_pid = fleet.program("alpha", "peoria")
+    _, old_pid = fleet.program("alpha", "chicago")
+    fleet.overrides["chicago"] = {"speed": 2}
+    fleet.write(fleet.sandbox)
+    out = fleet.play("--limit", "alpha")
+    assert out.returncode == 0, out.stdout[-4000:]
+    # The job was not killed: it finished and was reported before the new poller started.
+    assert portal.status["long-model"] == "success"
+    state, new_pid = fleet.program("alpha", "chicago")
+    assert state == "RUNNING" and new_pid != old_pid
+    cmdline = fleet.hosts["alpha"].ssh(f"tr '\\0' ' ' < /proc/{new_pid}/cmdline").stdout
+    assert "--speed 2" in cmdline
+    assert fleet.program("alpha", "peoria") == ("RUNNING", other_pid)
+    assert [r.kind for r in portal.reports()].count("requeue") == 0
+
+
+def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
+    portal = fleet.portals["peoria"]
+    portal.queue("last-job", "sleep 3")
+    portal.wait_for(lambda p: p.status.get("last-job") == "running", timeout=30)
+    fleet.overrides["peoria"] = {"state": "absent"}
+    fleet.write(fleet.sandbox)
+    out = fleet.play("--limit", "alpha")
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert portal.status["last-job"] == "success"
+    alpha = fleet.hosts["alpha"]
+    assert fleet.program("alpha", "peoria")[0] != "RUNNING"
+    assert "peoria" not in alpha.ssh("supervisorctl status").stdout
+    assert alpha.ssh("test -e /etc/supervisor/conf.d/leampoll-peoria.conf").returncode != 0
+    assert alpha.ssh("test -d /mnt/jobdir/peoria").returncode == 0
+    wait_until(lambda: fleet.program("alpha", "chicago")[0] == "RUNNING", 10, "chicago runs")
