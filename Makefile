@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): requirements-dev.txt pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || apt-get install -y -qq python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt -e .
@@ -20,7 +21,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/yamllint -s .
-	$(BIN)/ansible-lint --profile production site.yml playbooks roles
+	$(BIN)/ansible-lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

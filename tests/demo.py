@@ -1,0 +1,209 @@
+"""`make demo`: the whole toolkit working on this machine, in a few minutes.
+
+Portal stand-ins on loopback with queued demo jobs, two sandbox hosts, the
+real `site.yml` with a demo inventory (two hosts, three projects), then the
+jobs are popped, run and reported, and the fleet's status is shown.
+`make demo-clean` ends every process, host and mount the demo started.
+
+    python -m tests.demo up      # idempotent: a second run reuses what is there
+    python -m tests.demo queue chicago ID 'CMDLINE'
+    python -m tests.demo clean
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.sandbox import Sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("LEAM_DEMO_STATE", "/run/leam-demo"))
+BIN = Path(sys.executable).parent
+PORT0 = int(os.environ.get("LEAM_DEMO_PORT", "8780"))
+HOSTS = {"demo-a": ["chicago", "peoria"], "demo-b": ["stlouis"]}
+PORTS = {"chicago": PORT0 + 1, "peoria": PORT0 + 2, "stlouis": PORT0 + 3}
+JOBS = [  # project, id, cmdline
+    ("chicago", "quick-success", "true"),
+    ("chicago", "model-fails", "sh -c 'echo model diverged >&2; exit 3'"),
+    ("peoria", "long-run", "sleep 20"),
+    ("stlouis", "writes-output", "sh -c 'seq 1 1000 > result.txt; wc -l result.txt'"),
+]
+T0 = time.monotonic()
+
+
+def say(text: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {text}", flush=True)
+
+
+def _alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _password() -> str:
+    path = STATE / "portal-password"
+    if not path.exists():
+        STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(secrets.token_urlsafe(12))
+        path.chmod(0o600)
+    return path.read_text()
+
+
+def portal_url(project: str, admin: bool = False) -> str:
+    root = f"http://127.0.0.1:{PORTS[project]}"
+    return root if admin else f"{root}/{project}"
+
+
+def start_portals() -> None:
+    env = {**os.environ, "PORTAL_PASSWORD": _password(), "PYTHONPATH": str(ROOT)}
+    for project, port in PORTS.items():
+        pidfile = STATE / f"portal-{project}.pid"
+        if _alive(pidfile):
+            say(f"portal stand-in for {project} already up on 127.0.0.1:{port}")
+            continue
+        log = open(STATE / f"portal-{project}.log", "ab")  # noqa: SIM115 - the child keeps it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.portal_standin", "serve", "--port", str(port),
+             "--base-path", f"/{project}"], env=env, stdout=log, stderr=log,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+        pidfile.write_text(str(proc.pid))
+        deadline = time.monotonic() + 15
+        while not _state(project):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"portal stand-in for {project} did not start: see {log.name}")
+            time.sleep(0.1)
+        say(f"portal stand-in for {project} up at {portal_url(project)}")
+
+
+def _state(project: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(portal_url(project, True) + "/_standin/state",
+                                    timeout=5) as r:
+            return json.load(r)
+    except OSError:
+        return None
+
+
+def queue(project: str, job_id: str, cmdline: str) -> None:
+    subprocess.run([sys.executable, "-m", "tests.portal_standin", "queue", "--url",
+                    portal_url(project, True), "--id", job_id, "--cmdline", cmdline],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def inventory(sandbox: Sandbox) -> Path:
+    password = _password()
+    host_vars = {host: {"leam_projects": [
+        {"name": p, "portal_url": portal_url(p), "portal_user": "poller",
+         "portal_password": password, "speed": 2, "min_free_disk": "100M",
+         "min_free_mem": "50M", "job_timeout": 600} for p in projects]}
+        for host, projects in HOSTS.items()}
+    group_vars = {"leam_jobservers": {"leampoll_install_mode": "wheelhouse",
+                                      "leam_jobdir_min_free": "100M"}}
+    path = STATE / "inventory.yml"
+    sandbox.write_inventory(path, host_vars=host_vars, group_vars=group_vars)
+    path.chmod(0o600)
+    return path
+
+
+def up() -> int:
+    if os.geteuid() != 0:
+        raise SystemExit("the demo builds sandbox hosts: run it as root")
+    STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
+    missing = [t for t in ("debootstrap", "unshare", "ssh", "git") if not shutil.which(t)]
+    if missing:
+        say(f"installing {', '.join(missing)} with apt-get")
+        pkgs = {"ssh": "openssh-client", "unshare": "util-linux"}
+        subprocess.run(["apt-get", "install", "-y", "-qq",
+                        *[pkgs.get(t, t) for t in missing]], check=True)
+    start_portals()
+    sandbox = Sandbox(STATE / "sandbox", log=lambda m: say(f"sandbox: {m}"))
+    say("root filesystem for the sandbox hosts (built once, ~1 min; cached after)")
+    sandbox.ensure_rootfs()
+    running = {h.name for h in sandbox.hosts() if h.alive}
+    for name in HOSTS:
+        if name not in running:
+            sandbox.down(name)
+    todo = [n for n in HOSTS if n not in running]
+    if todo:
+        sandbox.up_many(todo)
+    say(f"sandbox hosts up: {', '.join(f'{h.name} {h.address}' for h in sandbox.hosts())}")
+    inv = inventory(sandbox)
+    for project, job_id, cmdline in JOBS:
+        if job_id not in (_state(project) or {}).get("status", {}):
+            queue(project, job_id, cmdline)
+    say(f"queued {len(JOBS)} demo jobs; running ansible-playbook -i {inv} site.yml")
+    play = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(inv), "site.yml"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    assert play.stdout is not None
+    for line in play.stdout:
+        if line.startswith(("TASK", "PLAY", "fatal", "failed")) or " : ok=" in line:
+            say("  " + line.rstrip())
+    if play.wait() != 0:
+        say("site.yml failed (see above)")
+        return 1
+    say("waiting for the jobs to be popped, run and reported")
+    wanted = {(p, j) for p, j, _ in JOBS}
+    deadline = time.monotonic() + 180
+    done: set = set()
+    while time.monotonic() < deadline and done != wanted:
+        done = {(p, j) for p, j in wanted
+                if (_state(p) or {}).get("status", {}).get(j) in ("success", "error")}
+        time.sleep(1)
+    for host in sandbox.hosts():
+        say(f"leampoll status on {host.name}:")
+        print(host.ssh("/usr/local/bin/leampoll status").stdout, flush=True)
+    say("what the portal stand-ins received:")
+    for project in PORTS:
+        state = _state(project) or {}
+        for job_id, status in sorted(state.get("status", {}).items()):
+            print(f"  {project:8} {job_id:16} {status}")
+    say("queue more with: python -m tests.demo queue chicago my-job 'sleep 5'")
+    say("tear down with: make demo-clean")
+    return 0 if done == wanted else 1
+
+
+def clean() -> int:
+    sandbox = Sandbox(STATE / "sandbox", log=lambda m: say(f"sandbox: {m}"))
+    for name in sandbox.down_all():
+        say(f"host {name} removed")
+    for pidfile in STATE.glob("portal-*.pid"):
+        pid = _alive(pidfile)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            say(f"portal stand-in pid {pid} stopped")
+        pidfile.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(STATE)
+    say("demo cleaned (the root filesystem cache stays in /var/cache/leam-sandbox)")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["up"]:
+        return up()
+    if argv[:1] == ["clean"]:
+        return clean()
+    if argv[:1] == ["queue"] and len(argv) == 4:
+        queue(argv[1], argv[2], argv[3])
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
