@@ -48,6 +48,7 @@ class Section:
     rows: list[Row] = field(default_factory=list)
     header: str = ""  # machine, date, run time: above the table
     notes: str = ""  # markdown below the table
+    subjects: tuple[str, str] = ("leampoll", "baseline")  # the two measured columns
 
 
 @dataclass(frozen=True)

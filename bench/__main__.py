@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(section)
     for section in sections:
         print(f"\n{section.title}\n{section.header}\n")
-        print(render_table(section.rows, markdown=False))
+        print(render_table(section.rows, markdown=False, subjects=section.subjects))
     if args.quick:
         print("\n(--quick: fewer samples than the goals ask for; nothing written)")
         return 0

@@ -12,7 +12,6 @@ from pathlib import Path
 from bench import PLANNED, Row, Section, Suite
 
 ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = ("figure", "leampoll", "baseline", "ratio", "goal", "met?")
 
 _BEGIN = "<!-- bench:{} -->"
 _END = "<!-- /bench:{} -->"
@@ -43,14 +42,16 @@ def _met(met: bool | None) -> str:
     return "-" if met is None else ("yes" if met else "**no**")
 
 
-def render_table(rows: Sequence[Row], markdown: bool = True) -> str:
+def render_table(rows: Sequence[Row], markdown: bool = True,
+                 subjects: tuple[str, str] = ("leampoll", "baseline")) -> str:
+    columns = ("figure", *subjects, "ratio", "goal", "met?")
     cells = [[r.figure, r.ours, r.baseline, r.ratio, r.goal, _met(r.met)] for r in rows]
     if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(c) + " |" for c in cells]
         return "\n".join(lines)
-    plain = [list(COLUMNS)] + [[c.replace("**", "") for c in row] for row in cells]
-    widths = [max(len(row[i]) for row in plain) for i in range(len(COLUMNS))]
+    plain = [list(columns)] + [[c.replace("**", "") for c in row] for row in cells]
+    widths = [max(len(row[i]) for row in plain) for i in range(len(columns))]
     out = []
     for n, row in enumerate(plain):
         out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -64,7 +65,7 @@ def section_markdown(section: Section) -> str:
     if section.header:
         parts += [section.header, ""]
     if section.rows:
-        parts += [render_table(section.rows), ""]
+        parts += [render_table(section.rows, subjects=section.subjects), ""]
     if section.notes:
         parts += [section.notes.strip(), ""]
     return "\n".join(parts)
