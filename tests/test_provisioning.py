@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import wait_until
 from tests.portal_standin import PortalStandin
@@ -237,3 +238,90 @@ def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
     assert alpha.ssh("test -e /etc/supervisor/conf.d/leampoll-peoria.conf").returncode != 0
     assert alpha.ssh("test -d /mnt/jobdir/peoria").returncode == 0
     wait_until(lambda: fleet.program("alpha", "chicago")[0] == "RUNNING", 10, "chicago runs")
+
+
+def ops_play(fleet, playbook: str, *args: str, inventory: Path | None = None,
+             ) -> subprocess.CompletedProcess:
+    """Run one of playbooks/ against the fleet (or another inventory)."""
+    argv = [str(PLAYBOOK), "-i", str(inventory or fleet.inventory), f"playbooks/{playbook}", *args]
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
+    (fleet.dir / f"{playbook}-{time.time_ns()}.log").write_text(out.stdout + out.stderr)
+    return out
+
+
+# From here on peoria is absent (the test above); chicago and stlouis run.
+
+def test_status_without_arguments_lists_the_deployed_projects(fleet):
+    alpha = fleet.hosts["alpha"]
+    listed = json.loads(alpha.ssh("cat /etc/leampoll/projects.json").stdout)
+    assert listed == [{"name": "chicago", "workdir": "/mnt/jobdir/chicago",
+                       "program": "leampoll-chicago",
+                       "log": "/var/log/supervisor/leampoll-chicago.log"}]
+    mode = alpha.ssh("stat -c '%a %U' /etc/leampoll/projects.json").stdout.split()
+    assert mode == ["644", "root"]
+    version = alpha.ssh("/usr/local/bin/leampoll --version").stdout.split()[-1]
+    out = alpha.ssh("/usr/local/bin/leampoll status --json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["project"]: r for r in json.loads(out.stdout)}
+    assert list(rows) == ["chicago"]
+    assert rows["chicago"]["supervisor"] == "RUNNING"
+    assert rows["chicago"]["version"] == version
+    assert rows["chicago"]["log"] == "/var/log/supervisor/leampoll-chicago.log"
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The rows the status playbook printed, split into columns."""
+    return [line.strip().strip('",').split() for line in output.splitlines()
+            if re.match(r'^\s*"(alpha|beta|tiny|ghost)\s', line)]
+
+
+def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
+    out = ops_play(fleet, "status.yml")
+    assert out.returncode == 0, out.stdout[-4000:]
+    rows = table_rows(out.stdout)
+    assert [r[:3] for r in rows if r[0] != "tiny"] == [["alpha", "chicago", "RUNNING"],
+                                                       ["beta", "stlouis", "RUNNING"]], out.stdout
+    assert "pollers running 2/2" in out.stdout
+    assert recap(out.stdout)["alpha"]["changed"] == 0
+    assert PASSWORD not in out.stdout
+
+    inventory = yaml.safe_load(fleet.inventory.read_text())
+    inventory["all"]["hosts"]["ghost"] = {**inventory["all"]["hosts"]["beta"],
+                                          "ansible_host": "127.0.0.250"}
+    inventory["all"]["children"]["leam_jobservers"]["hosts"]["ghost"] = None
+    ghost_inventory = fleet.dir / "with-ghost.yml"
+    ghost_inventory.write_text(yaml.safe_dump(inventory))
+    out = ops_play(fleet, "status.yml", "--limit", "alpha,ghost", inventory=ghost_inventory)
+    assert out.returncode == 0, out.stdout[-4000:]
+    rows = table_rows(out.stdout)
+    assert [r[:3] for r in rows] == [["alpha", "chicago", "RUNNING"],
+                                     ["ghost", "-", "unreachable"]], out.stdout
+    assert "unreachable 1 (ghost)" in out.stdout
+
+
+def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
+    portal = fleet.portals["chicago"]
+    portal.queue("drain-long", "sleep 6")
+    portal.wait_for(lambda p: p.status.get("drain-long") == "running", timeout=30)
+    portal.queue("drain-queued", "true")
+    _, stlouis_pid = fleet.program("beta", "stlouis")
+    out = ops_play(fleet, "drain.yml", "--limit", "alpha,beta",  # tiny has no Supervisor
+                   "-e", '{"leam_ops_projects": ["chicago"]}',
+                   "-e", "leam_ops_wait_timeout=120")
+    assert out.returncode == 0, out.stdout[-4000:]
+    # The play returned after the job was done and reported, not killed.
+    assert portal.status["drain-long"] == "success"
+    assert fleet.program("alpha", "chicago")[0] == "EXITED"
+    assert fleet.program("beta", "stlouis") == ("RUNNING", stlouis_pid)  # not chosen
+    time.sleep(3)
+    assert portal.status["drain-queued"] == "queued"  # nothing popped while drained
+    assert [r.kind for r in portal.reports()].count("requeue") == 0
+
+    out = ops_play(fleet, "resume.yml", "--limit", "alpha")
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert recap(out.stdout)["alpha"]["changed"] == 1
+    assert fleet.program("alpha", "chicago")[0] == "RUNNING"
+    portal.wait_for(lambda p: p.status.get("drain-queued") == "success", timeout=60)
+    out = ops_play(fleet, "resume.yml", "--limit", "alpha")
+    assert recap(out.stdout)["alpha"]["changed"] == 0
