@@ -314,8 +314,8 @@ def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
     assert portal.status["drain-long"] == "success"
     assert fleet.program("alpha", "chicago")[0] == "EXITED"
     assert fleet.program("beta", "stlouis") == ("RUNNING", stlouis_pid)  # not chosen
-    time.sleep(3)
-    assert portal.status["drain-queued"] == "queued"  # nothing popped while drained
+    # The poller has exited: the queued job can no longer be popped.
+    assert portal.status["drain-queued"] == "queued"
     assert [r.kind for r in portal.reports()].count("requeue") == 0
 
     out = ops_play(fleet, "resume.yml", "--limit", "alpha")
@@ -325,3 +325,51 @@ def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
     portal.wait_for(lambda p: p.status.get("drain-queued") == "success", timeout=60)
     out = ops_play(fleet, "resume.yml", "--limit", "alpha")
     assert recap(out.stdout)["alpha"]["changed"] == 0
+
+
+def newer_source(fleet, version: str) -> Path:
+    """A copy of the poller's source tree whose version is `version`."""
+    tree = fleet.dir / f"source-{version}"
+    shutil.copytree(ROOT / "leampoll", tree / "leampoll",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    init = tree / "leampoll" / "__init__.py"
+    text, n = re.subn(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text())
+    assert n == 1
+    init.write_text(text)
+    return tree
+
+
+def test_upgrade_rolls_host_by_host_and_kills_no_job(fleet):
+    chicago, stlouis = fleet.portals["chicago"], fleet.portals["stlouis"]
+    chicago.queue("upgrade-long", "sleep 8")
+    chicago.wait_for(lambda p: p.status.get("upgrade-long") == "running", timeout=30)
+    source = newer_source(fleet, "3.99.0")
+    out = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
+                   "-e", f"leampoll_source={source}", "-e", "leam_ops_wait_timeout=120")
+    assert out.returncode == 0, out.stdout[-4000:]
+    # The job ran to its end and was reported; nothing was handed back.
+    assert chicago.status["upgrade-long"] == "success"
+    assert [r.kind for r in chicago.reports() + stlouis.reports()].count("requeue") == 0
+    # One host at a time, alpha first: beta's poller was replaced only after
+    # alpha's long job had been reported.
+    batches = re.findall(r"^PLAY \[Upgrade the LEAM pollers\]", out.stdout, re.M)
+    assert len(batches) == 2, out.stdout[-4000:]
+    finished = chicago.reports("success")[-1].at
+    new_pops = [r.at for r in stlouis.reports("pop") if "leampoll/3.99.0" in r.agent]
+    assert new_pops and min(new_pops) > finished
+    # Both hosts show the new version, every poller runs and polls again.
+    table = ops_play(fleet, "status.yml", "--limit", "alpha,beta")
+    rows = table_rows(table.stdout)
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("alpha", "chicago", "RUNNING", "3.99.0"),
+                                                         ("beta", "stlouis", "RUNNING", "3.99.0")]
+    chicago.queue("after-upgrade-a", "true")
+    stlouis.queue("after-upgrade-b", "true")
+    chicago.wait_for(lambda p: p.status.get("after-upgrade-a") == "success", timeout=60)
+    stlouis.wait_for(lambda p: p.status.get("after-upgrade-b") == "success", timeout=60)
+    # Nothing left to upgrade: a second rollout changes nothing.
+    again = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
+                     "-e", f"leampoll_source={source}")
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert {h: c["changed"] for h, c in recap(again.stdout).items()} == {"alpha": 0, "beta": 0}
