@@ -26,6 +26,10 @@ from leampoll.state import Report, State, read_json, stop_orphan_groups, write_j
 log = logging.getLogger("leampoll")
 
 OUTCOMES = ("success", "error", "requeued")
+# Seconds status.json may lag behind figures that change every cycle (guard
+# readings, time of the last poll); any other change is written at once.
+# Rewriting it every idle cycle was the largest part of the idle cost.
+STATUS_REFRESH = 10.0
 
 
 class Worker:
@@ -46,6 +50,8 @@ class Worker:
         self.exit_code = 0
         self.metrics = None
         self.status = self._initial_status()
+        self._published: tuple = ()
+        self._published_at = float("-inf")
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -283,12 +289,21 @@ class Worker:
             "reports_pending": 0,
         }
 
+    def _status_key(self) -> tuple:
+        """What a reader must see at once; the rest may wait STATUS_REFRESH."""
+        s = self.status
+        return (s["state"], s["pid"], s["current"], s["last"], tuple(s["counts"].values()),
+                tuple(s["guard"]["holding"]), s["reports_pending"], s["last_poll"] is None)
+
     def publish(self) -> None:
         """Write status.json (and metrics) for readers; never fatal."""
         if self.life.stop == COLD and self.status.get("state") not in ("stopped",):
             self.status["state"] = "stopping"
         try:
-            self.state.save_status(self.status)
+            key, now = self._status_key(), time.monotonic()
+            if key != self._published or now - self._published_at >= STATUS_REFRESH:
+                self.state.save_status(self.status)
+                self._published, self._published_at = key, now
             if self.metrics:
                 self.metrics.write(self.status)
         except OSError as exc:

@@ -15,11 +15,13 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_until
 from tests.portal_standin import PortalStandin
@@ -201,6 +203,10 @@ def test_duplicate_project_name_and_bad_jobdir_size_fail(fleet):
     assert out.returncode != 0 and "duplicate" in out.stdout.lower()
     out = fleet.play("--limit", "alpha", extra={"leam_jobdir_min_free": "plenty"})
     assert out.returncode != 0 and "leam_jobdir_min_free" in out.stdout
+    out = fleet.play("--limit", "alpha", extra={"leampoll_metrics": True,
+                                                 "leampoll_node_exporter_listen_address": "9100"})
+    assert out.returncode != 0 and "leampoll_node_exporter_listen_address" in out.stdout
+    assert recap(out.stdout)["alpha"]["changed"] == 0
 
 
 def test_settings_change_waits_for_running_job_and_spares_other_projects(fleet):
@@ -373,3 +379,55 @@ def test_upgrade_rolls_host_by_host_and_kills_no_job(fleet):
                      "-e", f"leampoll_source={source}")
     assert again.returncode == 0, again.stdout[-4000:]
     assert {h: c["changed"] for h, c in recap(again.stdout).items()} == {"alpha": 0, "beta": 0}
+
+
+def scrape(address: str) -> dict[tuple[str, frozenset], float]:
+    """node_exporter's /metrics at address, as {(name, labels): value}."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    series = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            series[(s.name, frozenset(s.labels.items()))] = s.value
+    return series
+
+
+def jobs_total(series: dict, project: str) -> dict[str, float]:
+    return {dict(labels)["outcome"]: value for (name, labels), value in series.items()
+            if name == "leampoll_jobs_total" and dict(labels).get("project") == project}
+
+
+def test_node_exporter_serves_the_pollers_series(fleet):
+    inventory = yaml.safe_load(fleet.inventory.read_text())
+    inventory["all"]["children"]["leam_jobservers"]["vars"]["leampoll_metrics"] = True
+    addresses = {}
+    for name in ("alpha", "beta"):
+        addresses[name] = f"{fleet.hosts[name].address}:9100"
+        inventory["all"]["hosts"][name]["leampoll_node_exporter_listen_address"] = addresses[name]
+    fleet.inventory = fleet.dir / "with-metrics.yml"
+    fleet.inventory.write_text(yaml.safe_dump(inventory))
+    out = fleet.play("--limit", "alpha,beta")
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert fleet.play("--limit", "alpha,beta").stdout.count("changed=0") == 2
+
+    fleet.portals["chicago"].queue("metrics-ok", "true")
+    fleet.portals["chicago"].queue("metrics-fail", "exit 3")
+    fleet.portals["stlouis"].queue("metrics-ok-b", "true")
+    fleet.portals["chicago"].wait_for(lambda p: p.status.get("metrics-fail") == "error", timeout=60)
+    fleet.portals["stlouis"].wait_for(lambda p: p.status.get("metrics-ok-b") == "success",
+                                      timeout=60)
+    for host, project in (("alpha", "chicago"), ("beta", "stlouis")):
+        portal = fleet.portals[project]
+        seen = {"success": len(portal.reports("success")), "error": len(portal.reports("error")),
+                "requeued": len(portal.reports("requeue"))}
+        # Scraped over loopback from the host's own address; the poller
+        # rewrites its file after every cycle.
+        wait_until(lambda h=host, p=project, s=seen: jobs_total(scrape(addresses[h]), p) == s,
+                   30, f"{project}'s leampoll_jobs_total as the portal saw: {seen}")
+        series = scrape(addresses[host])
+        names = {name for name, labels in series if ("project", project) in labels}
+        assert {"leampoll_job_running", "leampoll_last_poll_timestamp_seconds",
+                "leampoll_reports_pending", "leampoll_build_info",
+                "leampoll_job_duration_seconds_count", "leampoll_guard_hold"} <= names
+        assert series[("leampoll_job_running", frozenset({("project", project)}))] == 0
+        assert ("node_load1", frozenset()) in series  # node_exporter's own series as well
