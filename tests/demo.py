@@ -8,6 +8,7 @@ jobs are popped, run and reported, and the fleet's status is shown.
     python -m tests.demo up      # idempotent: a second run reuses what is there
     python -m tests.demo queue chicago ID 'CMDLINE'
     python -m tests.demo clean
+    python -m tests.demo leftovers   # exit 1 if anything the demo started is left
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -104,14 +106,22 @@ def queue(project: str, job_id: str, cmdline: str) -> None:
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
+def metrics_address(sandbox: Sandbox, host: str) -> str:
+    """node_exporter of a demo host: on the host's own loopback address."""
+    return f"{sandbox.host(host).address}:9100"
+
+
 def inventory(sandbox: Sandbox) -> Path:
     password = _password()
-    host_vars = {host: {"leam_projects": [
-        {"name": p, "portal_url": portal_url(p), "portal_user": "poller",
-         "portal_password": password, "speed": 2, "min_free_disk": "100M",
-         "min_free_mem": "50M", "job_timeout": 600} for p in projects]}
+    host_vars = {host: {
+        "leampoll_node_exporter_listen_address": metrics_address(sandbox, host),
+        "leam_projects": [
+            {"name": p, "portal_url": portal_url(p), "portal_user": "poller",
+             "portal_password": password, "speed": 2, "min_free_disk": "100M",
+             "min_free_mem": "50M", "job_timeout": 600} for p in projects]}
         for host, projects in HOSTS.items()}
     group_vars = {"leam_jobservers": {"leampoll_install_mode": "wheelhouse",
+                                      "leampoll_metrics": True,
                                       "leam_jobdir_min_free": "100M"}}
     path = STATE / "inventory.yml"
     sandbox.write_inventory(path, host_vars=host_vars, group_vars=group_vars)
@@ -146,14 +156,7 @@ def up() -> int:
         if job_id not in (_state(project) or {}).get("status", {}):
             queue(project, job_id, cmdline)
     say(f"queued {len(JOBS)} demo jobs; running ansible-playbook -i {inv} site.yml")
-    play = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(inv), "site.yml"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
-    assert play.stdout is not None
-    for line in play.stdout:
-        if line.startswith(("TASK", "PLAY", "fatal", "failed")) or " : ok=" in line:
-            say("  " + line.rstrip())
-    if play.wait() != 0:
+    if play(inv, "site.yml") != 0:
         say("site.yml failed (see above)")
         return 1
     say("waiting for the jobs to be popped, run and reported")
@@ -164,17 +167,46 @@ def up() -> int:
         done = {(p, j) for p, j in wanted
                 if (_state(p) or {}).get("status", {}).get(j) in ("success", "error")}
         time.sleep(1)
-    for host in sandbox.hosts():
-        say(f"leampoll status on {host.name}:")
-        print(host.ssh("/usr/local/bin/leampoll status").stdout, flush=True)
+    say(f"the fleet's status: ansible-playbook -i {inv} playbooks/status.yml")
+    play(inv, "playbooks/status.yml", table=True)
     say("what the portal stand-ins received:")
     for project in PORTS:
         state = _state(project) or {}
         for job_id, status in sorted(state.get("status", {}).items()):
             print(f"  {project:8} {job_id:16} {status}")
+    for host in HOSTS:
+        address = metrics_address(sandbox, host)
+        say(f"node_exporter on {host}: "
+            f"curl -s http://{address}/metrics | grep ^leampoll_jobs_total")
+        for line in _scrape(address):
+            if line.startswith("leampoll_jobs_total"):
+                print(f"  {line}")
     say("queue more with: python -m tests.demo queue chicago my-job 'sleep 5'")
     say("tear down with: make demo-clean")
     return 0 if done == wanted else 1
+
+
+def play(inv: Path, playbook: str, table: bool = False) -> int:
+    """Run a playbook, echoing its progress, or only the table it prints."""
+    proc = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(inv), playbook],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if table:
+            if line.startswith('        "'):  # a row of the table, in debug's output
+                print("  " + line.strip().removesuffix(",").strip('"'), flush=True)
+        elif line.startswith(("TASK", "PLAY", "fatal", "failed")) or " : ok=" in line:
+            say("  " + line.rstrip())
+    return proc.wait()
+
+
+def _scrape(address: str) -> list[str]:
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+            return r.read().decode().splitlines()
+    except OSError as exc:
+        return [f"(no answer: {exc})"]
 
 
 def clean() -> int:
@@ -193,11 +225,35 @@ def clean() -> int:
     return 0
 
 
+def leftovers() -> int:
+    """Exit 1 naming whatever of the demo is still there: processes, mounts, ports."""
+    found = []
+    marker = str(STATE).encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes()
+            if marker in cmdline:
+                found.append(f"process {proc.name}: {cmdline.replace(bytes(1), b' ').decode()}")
+    found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
+              if line.split()[1].startswith(str(STATE))]
+    for project, port in PORTS.items():
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            found.append(f"port 127.0.0.1:{port} ({project}'s portal stand-in) still open")
+    if STATE.exists():
+        found.append(f"directory {STATE}")
+    for item in found:
+        say(f"left over: {item}")
+    say("nothing of the demo is left" if not found else f"{len(found)} things left over")
+    return 1 if found else 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["up"]:
         return up()
     if argv[:1] == ["clean"]:
         return clean()
+    if argv[:1] == ["leftovers"]:
+        return leftovers()
     if argv[:1] == ["queue"] and len(argv) == 4:
         queue(argv[1], argv[2], argv[3])
         return 0
