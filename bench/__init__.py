@@ -61,14 +61,7 @@ class Suite:
 SUITES: dict[str, Suite] = {}
 
 # Suites that are planned but not written yet: their place in BENCHMARKS.md.
-PLANNED: dict[str, tuple[str, str]] = {
-    "provisioning": (
-        "Provisioning",
-        "Not measured yet. These figures are measured by `python -m bench provisioning`, "
-        "a suite still to be added (one function registered with `@suite(\"provisioning\", "
-        "...)` in a module of `bench/`); `make bench` then runs it with the others.",
-    ),
-}
+PLANNED: dict[str, tuple[str, str]] = {}
 
 
 def suite(name: str, title: str) -> Callable[[Callable[..., Section]], Callable[..., Section]]:

@@ -80,7 +80,9 @@ def row(project: dict, programs: dict[str, str], now: float) -> dict:
         inodes = {"free": st.f_favail, "total": st.f_files}
     except OSError:
         disk = inodes = None
-    failing = programs.get(program) in ("FATAL", "BACKOFF") or last.get("outcome") == "error"
+    # The program, not a job: a job that fails is reported and the poller goes on.
+    failing = programs.get(program) in ("FATAL", "BACKOFF") or (
+        alive and status.get("state") == "backoff")
     log = project.get("log", f"/var/log/supervisor/{program}.log")
     if last.get("outcome") == "error" and last.get("id") and programs.get(program) != "FATAL":
         log = str(workdir / f"{_rundir_name(last['id'])}.log")

@@ -96,12 +96,15 @@ def _run(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     timeout: float | None = None,
+    input: str | None = None,
+    what: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command, capturing output so a failure can report it."""
+    """Run a command, capturing output so a failure can report it (as `what`)."""
     proc = subprocess.run(
         [str(c) for c in cmd],
         env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -109,7 +112,7 @@ def _run(
     )
     if check and proc.returncode != 0:
         raise SandboxError(
-            f"{shlex.join(str(c) for c in cmd)} exited {proc.returncode}:\n"
+            f"{what or shlex.join(str(c) for c in cmd)} exited {proc.returncode}:\n"
             f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         )
     return proc
@@ -499,21 +502,8 @@ class Host:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` on the host over real SSH (a string goes to the remote shell)."""
-        proc = subprocess.run(
-            self.ssh_command(command),
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise SandboxError(
-                f"{self.name}: {command!r} exited {proc.returncode}:\n"
-                f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-            )
-        return proc
+        return _run(self.ssh_command(command), check=check, timeout=timeout, input=input,
+                    what=f"{self.name}: {command!r}")
 
     def ansible_vars(self) -> dict[str, str]:
         """Connection variables Ansible needs for this host."""

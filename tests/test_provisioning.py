@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +21,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import playbook
 from tests.conftest import wait_until
+from tests.playbook import recap
 from tests.portal_standin import PortalStandin
 from tests.sandbox import Host, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest"))
 PASSWORD = 'p@ss "w%rd\\ 1'  # supervisor specials: quotes, %, backslash, space
 
@@ -72,16 +71,11 @@ class Fleet:
         sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars=group_vars)
 
     def play(self, *args: str, extra: dict | None = None) -> subprocess.CompletedProcess:
-        argv = [str(PLAYBOOK), "-i", str(self.inventory), "site.yml", *args]
         if extra is not None:
             path = self.dir / "extra.json"
             path.write_text(json.dumps(extra))
-            argv += ["-e", f"@{path}"]
-        env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
-        out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env,
-                             timeout=1200)
-        (self.dir / f"play-{time.time_ns()}.log").write_text(out.stdout + out.stderr)
-        return out
+            args = (*args, "-e", f"@{path}")
+        return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
 
     def program(self, host: str, project: str) -> tuple[str, int | None]:
         """Supervisor state and pid of a project's poller."""
@@ -89,14 +83,6 @@ class Fleet:
         fields = out.split()
         pid = re.search(r"pid (\d+)", out)
         return (fields[1] if len(fields) > 1 else "MISSING"), int(pid.group(1)) if pid else None
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP per host: {'alpha': {'ok': 10, 'changed': 0, 'failed': 0, ...}}."""
-    found = {}
-    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
-        found[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -246,14 +232,11 @@ def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
     wait_until(lambda: fleet.program("alpha", "chicago")[0] == "RUNNING", 10, "chicago runs")
 
 
-def ops_play(fleet, playbook: str, *args: str, inventory: Path | None = None,
+def ops_play(fleet, name: str, *args: str, inventory: Path | None = None,
              ) -> subprocess.CompletedProcess:
     """Run one of playbooks/ against the fleet (or another inventory)."""
-    argv = [str(PLAYBOOK), "-i", str(inventory or fleet.inventory), f"playbooks/{playbook}", *args]
-    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
-    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
-    (fleet.dir / f"{playbook}-{time.time_ns()}.log").write_text(out.stdout + out.stderr)
-    return out
+    return playbook.run(inventory or fleet.inventory, f"playbooks/{name}", *args,
+                        log_dir=fleet.dir)
 
 
 # From here on peoria is absent (the test above); chicago and stlouis run.
@@ -304,6 +287,43 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
     assert [r[:3] for r in rows] == [["alpha", "chicago", "RUNNING"],
                                      ["ghost", "-", "unreachable"]], out.stdout
     assert "unreachable 1 (ghost)" in out.stdout
+
+
+def host_status(fleet, host: str) -> dict[str, dict]:
+    out = fleet.hosts[host].ssh("/usr/local/bin/leampoll status --json")
+    assert out.returncode == 0, out.stderr
+    return {r["project"]: r for r in json.loads(out.stdout)}
+
+
+def test_status_shows_a_running_job_and_a_guard_hold(fleet):
+    chicago = fleet.portals["chicago"]
+    chicago.queue("status-long", "sleep 20")
+    chicago.wait_for(lambda p: p.status.get("status-long") == "running", timeout=30)
+    fleet.overrides["stlouis"] = {"min_free_disk": "1000T"}  # more than any disk here
+    fleet.write(fleet.sandbox)
+    try:
+        assert fleet.play("--limit", "beta").returncode == 0
+        wait_until(lambda: host_status(fleet, "beta")["stlouis"]["guard"]["holding"] == ["disk"],
+                   30, "stlouis holds on its disk guard")
+        out = ops_play(fleet, "status.yml", "--limit", "alpha,beta")
+        assert out.returncode == 0, out.stdout[-4000:]
+        rows = {(r[0], r[1]): " ".join(r) for r in table_rows(out.stdout)}
+        assert re.search(r"RUNNING \S+ \S+ status-long \(\d+s\)", rows["alpha", "chicago"])
+        assert re.search(r" disk \S+<1000\.00TB ", rows["beta", "stlouis"]), rows
+        assert "jobs running 1; guard holds 1 (beta:stlouis (disk))" in out.stdout
+
+        # --json agrees with what the portal saw.
+        row = host_status(fleet, "alpha")["chicago"]
+        assert row["job"]["id"] == "status-long"
+        assert row["totals"] == {"success": len(chicago.reports("success")),
+                                 "error": len(chicago.reports("error")),
+                                 "requeued": len(chicago.reports("requeue"))}
+        assert f"/jobs/{row['last']['id']}/" in chicago.reports()[-1].path
+    finally:
+        fleet.overrides.pop("stlouis")
+        fleet.write(fleet.sandbox)
+        assert fleet.play("--limit", "beta").returncode == 0
+    chicago.wait_for(lambda p: p.status.get("status-long") == "success", timeout=60)
 
 
 def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):

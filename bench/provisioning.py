@@ -1,0 +1,186 @@
+"""`python -m bench provisioning`: site.yml on sandbox hosts, timed.
+
+Two comparisons, each inside one run: a no-op re-run against the first
+converge of the same hosts (2 hosts x 3 projects), and a converge of 4 hosts
+against one of 1 host (the fleet is provisioned in parallel, so more hosts
+should cost little more time). Then the shipped ansible.cfg against variants
+of it on the no-op re-run, to show which settings earn their place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import Row, Section, suite
+from bench.common import PASSWORD, USER, log, ratio, secs
+from bench.report import machine, now
+from tests import playbook
+from tests.portal_standin import PortalStandin
+from tests.sandbox import Sandbox
+
+STATE_DIR = Path(os.environ.get("LEAM_BENCH_SANDBOX", "/run/leam-bench-sandbox"))
+PROJECTS = ("north", "south", "east")
+# ansible.cfg variants tried on the no-op re-run: (label, environment).
+VARIANTS = [
+    ("pipelining off", {"ANSIBLE_PIPELINING": "False"}),
+    ("no SSH connection reuse (ControlMaster=no)",
+     {"ANSIBLE_SSH_ARGS": "-C -o ControlMaster=no"}),
+    ("forks = 1", {"ANSIBLE_FORKS": "1"}),
+]
+
+
+@dataclass
+class Timed:
+    seconds: float
+    changed: int
+    failed: int
+
+
+@dataclass
+class Results:
+    first: Timed | None = None
+    rerun: Timed | None = None
+    one: Timed | None = None
+    one_rerun: Timed | None = None
+    four: Timed | None = None
+    four_rerun: Timed | None = None
+    variants: dict[str, Timed] = field(default_factory=dict)
+
+
+class Bench:
+    """Sandbox hosts, the portals of three projects and timed playbook runs."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.sandbox = Sandbox(STATE_DIR, log=lambda m: None)
+        self.portals = {p: PortalStandin(USER, PASSWORD, base_path=f"/{p}").start()
+                        for p in PROJECTS}
+
+    def close(self) -> None:
+        for p in self.portals.values():
+            p.stop()
+
+    def inventory(self, name: str) -> Path:
+        projects = [{"name": p, "portal_url": portal.url, "portal_user": USER,
+                     "portal_password": PASSWORD, "speed": 5, "min_free_disk": "10M",
+                     "min_free_mem": "10M"} for p, portal in self.portals.items()]
+        path = self.work / f"{name}.yml"
+        self.sandbox.write_inventory(
+            path, host_vars={h.name: {"leam_projects": projects} for h in self.sandbox.hosts()},
+            group_vars={"leam_jobservers": {"leampoll_install_mode": "wheelhouse",
+                                            "leam_jobdir_min_free": "20M"}})
+        return path
+
+    def converge(self, inventory: Path, what: str, env: dict | None = None) -> Timed:
+        started = time.monotonic()
+        out = playbook.run(inventory, "site.yml", env=env, log_dir=self.work)
+        elapsed = time.monotonic() - started
+        recap = playbook.recap(out.stdout).values()
+        timed = Timed(elapsed, sum(r["changed"] for r in recap),
+                      sum(r["failed"] + r["unreachable"] for r in recap))
+        log(f"{what}: {secs(elapsed)}, changed={timed.changed}, failed={timed.failed}")
+        if out.returncode != 0:
+            raise RuntimeError(f"site.yml failed ({what}); output in {self.work}")
+        return timed
+
+
+@suite("provisioning", "Provisioning: site.yml on sandbox hosts")
+def provisioning(options) -> Section:
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="leampoll-bench-prov-"))
+    bench = Bench(work)
+    res = Results()
+    try:
+        bench.sandbox.down_all()  # leftovers of an interrupted run
+        log("root filesystem of the sandbox hosts (cached after the first time)")
+        bench.sandbox.ensure_rootfs()
+        log("1/3 first converge vs no-op re-run, 2 hosts x 3 projects")
+        with bench.sandbox.hosts_up(["bench-a", "bench-b"]):
+            inv = bench.inventory("two")
+            res.first = bench.converge(inv, "first converge")
+            res.rerun = bench.converge(inv, "no-op re-run")
+            if not options.quick:
+                log("2/3 ansible.cfg variants on the no-op re-run")
+                for label, env in VARIANTS:
+                    res.variants[label] = bench.converge(inv, label, env)
+        if not options.quick:
+            log("3/3 1 host vs 4 hosts")
+            with bench.sandbox.hosts_up(["bench-a"]):
+                inv = bench.inventory("one")
+                res.one = bench.converge(inv, "1 host, first converge")
+                res.one_rerun = bench.converge(inv, "1 host, no-op re-run")
+            with bench.sandbox.hosts_up([f"bench-{c}" for c in "abcd"]):
+                inv = bench.inventory("four")
+                res.four = bench.converge(inv, "4 hosts, first converge")
+                res.four_rerun = bench.converge(inv, "4 hosts, no-op re-run")
+    except BaseException:
+        log(f"failed; playbook output kept in {work}")
+        raise
+    finally:
+        bench.close()
+    shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    header = (f"Machine: {machine()}.  \nDate: {now()}; this suite ran {elapsed:.0f} s "
+              f"(`python -m bench provisioning`); load average (1 min) "
+              f"{os.getloadavg()[0]:.2f} after.  \nSandbox hosts (`tests/sandbox.py`): "
+              "Debian 12 root filesystems, each its own sshd on 127.0.0.N; wheelhouse mode.")
+    return Section("provisioning", "Provisioning (`python -m bench provisioning`)",
+                   rows(res), header, NOTES, subjects=("measured", "baseline"))
+
+
+def _times(ours: float, base: float) -> str:
+    return f"{ours / base:.2f}" if base else "-"
+
+
+def rows(res: Results) -> list[Row]:
+    assert res.first and res.rerun
+    out = [
+        Row("First converge, 2 bare hosts x 3 projects (the baseline of the next line)",
+            f"{secs(res.first.seconds)}, changed={res.first.changed}"),
+        Row("No-op re-run of the same, vs first converge",
+            f"{secs(res.rerun.seconds)}, changed={res.rerun.changed}",
+            secs(res.first.seconds),
+            f"re-run/first = {_times(res.rerun.seconds, res.first.seconds)}",
+            "changed=0 and ≤ 0.35",
+            res.rerun.changed == 0 and res.rerun.seconds <= 0.35 * res.first.seconds),
+    ]
+    for label, t in res.variants.items():
+        out.append(Row(f"No-op re-run, shipped ansible.cfg vs {label}", secs(res.rerun.seconds),
+                       secs(t.seconds), ratio(t.seconds, res.rerun.seconds)))
+    if res.one and res.four and res.one_rerun and res.four_rerun:
+        out += [
+            Row("First converge, 4 hosts vs 1 host (3 projects each)", secs(res.four.seconds),
+                secs(res.one.seconds), f"t4/t1 = {_times(res.four.seconds, res.one.seconds)}",
+                "≤ 2.0", res.four.seconds <= 2 * res.one.seconds),
+            Row("No-op re-run, 4 hosts vs 1 host", secs(res.four_rerun.seconds),
+                secs(res.one_rerun.seconds),
+                f"t4/t1 = {_times(res.four_rerun.seconds, res.one_rerun.seconds)}", "≤ 2.0",
+                res.four_rerun.seconds <= 2 * res.one_rerun.seconds),
+        ]
+    return out
+
+
+NOTES = """
+Each figure is the wall time of one `ansible-playbook -i INVENTORY site.yml` (validation
+play, then the jobdir, supervisor and leampoll roles) from the controller, over real SSH
+to sandbox hosts started bare from the cached root filesystem. The first converge
+installs Supervisor and python3-venv with apt (package lists fetched by each host), builds
+the poller's wheel and wheelhouse once on the controller, and starts three pollers per
+host; the no-op re-run finds everything in place (`changed=0`).
+
+**ansible.cfg.** The variants are the shipped `ansible.cfg` with one setting changed
+through its environment variable, on the same no-op re-run; the ratio is variant /
+shipped (above 1: the shipped setting is faster). Kept: `pipelining = True` (one SSH
+round trip per task instead of a file copy and two more), SSH connection reuse (the
+default ControlMaster/ControlPersist), `forks = 20` (every host of a batch at once),
+`gathering = explicit` with the minimal fact subset (site.yml needs only the service
+manager).
+
+**1 vs 4 hosts.** The hosts share this machine's 2 cores: a bigger fleet on real servers
+adds only the controller's share (one fork per host), so t4/t1 here is an upper bound.
+"""
