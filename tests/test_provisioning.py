@@ -367,6 +367,30 @@ def newer_source(fleet, version: str) -> Path:
     return tree
 
 
+def installed_version(fleet, host: str) -> str:
+    return fleet.hosts[host].ssh("/usr/local/bin/leampoll --version").stdout.split()[-1]
+
+
+def test_upgrade_leaves_a_host_whose_job_outlasts_the_bound(fleet):
+    chicago = fleet.portals["chicago"]
+    before = {h: installed_version(fleet, h) for h in ("alpha", "beta")}
+    chicago.queue("outlasts", "sleep 25")
+    chicago.wait_for(lambda p: p.status.get("outlasts") == "running", timeout=30)
+    source = newer_source(fleet, "3.98.0")
+    out = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
+                   "-e", f"leampoll_source={source}", "-e", "leam_ops_wait_timeout=1")
+    assert out.returncode != 0
+    assert "leampoll-chicago still running a job" in out.stdout, out.stdout[-4000:]
+    assert "upgrade to 3.98.0 postponed" in out.stdout
+    assert "beta" not in recap(out.stdout)  # the rollout stopped before beta's turn
+    assert {h: installed_version(fleet, h) for h in ("alpha", "beta")} == before
+    # The job was left to run: it ends and is reported, never handed back.
+    chicago.wait_for(lambda p: p.status.get("outlasts") == "success", timeout=60)
+    assert [r.kind for r in chicago.reports()].count("requeue") == 0
+    out = ops_play(fleet, "resume.yml", "--limit", "alpha")
+    assert out.returncode == 0 and fleet.program("alpha", "chicago")[0] == "RUNNING"
+
+
 def test_upgrade_rolls_host_by_host_and_kills_no_job(fleet):
     chicago, stlouis = fleet.portals["chicago"], fleet.portals["stlouis"]
     chicago.queue("upgrade-long", "sleep 8")
