@@ -1,29 +1,34 @@
-"""Build the poller's wheel, and its wheelhouse, on the controller.
+"""Build the poller's wheel, and its wheelhouse, on the controller; cached.
 
-One process instead of a handful of tasks: a scratch directory, a build
-configuration that keeps setuptools' build/ and *.egg-info out of the source
-tree (so every build starts clean and the checkout stays untouched), a
-reproducible build (SOURCE_DATE_EPOCH), the wheel's checksum. Prints JSON:
-{"dir": scratch, "wheel": path, "sha256": hex}.
+One process instead of a handful of tasks. The wheel is built once per
+content of the source tree: CACHE/<key>/ holds it, where the key hashes every
+file that goes into the wheel, SOURCE_DATE_EPOCH and the build backend's
+version, so a run of the playbook with unchanged sources takes no build at
+all. A build goes to a fresh directory (setuptools' build/ and *.egg-info
+there too, so every build starts clean and the checkout stays untouched) and
+is renamed into place, so two runs at once never see half a build.
 
-    python build_wheel.py wheel SOURCE EPOCH
-    python build_wheel.py wheelhouse WHEEL EXTRAS   # -> <scratch>/wheelhouse.tar
-
-The wheelhouse (the wheel and every dependency, with EXTRAS such as
-"[metrics]") goes to the hosts as one archive: one transfer per host instead
-of one per file.
+    python build_wheel.py wheel SOURCE EPOCH CACHE
+        prints {"dir": CACHE/<key>, "wheel": path, "sha256": hex}
+    python build_wheel.py wheelhouse DIR EXTRAS
+        DIR/wheelhouse.tar: the wheel and its dependencies (with EXTRAS,
+        e.g. "[metrics]"), one archive for one transfer per host; collected
+        once per build, so the hosts get the same dependencies until the
+        sources change (or the cache is removed)
 
 Where this Python has a setuptools that pyproject.toml accepts, the build
-calls it directly (PEP 517 hook, about 0.5 s); otherwise pip builds in an
-isolated environment, which costs seconds on every run of the playbook.
+calls it directly (PEP 517 hook); otherwise pip builds in an isolated
+environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,15 +40,21 @@ SETUPTOOLS_MAJOR = 68
 DIRECT_BUILD = (
     "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
 )
+# What goes into the wheel: the package and the project files beside it.
+PACKAGE = "leampoll"
+PROJECT_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README.md")
+KEEP = 5  # builds kept in the cache
 
 
-def setuptools_fits() -> bool:
+def setuptools_version() -> str | None:
+    """The installed setuptools' version if pyproject.toml accepts it."""
     try:
         from importlib.metadata import version
 
-        return int(version("setuptools").split(".")[0]) >= SETUPTOOLS_MAJOR
+        found = version("setuptools")
+        return found if int(found.split(".")[0]) >= SETUPTOOLS_MAJOR else None
     except Exception:  # not installed, or a version we cannot read
-        return False
+        return None
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
@@ -53,45 +64,92 @@ def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         sys.exit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def build(args: argparse.Namespace) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="leampoll-build."))
+def source_key(source: Path, epoch: str, backend: str) -> str:
+    digest = hashlib.sha256(f"{epoch}\0{backend}\0".encode())
+    files = [source / name for name in PROJECT_FILES if (source / name).is_file()]
+    files += sorted(p for p in (source / PACKAGE).rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(f"{path.relative_to(source)}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:20]
+
+
+def the_wheel(directory: Path) -> Path:
+    wheels = sorted((directory / "dist").glob(f"{PACKAGE}-*.whl"))
+    if len(wheels) != 1:
+        sys.exit(f"expected one {PACKAGE} wheel in {directory / 'dist'}, found {len(wheels)}")
+    return wheels[0]
+
+
+def build_into(source: Path, epoch: str, scratch: Path, direct: bool) -> None:
     config = scratch / "build.cfg"
     config.write_text(f"[build]\nbuild_base = {scratch}/build\n[egg_info]\negg_base = {scratch}\n")
-    env = {**os.environ, "SOURCE_DATE_EPOCH": args.epoch, "DIST_EXTRA_CONFIG": str(config)}
+    env = {**os.environ, "SOURCE_DATE_EPOCH": epoch, "DIST_EXTRA_CONFIG": str(config)}
     dist = scratch / "dist"
-    if setuptools_fits():
+    if direct:
         dist.mkdir()
-        run([sys.executable, "-c", DIRECT_BUILD, str(dist)], env, cwd=args.source)
+        run([sys.executable, "-c", DIRECT_BUILD, str(dist)], env, cwd=source)
     else:
         run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
-             "--quiet", "--wheel-dir", str(dist), str(args.source)], env)
-    wheels = sorted((scratch / "dist").glob("leampoll-*.whl"))
-    if len(wheels) != 1:
-        sys.exit(f"expected one leampoll wheel in {scratch / 'dist'}, found {len(wheels)}")
-    wheel = wheels[0]
-    print(json.dumps({"dir": str(scratch), "wheel": str(wheel),
-                      "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()}))
+             "--quiet", "--wheel-dir", str(dist), str(source)], env)
+    shutil.rmtree(scratch / "build", ignore_errors=True)
+
+
+def prune(cache: Path) -> None:
+    entries = sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def wheel(args: argparse.Namespace) -> None:
+    source, cache = args.source.resolve(), args.cache
+    setuptools = setuptools_version()
+    target = cache / source_key(source, args.epoch, setuptools or "pip-isolated")
+    if not target.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+        try:
+            build_into(source, args.epoch, scratch, direct=setuptools is not None)
+            the_wheel(scratch)
+            with contextlib.suppress(OSError):  # a run at the same time was first
+                scratch.rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    os.utime(target)  # most recently used: kept by prune()
+    prune(cache)
+    built = the_wheel(target)
+    print(json.dumps({"dir": str(target), "wheel": str(built),
+                      "sha256": hashlib.sha256(built.read_bytes()).hexdigest()}))
 
 
 def wheelhouse(args: argparse.Namespace) -> None:
-    scratch = args.wheel.parent.parent
-    house = scratch / "wheelhouse"
-    run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--quiet",
-         "--wheel-dir", str(house), f"{args.wheel}{args.extras}"], dict(os.environ))
-    with tarfile.open(scratch / "wheelhouse.tar", "w") as tar:
-        for path in sorted(house.glob("*.whl")):
-            tar.add(path, arcname=path.name)
+    if (args.dir / "wheelhouse.tar").is_file():  # collected once per build
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=".wheelhouse-", dir=args.dir))
+    try:
+        run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--quiet",
+             "--wheel-dir", str(scratch), f"{the_wheel(args.dir)}{args.extras}"],
+            dict(os.environ))
+        with tarfile.open(scratch / "wheelhouse.tar", "w") as tar:
+            for path in sorted(scratch.glob("*.whl")):
+                tar.add(path, arcname=path.name)
+        (scratch / "wheelhouse.tar").rename(args.dir / "wheelhouse.tar")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(required=True)
-    p = sub.add_parser("wheel", help="build the wheel into a new scratch directory")
+    p = sub.add_parser("wheel", help="build the wheel, or find it in the cache")
     p.add_argument("source", type=Path)
     p.add_argument("epoch")
-    p.set_defaults(func=build)
+    p.add_argument("cache", type=Path)
+    p.set_defaults(func=wheel)
     p = sub.add_parser("wheelhouse", help="collect its dependencies into one archive")
-    p.add_argument("wheel", type=Path)
+    p.add_argument("dir", type=Path)
     p.add_argument("extras")
     p.set_defaults(func=wheelhouse)
     args = parser.parse_args()
