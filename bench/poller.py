@@ -347,7 +347,7 @@ def idle_breakdown(plan: Plan, wd: Path) -> dict[str, float]:
         worker.state.ensure()
         parts = {"guards (statvfs, psutil.virtual_memory)": worker.guards_hold,
                  "pop (requests session GET, parse)": worker.portal.pop,
-                 "status file (status.json rewritten)": worker.publish}
+                 "status file (status.json, written on a change or every 10 s)": worker.publish}
         try:
             for name, part in parts.items():
                 for _ in range(5):
@@ -602,6 +602,11 @@ on leampoll's own objects inside the bench process, each call after a sleep as l
 the idle wait (so with caches as cold as in the poller), CPU of the calling thread only:
 
 {_parts_table(i['parts'])}
+
+status.json used to be rewritten on every cycle (0.3-0.7 ms, the largest part after
+the pop); it is now written at once when what a reader sees changes (state, job,
+outcome, counts, guard hold) and otherwise at most every 10 s, which cut the idle CPU
+per cycle by about a quarter.
 
 ### 4. Pickup latency
 
