@@ -266,12 +266,14 @@ def table_rows(output: str) -> list[list[str]]:
 
 
 def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
+    version = installed_version(fleet, "alpha")
     out = ops_play(fleet, "status.yml")
     assert out.returncode == 0, out.stdout[-4000:]
     rows = table_rows(out.stdout)
-    assert [r[:3] for r in rows if r[0] != "tiny"] == [["alpha", "chicago", "RUNNING"],
-                                                       ["beta", "stlouis", "RUNNING"]], out.stdout
-    assert "pollers running 2/2" in out.stdout
+    assert [r[:4] for r in rows] == [["alpha", "chicago", "RUNNING", version],
+                                     ["beta", "stlouis", "RUNNING", version],
+                                     ["tiny", "-", "not", "installed"]], out.stdout
+    assert "pollers running 2/2" in out.stdout and "failing 0" in out.stdout
     assert recap(out.stdout)["alpha"]["changed"] == 0
     assert PASSWORD not in out.stdout
 
