@@ -26,11 +26,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.playbook import ANSIBLE_PLAYBOOK, ROOT
 from tests.sandbox import Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("LEAM_DEMO_STATE", "/run/leam-demo"))
-BIN = Path(sys.executable).parent
 PORT0 = int(os.environ.get("LEAM_DEMO_PORT", "8780"))
 HOSTS = {"demo-a": ["chicago", "peoria"], "demo-b": ["stlouis"]}
 PORTS = {"chicago": PORT0 + 1, "peoria": PORT0 + 2, "stlouis": PORT0 + 3}
@@ -188,7 +187,7 @@ def up() -> int:
 
 def play(inv: Path, playbook: str, table: bool = False) -> int:
     """Run a playbook, echoing its progress, or only the table it prints."""
-    proc = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(inv), playbook],
+    proc = subprocess.Popen([str(ANSIBLE_PLAYBOOK), "-i", str(inv), playbook],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
     assert proc.stdout is not None

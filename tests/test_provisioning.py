@@ -239,6 +239,17 @@ def ops_play(fleet, name: str, *args: str, inventory: Path | None = None,
                         log_dir=fleet.dir)
 
 
+def host_status(fleet, host: str) -> dict[str, dict]:
+    """`leampoll status --json` on a host, by project."""
+    out = fleet.hosts[host].ssh("/usr/local/bin/leampoll status --json")
+    assert out.returncode == 0, out.stderr
+    return {r["project"]: r for r in json.loads(out.stdout)}
+
+
+def installed_version(fleet, host: str) -> str:
+    return fleet.hosts[host].ssh("/usr/local/bin/leampoll --version").stdout.split()[-1]
+
+
 # From here on peoria is absent (the test above); chicago and stlouis run.
 
 def test_status_without_arguments_lists_the_deployed_projects(fleet):
@@ -249,10 +260,8 @@ def test_status_without_arguments_lists_the_deployed_projects(fleet):
                        "log": "/var/log/supervisor/leampoll-chicago.log"}]
     mode = alpha.ssh("stat -c '%a %U' /etc/leampoll/projects.json").stdout.split()
     assert mode == ["644", "root"]
-    version = alpha.ssh("/usr/local/bin/leampoll --version").stdout.split()[-1]
-    out = alpha.ssh("/usr/local/bin/leampoll status --json")
-    assert out.returncode == 0, out.stderr
-    rows = {r["project"]: r for r in json.loads(out.stdout)}
+    version = installed_version(fleet, "alpha")
+    rows = host_status(fleet, "alpha")
     assert list(rows) == ["chicago"]
     assert rows["chicago"]["supervisor"] == "RUNNING"
     assert rows["chicago"]["version"] == version
@@ -289,12 +298,6 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
     assert [r[:3] for r in rows] == [["alpha", "chicago", "RUNNING"],
                                      ["ghost", "-", "unreachable"]], out.stdout
     assert "unreachable 1 (ghost)" in out.stdout
-
-
-def host_status(fleet, host: str) -> dict[str, dict]:
-    out = fleet.hosts[host].ssh("/usr/local/bin/leampoll status --json")
-    assert out.returncode == 0, out.stderr
-    return {r["project"]: r for r in json.loads(out.stdout)}
 
 
 def test_status_shows_a_running_job_and_a_guard_hold(fleet):
@@ -369,10 +372,6 @@ def newer_source(fleet, version: str) -> Path:
     assert n == 1
     init.write_text(text)
     return tree
-
-
-def installed_version(fleet, host: str) -> str:
-    return fleet.hosts[host].ssh("/usr/local/bin/leampoll --version").stdout.split()[-1]
 
 
 def test_upgrade_leaves_a_host_whose_job_outlasts_the_bound(fleet):
