@@ -143,12 +143,13 @@ class FaultProxy:
 
     def flap(self, duration: float, faults: Sequence[str] = FAULTS[1:],
              period: tuple[float, float] = (0.5, 3.0), seed: int | None = None,
-             healthy_share: float = 0.3) -> list[tuple[str, float]]:
+             healthy_share: float = 0.3, **options: Any) -> list[tuple[str, float]]:
         """Cycle through random faults for ``duration`` seconds, then heal.
 
         Bounded by its deadline; returns the schedule it played (fault, seconds).
         """
         rnd = random.Random(seed)
+        self.set("none", **options)
         played: list[tuple[str, float]] = []
         deadline = time.monotonic() + duration
         while (left := deadline - time.monotonic()) > 0:
