@@ -98,7 +98,7 @@ class FaultProxy:
         self.stop()
 
     def _listen(self) -> None:
-        server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+        server = _QuietServer((self.host, self.port), _make_handler(self))
         server.daemon_threads = True
         self.port = server.server_address[1]  # keep the port across down/up
         self._server = server
@@ -143,8 +143,9 @@ class FaultProxy:
 
     def flap(self, duration: float, faults: Sequence[str] = FAULTS[1:],
              period: tuple[float, float] = (0.5, 3.0), seed: int | None = None,
-             healthy_share: float = 0.3, **options: Any) -> list[tuple[str, float]]:
-        """Cycle through random faults for ``duration`` seconds, then heal.
+             **options: Any) -> list[tuple[str, float]]:
+        """Play every fault in turn, in a shuffled order each round, with a healthy
+        spell between two faults, for ``duration`` seconds; then heal.
 
         Bounded by its deadline; returns the schedule it played (fault, seconds).
         """
@@ -152,13 +153,17 @@ class FaultProxy:
         self.set("none", **options)
         played: list[tuple[str, float]] = []
         deadline = time.monotonic() + duration
+        plan: list[str] = []
         while (left := deadline - time.monotonic()) > 0:
-            fault = "none" if rnd.random() < healthy_share else rnd.choice(list(faults))
+            if not plan:
+                plan = [f for fault in rnd.sample(list(faults), len(faults))
+                        for f in (fault, "none")]
+            fault = plan.pop(0)
             span = min(left, rnd.uniform(*period))
-            options: dict[str, Any] = {}
+            extra: dict[str, Any] = {}
             if fault == "storm":
-                options["retry_after"] = rnd.choice([None, 1, 2])
-            self.set(fault, **options)
+                extra["retry_after"] = rnd.choice([None, 1, 2])
+            self.set(fault, **extra)
             played.append((fault, span))
             time.sleep(span)
         self.set("none")
@@ -171,6 +176,13 @@ class FaultProxy:
     def _current(self) -> tuple[str, float, int | None, bool]:
         with self.lock:
             return self.fault, self.slow_seconds, self.retry_after, self.spare_jobs
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Broken connections are the point here, not news."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
 
 
 def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:

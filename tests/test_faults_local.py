@@ -7,11 +7,14 @@ Supervisor, reboots) is tests/test_faults.py.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import wait_until
 from tests.fault_proxy import FaultProxy
 from tests.ledger import Runs, job_cmdline
+from tests.reliability import Case
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -35,7 +38,17 @@ def start_pollers(start_poller, proxy, tmp_path, n):
     return pollers
 
 
-def test_portal_down_then_back_nothing_lost(portal, proxy, start_poller, tmp_path):
+def record(reliability, name, jobs, runs, proxy, started, note=""):
+    """Add the case's figures; the assertions themselves stay in the test."""
+    return reliability.add(Case(
+        name=name, jobs=len(jobs), faults=dict(proxy.injected),
+        lost=sum(1 for j in jobs if runs.completed(j) == 0),
+        run_twice=sum(1 for j in jobs if runs.completed(j) > 1) + len(runs.overlapping()),
+        seconds=time.monotonic() - started, note=note))
+
+
+def test_portal_down_then_back_nothing_lost(portal, proxy, start_poller, tmp_path, reliability):
+    started = time.monotonic()
     ledger = str(tmp_path / "ledger")
     proxy.set("down")
     jobs = [portal.queue(f"down-{i}", job_cmdline(ledger))["id"] for i in range(10)]
@@ -44,17 +57,22 @@ def test_portal_down_then_back_nothing_lost(portal, proxy, start_poller, tmp_pat
     proxy.set("none")
     wait_until(lambda: all(ended(portal, j) for j in jobs), 60, "every job ended")
     runs = Runs.read([tmp_path / "ledger"])
+    record(reliability, "portal down, then back (3 local pollers)", jobs, runs, proxy, started)
     assert [runs.completed(j) for j in jobs] == [1] * len(jobs)
     assert all(p.proc.poll() is None for p in pollers)
 
 
-def test_flapping_portal_every_job_ends_once(portal, proxy, start_poller, tmp_path):
+def test_flapping_portal_every_job_ends_once(portal, proxy, start_poller, tmp_path,
+                                             reliability):
+    started = time.monotonic()
     ledger = str(tmp_path / "ledger")
-    jobs = [portal.queue(f"flap-{i}", job_cmdline(ledger, 0.05))["id"] for i in range(60)]
+    jobs = [portal.queue(f"flap-{i}", job_cmdline(ledger, 1))["id"] for i in range(60)]
     pollers = start_pollers(start_poller, proxy, tmp_path, 4)
     played = proxy.flap(20, period=(0.3, 1.5), seed=7, slow_seconds=3)
     wait_until(lambda: all(ended(portal, j) for j in jobs), 120, "every job ended")
     runs = Runs.read([tmp_path / "ledger"])
+    record(reliability, "portal flapping 20 s through every fault (4 local pollers)",
+           jobs, runs, proxy, started)
     assert runs.overlapping() == []
     assert {j: runs.completed(j) for j in jobs if runs.completed(j) != 1} == {}
     assert sum(proxy.injected.values()) > 0, played
