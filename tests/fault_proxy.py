@@ -67,6 +67,7 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._conns: set[socket.socket] = set()  # open client connections (keep-alive)
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -110,6 +111,12 @@ class FaultProxy:
         if server is not None:
             server.shutdown()
             server.server_close()
+        # A portal that is down has no kept-alive connections either.
+        with self.lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -192,6 +199,16 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with proxy.lock:
+                proxy._conns.add(self.connection)
+
+        def finish(self) -> None:
+            with proxy.lock:
+                proxy._conns.discard(self.connection)
+            super().finish()
 
         def _reply(self, status: int, body: bytes, ctype: str,
                    headers: Sequence[tuple[str, str]] = ()) -> None:

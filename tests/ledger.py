@@ -17,10 +17,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+BESIDE_RUNDIR = '"$LEAM_RUNDIR/../ledger.txt"'  # in the project's workdir, on its host
 
-def job_cmdline(ledger: str, seconds: float = 0.0) -> str:
-    """A job command line recording its run in ``ledger`` (a path on the job's host)."""
-    path = shlex.quote(ledger)
+
+def job_cmdline(ledger: str = BESIDE_RUNDIR, seconds: float = 0.0) -> str:
+    """A job command line recording its run in ``ledger`` (a path on the job's host;
+    by default a file in the poller's workdir, which the job tree keeps)."""
+    path = ledger if ledger == BESIDE_RUNDIR else shlex.quote(ledger)
     script = (f'echo "start $LEAM_JOB_ID $(date +%s.%N)" >> {path}; '
               f"sleep {seconds}; "
               f'echo "end $LEAM_JOB_ID $(date +%s.%N)" >> {path}')

@@ -38,9 +38,13 @@ def test_forwards_and_names_itself_in_job_urls(proxied):
 def test_down_refuses_connections_and_comes_back_on_the_same_port(proxied):
     _portal, proxy = proxied
     port = proxy.port
+    session = requests.Session()  # a kept-alive connection is cut too
+    assert session.get(proxy.url + "/pop_queue", auth=(USER, PASSWORD), timeout=5).ok
     proxy.set("down")
     with pytest.raises(requests.ConnectionError):
         pop(proxy)
+    with pytest.raises(requests.ConnectionError):
+        session.get(proxy.url + "/pop_queue", auth=(USER, PASSWORD), timeout=5)
     proxy.set("none")
     assert proxy.port == port
     assert pop(proxy).json() == {"status": "EMPTY"}
