@@ -15,58 +15,74 @@ import json
 import shlex
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 BESIDE_RUNDIR = '"$LEAM_RUNDIR/../ledger.txt"'  # in the project's workdir, on its host
 
 
 def job_cmdline(ledger: str = BESIDE_RUNDIR, seconds: float = 0.0) -> str:
     """A job command line recording its run in ``ledger`` (a path on the job's host;
-    by default a file in the poller's workdir, which the job tree keeps)."""
+    by default a file in the poller's workdir, which the job tree keeps).
+
+    Each line names the run (its shell's pid and start time), so an end is never
+    paired with another run's start. A run stopped by SIGTERM writes ``killed``
+    instead of ``end``: it ended, but did not complete. A run killed outright
+    (power cut) writes nothing more.
+    """
     path = ledger if ledger == BESIDE_RUNDIR else shlex.quote(ledger)
-    script = (f'echo "start $LEAM_JOB_ID $(date +%s.%N)" >> {path}; '
-              f"sleep {seconds}; "
-              f'echo "end $LEAM_JOB_ID $(date +%s.%N)" >> {path}')
+    say = f'echo "$1 $LEAM_JOB_ID $run $(date +%s.%N)" >> {path}'
+    script = (f"say() {{ {say}; }}; run=$$.$(date +%s%N); "
+              "trap 'say killed; exit 143' TERM; "
+              f"say start; sleep {seconds} & wait; say end")
     return "sh -c " + json.dumps(script)
+
+
+@dataclass(frozen=True)
+class Run:
+    start: float
+    end: float | None  # None: still running, or killed without a word
+    completed: bool
 
 
 @dataclass
 class Runs:
-    """Every run of every job: (start, end or None) intervals by job id."""
+    """Every run of every job, by job id."""
 
-    by_job: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
+    by_job: dict[str, list[Run]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, texts: list[str]) -> Runs:
-        open_runs: dict[str, list[float]] = defaultdict(list)
-        runs: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
-        events = []
-        for text in texts:
+    def parse(cls, texts: list[str], cut_at: list[float | None] | None = None) -> Runs:
+        """Runs from ledger texts (one per host). ``cut_at[i]``: when text i's host
+        lost its power; its runs left open then ended at that moment."""
+        runs: dict[str, list[Run]] = defaultdict(list)
+        for i, text in enumerate(texts):
+            starts: dict[tuple[str, str], float] = {}
+            ends: dict[tuple[str, str], tuple[float, bool]] = {}
             for line in text.splitlines():
                 parts = line.split()
-                if len(parts) == 3 and parts[0] in ("start", "end"):
-                    events.append((float(parts[2]), parts[0], parts[1]))
-        for at, what, job in sorted(events):
-            if what == "start":
-                open_runs[job].append(at)
-            elif open_runs[job]:
-                runs[job].append((open_runs[job].pop(0), at))
-        for job, starts in open_runs.items():
-            runs[job].extend((at, None) for at in starts)
+                if len(parts) != 4:
+                    continue
+                what, job, run, at = parts[0], parts[1], parts[2], float(parts[3])
+                if what == "start":
+                    starts[job, run] = at
+                elif what in ("end", "killed"):
+                    ends[job, run] = (at, what == "end")
+            cut = cut_at[i] if cut_at else None
+            for (job, run), at in starts.items():
+                end, completed = ends.get((job, run), (cut, False))
+                runs[job].append(Run(at, end, completed))
         return cls(dict(runs))
 
-    @classmethod
-    def read(cls, paths: list[Path]) -> Runs:
-        return cls.parse([p.read_text() for p in paths if p.exists()])
-
     def completed(self, job: str) -> int:
-        return sum(1 for _, end in self.by_job.get(job, []) if end is not None)
+        return sum(1 for r in self.by_job.get(job, []) if r.completed)
+
+    def interrupted(self, job: str) -> int:
+        return sum(1 for r in self.by_job.get(job, []) if not r.completed)
 
     def overlapping(self) -> list[str]:
-        """Jobs with two runs alive at the same time."""
+        """Jobs with two runs alive at the same time (a run with no end is alive for ever)."""
         bad = []
         for job, runs in self.by_job.items():
-            spans = sorted((s, e if e is not None else float("inf")) for s, e in runs)
+            spans = sorted((r.start, r.end if r.end is not None else float("inf")) for r in runs)
             if any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)):
                 bad.append(job)
         return bad

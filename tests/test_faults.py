@@ -52,6 +52,15 @@ def ended(portal: PortalStandin, job: str) -> bool:
     return portal.status.get(job) in ("complete", "success", "error")
 
 
+def requeues(portal: PortalStandin, job: str) -> int:
+    """Hand-backs the portal received for ``job``."""
+    return sum(1 for r in portal.requests_of("requeue") if f"/{job}/" in r.path + "/")
+
+
+def running(portal: PortalStandin, jobs: list[str]) -> bool:
+    return all(portal.status.get(j) == "running" for j in jobs)
+
+
 class FaultFleet:
     """The hosts, the portal behind its proxy, and what each case needs to check."""
 
@@ -86,10 +95,20 @@ class FaultFleet:
 
     # -- what the hosts saw ------------------------------------------------------
 
-    def runs(self) -> Runs:
-        texts = [h.ssh("cat /mnt/jobdir/*/ledger.txt 2>/dev/null; true").stdout
-                 for h in self.hosts.values()]
-        return Runs.parse(texts)
+    def runs(self, cuts: dict[str, float] | None = None) -> Runs:
+        """Every job run the ledgers show; ``cuts``: hosts that lost power, and when."""
+        names = list(self.hosts)
+        texts = [self.hosts[n].ssh("cat /mnt/jobdir/*/ledger.txt 2>/dev/null; true").stdout
+                 for n in names]
+        return Runs.parse(texts, [(cuts or {}).get(n) for n in names])
+
+    def program_states(self, host: str) -> dict[str, str]:
+        out = self.hosts[host].ssh("supervisorctl status; true").stdout
+        return {f[0]: f[1] for f in (line.split() for line in out.splitlines()) if len(f) > 1}
+
+    def pollers_running(self, host: str) -> bool:
+        states = self.program_states(host)
+        return len(states) >= len(PROJECTS) and set(states.values()) == {"RUNNING"}
 
     def job_processes(self) -> dict[str, str]:
         """Processes working in a run directory (pollers work in the project's
@@ -131,7 +150,7 @@ def fleet(tmp_path_factory) -> Iterator[FaultFleet]:
     with PortalStandin("poller", PASSWORD) as portal, \
             PortalStandin("poller", PASSWORD, base_path="/solo") as solo, \
             FaultProxy(portal.root, site_path=portal.base_path) as proxy, \
-            sandbox.hosts_up(HOSTS) as hosts:
+            sandbox.hosts_up(HOSTS, jobdir_size={"fa": "64M"}) as hosts:
         f = FaultFleet(sandbox, {h.name: h for h in hosts}, portal, proxy, solo,
                        tmp_path_factory.mktemp("faults"))
         f.converge()
@@ -144,18 +163,28 @@ def case(fleet, reliability):
     started, wall = time.monotonic(), time.time()
     before = dict(fleet.proxy.injected)
 
-    def finish(name: str, jobs: list[str], note: str = "", runs_expected: int = 1,
-               since: float | None = None) -> Case:
-        runs = fleet.runs()
+    def finish(name: str, jobs: list[str], note: str = "", runs_expected: int | None = 1,
+               since: float | None = None, portal: PortalStandin | None = None,
+               cuts: dict[str, float] | None = None) -> Case:
+        """Check the promise for ``jobs`` and keep the case's figures.
+
+        ``runs_expected``: completed runs each job's ledger must show (None: the
+        jobs keep no ledger); ``cuts``: hosts that lost power during the case.
+        """
+        portal = portal or fleet.portal
+        runs = fleet.runs(cuts)
+        twice = [j for j in runs.overlapping() if j in set(jobs)]
         faults = {k: v - before.get(k, 0) for k, v in fleet.proxy.injected.items()}
         result = reliability.add(Case(
             name=name, jobs=len(jobs), faults={k: v for k, v in faults.items() if v},
-            lost=sum(1 for j in jobs if not ended(fleet.portal, j)),
-            run_twice=sum(1 for j in jobs if runs.completed(j) > runs_expected)
-            + len([j for j in runs.overlapping() if j in set(jobs)]),
+            lost=sum(1 for j in jobs if not ended(portal, j)),
+            run_twice=sum(1 for j in jobs if runs.completed(j) > (runs_expected or 1))
+            + len(twice),
             seconds=time.monotonic() - (since or started), note=note))
-        assert runs.overlapping() == []
-        assert {j: runs.completed(j) for j in jobs if runs.completed(j) != runs_expected} == {}
+        assert twice == []
+        if runs_expected is not None:
+            assert {j: runs.completed(j) for j in jobs
+                    if runs.completed(j) != runs_expected} == {}
         assert result.lost == 0
         assert fleet.written_outside(wall) == {}
         return result
@@ -214,3 +243,72 @@ def test_load_twelve_pollers_with_random_faults(fleet, case, reliability):
                   note=f"{rate:.1f} jobs/s vs {solo_rate:.1f} jobs/s for one poller "
                        f"without faults ({rate / solo_rate:.1f}x)")
     assert result.jobs == LOAD_JOBS
+
+
+DISRUPTIONS = ["supervisorctl restart all", "systemctl restart supervisor", "reboot",
+               "power cut"]
+
+
+@pytest.mark.parametrize("how", DISRUPTIONS)
+def test_jobs_running_through_a_disruption_are_handed_back_and_run_once(fleet, case, how):
+    """Twelve jobs on twelve pollers; host fb is disrupted while its four run."""
+    tag = how.split()[-1]
+    jobs = [fleet.portal.queue(f"{tag}-{i}", job_cmdline(seconds=15))["id"] for i in range(12)]
+    wait_until(lambda: running(fleet.portal, jobs), 30, "every poller running a job")
+    wait_until(lambda: set(jobs) <= set(fleet.runs().by_job), 30, "every job started")
+    cut: dict[str, float] = {}
+    fb = fleet.hosts["fb"]
+    if how == "reboot":
+        fleet.sandbox.reboot(fb)
+    elif how == "power cut":
+        cut["fb"] = time.time()
+        fleet.sandbox.power_cut(fb)
+        fleet.sandbox.boot(fb)
+    else:
+        fb.ssh(how)
+    wait_until(lambda: fleet.pollers_running("fb"), 90, "fb's pollers RUNNING again")
+    fleet.settle(jobs, 120)
+    runs = fleet.runs(cut)
+    handed_back = sorted(j for j in jobs if runs.interrupted(j))
+    assert len(handed_back) == len(PROJECTS), runs.by_job
+    assert {j: requeues(fleet.portal, j) for j in handed_back} == dict.fromkeys(handed_back, 1)
+    case(f"{how} on one host while 12 jobs run", jobs, cuts=cut,
+         note=f"{len(handed_back)} jobs handed back once and run again")
+
+
+def test_kill_9_twice_ends_the_job_as_an_error(fleet, case):
+    """A job whose poller dies under it twice is ended, so it cannot loop for ever."""
+    fa = fleet.hosts["fa"]
+    fleet.solo.queue("killer", job_cmdline(seconds=120))
+
+    def kill_poller_under_the_job() -> None:
+        wait_until(lambda: fleet.solo.status.get("killer") == "running", 30, "the job popped")
+        wait_until(lambda: fleet.job_processes().get("fa"), 30, "the job running on fa")
+        pid = int(fa.ssh("supervisorctl pid leampoll-solo").stdout.strip())
+        fa.ssh(f"kill -9 {pid}")
+
+    kill_poller_under_the_job()
+    wait_until(lambda: requeues(fleet.solo, "killer") == 1, 60, "the orphan handed back")
+    kill_poller_under_the_job()
+    fleet.solo.wait_for(lambda p: ended(p, "killer"), timeout=60)
+    wait_until(lambda: not fleet.job_processes(), 30, "no job process left")
+    assert requeues(fleet.solo, "killer") == 1
+    assert fleet.program_states("fa")["leampoll-solo"] == "RUNNING"
+    case("kill -9 of the poller mid-job, twice for one job", ["killer"], portal=fleet.solo,
+         runs_expected=0, note="handed back once, then ended as an error")
+
+
+def test_disk_fills_during_a_job(fleet, case):
+    """On fa's 64 MB job filesystem: the job fails and is ended, then the disk
+    guard holds pops until space returns; the poller lives through it."""
+    fa = fleet.hosts["fa"]
+    fleet.solo.queue("fill", "sh -c 'dd if=/dev/zero of=big bs=1M; exit 1'")
+    fleet.solo.wait_for(lambda p: ended(p, "fill"), timeout=60)
+    fleet.solo.queue("after-fill", "true")
+    wait_until(lambda: "disk" in fa.ssh("leampoll status --json").stdout, 30, "a disk hold")
+    assert fleet.solo.status["after-fill"] == "queued"
+    fa.ssh("rm -rf /mnt/jobdir/solo/fill")
+    fleet.solo.wait_for(lambda p: ended(p, "after-fill"), timeout=60)
+    assert fleet.program_states("fa")["leampoll-solo"] == "RUNNING"
+    case("disk fills during a job", ["fill", "after-fill"], portal=fleet.solo,
+         runs_expected=None, note="job ended; pops held until space returned")

@@ -56,7 +56,7 @@ def test_portal_down_then_back_nothing_lost(portal, proxy, start_poller, tmp_pat
     wait_until(lambda: all("unreachable" in p.log for p in pollers), 30, "pollers see the outage")
     proxy.set("none")
     wait_until(lambda: all(ended(portal, j) for j in jobs), 60, "every job ended")
-    runs = Runs.read([tmp_path / "ledger"])
+    runs = Runs.parse([(tmp_path / "ledger").read_text()])
     record(reliability, "portal down, then back (3 local pollers)", jobs, runs, proxy, started)
     assert [runs.completed(j) for j in jobs] == [1] * len(jobs)
     assert all(p.proc.poll() is None for p in pollers)
@@ -70,7 +70,7 @@ def test_flapping_portal_every_job_ends_once(portal, proxy, start_poller, tmp_pa
     pollers = start_pollers(start_poller, proxy, tmp_path, 4)
     played = proxy.flap(20, period=(0.3, 1.5), seed=7, slow_seconds=3)
     wait_until(lambda: all(ended(portal, j) for j in jobs), 120, "every job ended")
-    runs = Runs.read([tmp_path / "ledger"])
+    runs = Runs.parse([(tmp_path / "ledger").read_text()])
     record(reliability, "portal flapping 20 s through every fault (4 local pollers)",
            jobs, runs, proxy, started)
     assert runs.overlapping() == []
