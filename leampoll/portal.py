@@ -115,6 +115,24 @@ def _retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when - (time.time() if now is None else now))
 
 
+_TAG = re.compile(rb"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+_EXCEPTION = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)\b.*)$", re.MULTILINE)
+
+
+def error_page_summary(body: bytes, limit: int = 120) -> str:
+    """The line of an HTML error page that says what is wrong.
+
+    Zope's error page carries the traceback; its last exception line (e.g.
+    `AttributeError: repository`) names the problem better than the page title.
+    """
+    text = _TAG.sub(b"\n", body[:64 * 1024]).decode("utf-8", "replace")
+    text = text.replace("&hellip;", "...").replace("&#39;", "'").replace("&quot;", '"')
+    found = _EXCEPTION.findall(text)
+    if "Traceback" in text and found:
+        return re.sub(r"\s+", " ", found[-1]).strip()[:limit]
+    return re.sub(r"\s+", " ", text).strip()[:limit]
+
+
 def _short(body: bytes, limit: int = 80) -> str:
     text = re.sub(r"\s+", " ", body[:400].decode("utf-8", "replace")).strip()
     return text[:limit] + ("..." if len(text) > limit else "")
@@ -140,6 +158,11 @@ def parse_answer(status: int, content_type: str, body: bytes,
                        location)
     if status != 200:
         kind = "http_5xx" if status >= 500 else "http_4xx"
+        if ctype == "text/html" and "Traceback" in body[:64 * 1024].decode("utf-8", "replace"):
+            # A Zope error page: the portal failed building the job description.
+            return Refused(f"HTTP {status}, the portal's own error: {error_page_summary(body)} "
+                           "(a queued item it cannot describe, e.g. one without a repository, "
+                           "or an unset setting: see the portal's error log)", wait, kind)
         return Refused(f"HTTP {status} ({ctype[:60] or 'no type'}: {_short(body)})", wait, kind)
     if len(body) > MAX_BODY:
         return Refused(f"answer too large ({len(body)} bytes)", wait, "too_large")

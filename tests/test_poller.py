@@ -400,7 +400,7 @@ def test_sigterm_during_job_stops_it_and_requeues(portal, start_poller, workdir)
     assert p.wait(20) == 0
     assert not psutil.pid_exists(job_pid)
     assert [r.kind for r in portal.reports()] == ["requeue"]
-    assert portal.status["long"] == "queued"
+    assert portal.status["long"] == "queued" and portal.events("long") == ["pop 200", "requeue 200"]
 
 
 def test_sigterm_kills_a_job_that_ignores_term(portal, start_poller, workdir):
