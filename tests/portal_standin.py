@@ -278,6 +278,21 @@ class PortalStandin:
             return {"complete": "success", "error": "error"}.get(last.form.get("status", ""))
         return {"requeue": "requeued"}.get(last.kind, last.kind)
 
+    def told(self) -> dict[str, int]:
+        """How many reports of each outcome the portal took (success, error, requeued):
+        what the poller's own counters must say."""
+        counts = dict.fromkeys(("success", "error", "requeued"), 0)
+        with self.lock:
+            taken = [r for r in self.received if r.kind in REPORT_KINDS and 200 <= r.answer < 300]
+        for r in taken:
+            if r.kind == "end_run":
+                told = {"complete": "success", "error": "error"}.get(r.form.get("status", ""))
+            else:
+                told = {"requeue": "requeued"}.get(r.kind, r.kind)
+            if told:
+                counts[told] += 1
+        return counts
+
     def ended_once(self, job_id: str) -> bool:
         """Each pop of the job was followed by exactly one report the portal took."""
         events = self.events(job_id)
