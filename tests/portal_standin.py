@@ -544,7 +544,7 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
                 if rec.job_id is not None:
                     with portal.lock:
                         portal.history.setdefault(rec.job_id, [])
-            portal._answered(rec, answer.status)
+            portal._answered(rec, 0 if answer.reset else answer.status)
             self._serve(answer)
 
         def do_GET(self) -> None:
