@@ -29,9 +29,14 @@ class PortalHealth:
         self.trouble: Trouble | None = None
         self.totals: dict[str, int] = dict(totals or {})
 
-    def failed(self, reason: str, detail: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def count(self, reason: str) -> None:
+        """One more failure of this reason in the totals (a report set aside, a failed pop)."""
         self.totals[reason] = self.totals.get(reason, 0) + 1
+
+    def failed(self, reason: str, detail: str, now: float | None = None) -> None:
+        """A pop failed."""
+        now = time.time() if now is None else now
+        self.count(reason)
         if self.trouble is None:
             self.trouble = Trouble(now, reason, detail[:300], now)
         else:

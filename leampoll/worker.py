@@ -238,8 +238,7 @@ class Worker:
             if result.state == "undeliverable":
                 # The portal will never take it: set it aside, loudly, and go on.
                 path.rename(path.with_suffix(".undeliverable"))
-                self.health.totals["report_undeliverable"] = (
-                    self.health.totals.get("report_undeliverable", 0) + 1)
+                self.health.count("report_undeliverable")
                 log.error("job %s: %s report set aside as undeliverable in %s: %s; outcome: %s",
                           report.job_id, report.kind, path.parent, result.detail,
                           report.message.splitlines()[0][:200])

@@ -213,6 +213,7 @@ def test_virtual_host_job_urls_need_a_trusted_origin(portal, start_poller, workd
     assert [r for r in portal.reports() if r.job_id == "vh1"] == []  # nothing sent there
     assert f"--trusted-origin {public}" in p.log
     assert len(outbox_set_aside(workdir)) == 1
+    assert status_json(workdir)[0]["portal_errors_total"] == {"report_undeliverable": 1}
 
     portal.queue("vh2", "true")
     p2 = start_poller("-i", "1", "--trusted-origin", public)
