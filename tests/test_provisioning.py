@@ -315,7 +315,8 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
 
 def test_status_shows_a_running_job_and_a_guard_hold(fleet):
     chicago = fleet.portals["chicago"]
-    chicago.queue("status-long", "sleep 20")
+    # Runs until the test releases it: the plays below may take long on a busy machine.
+    chicago.queue("status-long", "sh -c 'until [ -e release ]; do sleep 0.2; done'")
     chicago.wait_for(lambda p: p.status.get("status-long") == "running", timeout=30)
     fleet.overrides["stlouis"] = {"min_free_disk": "1000T"}  # more than any disk here
     fleet.write(fleet.sandbox)
@@ -336,6 +337,7 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
         assert row["totals"] == chicago.told()
         assert f"/jobs/{row['last']['id']}/" in chicago.reports()[-1].path
     finally:
+        fleet.hosts["alpha"].ssh("touch /mnt/jobdir/chicago/status_long/release", check=True)
         fleet.overrides.pop("stlouis")
         fleet.write(fleet.sandbox)
         assert fleet.play("--limit", "beta").returncode == 0
