@@ -15,7 +15,10 @@ Faults (one at a time, switched at run time, thread-safe):
 ``storm500``   answer 500 with an HTML traceback page, without forwarding
 ``truncate``   forward, then send the headers and half of the body, and close
 ``reset``      forward, then send part of the headers and reset the connection
-``login``      answer ``302`` to ``<site>/require_login?came_from=...``
+``login``      answer pops and credential checks with ``302`` to
+               ``<site>/require_login?came_from=...`` (credentials rejected on a
+               private site); reports pass, as Plone declares ``end_run`` and
+               ``requeue`` public
 =============  ===============================================================
 
 A pop answer that never reaches the poller leaves its job ``running`` in a real
@@ -68,6 +71,8 @@ class FaultProxy:
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._conns: set[socket.socket] = set()  # open client connections (keep-alive)
+        self._busy = 0  # requests being answered
+        self._idle = threading.Condition(self.lock)
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -111,8 +116,11 @@ class FaultProxy:
         if server is not None:
             server.shutdown()
             server.server_close()
-        # A portal that is down has no kept-alive connections either.
+        # A portal that is down has no kept-alive connections either. Answers
+        # under way are let through first: one cut off could be a popped job,
+        # which no poller could ever end (see the module's docstring).
         with self.lock:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=10)
             conns, self._conns = list(self._conns), set()
         for conn in conns:
             with contextlib.suppress(OSError):
@@ -183,6 +191,11 @@ class FaultProxy:
     def _current(self) -> tuple[str, float, int | None, bool]:
         with self.lock:
             return self.fault, self.slow_seconds, self.retry_after, self.spare_jobs
+
+
+def _is_report(path: str) -> bool:
+    return path.split("?")[0].rstrip("/").rsplit("/", 1)[-1] in (
+        "end_run", "requeue", "success", "error")
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -257,10 +270,10 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 proxy._count(fault)
                 self._reply(500, _TRACEBACK, "text/html;charset=utf-8")
                 return
-            if fault == "login":
+            if fault == "login" and not _is_report(self.path):
                 proxy._count(fault)
-                site = f"http://{self.headers.get('Host', proxy.host)}{proxy.site_path}"
-                where = f"{site}/require_login?came_from={site}{self.path}"
+                root = f"http://{self.headers.get('Host', proxy.host)}"
+                where = f"{root}{proxy.site_path}/require_login?came_from={root}{self.path}"
                 self._reply(302, b"", "text/html", [("Location", where)])
                 return
             status, headers, body = self._forward()
@@ -290,10 +303,20 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.connection.close()  # linger 0: the peer gets an RST, not a FIN
                 self.close_connection = True
 
+        def _counted(self) -> None:
+            with proxy.lock:
+                proxy._busy += 1
+            try:
+                self._handle()
+            finally:
+                with proxy.lock:
+                    proxy._busy -= 1
+                    proxy._idle.notify_all()
+
         def do_GET(self) -> None:
-            self._handle()
+            self._counted()
 
         def do_POST(self) -> None:
-            self._handle()
+            self._counted()
 
     return Handler

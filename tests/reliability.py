@@ -29,6 +29,7 @@ class Case:
     faults: dict[str, int] = field(default_factory=dict)
     lost: int = 0
     run_twice: int = 0
+    repeated_reports: int = 0  # delivered again after a lost answer; without effect
     seconds: float = 0.0
     note: str = ""
 
@@ -70,13 +71,15 @@ def render(data: dict) -> str:
         "Each case asserts the promise on the portal stand-in's record of every job and on",
         "a ledger the jobs themselves write; a case that broke it would have failed the run.",
         "",
-        "| case | jobs | faults injected | lost | run twice | seconds | jobs/s | note |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "| case | jobs | faults injected | lost | run twice | reports repeated | seconds "
+        "| jobs/s | note |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for c in cases:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(c.faults.items()) if v) or "-"
         lines.append(f"| {c.name} | {c.jobs} | {faults} | {c.lost} | {c.run_twice} | "
-                     f"{c.seconds:.1f} | {c.jobs_per_second:.1f} | {c.note} |")
+                     f"{c.repeated_reports} | {c.seconds:.1f} | {c.jobs_per_second:.1f} "
+                     f"| {c.note} |")
     lines += [
         "",
         f"Totals: {len(cases)} cases, {sum(c.jobs for c in cases)} jobs, "
@@ -84,6 +87,15 @@ def render(data: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in total.items() if v) + "), "
         f"jobs lost {sum(c.lost for c in cases)}, "
         f"jobs run twice {sum(c.run_twice for c in cases)}.",
+        "",
+        "*Lost*: a job the portal handed out that did not end (left `running`). *Run twice*:",
+        "a job that completed more than once, or whose runs overlapped in time (from the",
+        "jobs' own ledger). *Reports repeated*: a report the portal took twice because its",
+        "answer was lost on the way back (connection reset, truncated answer); the poller",
+        "cannot know it arrived, and `end_run` and `requeue` are idempotent, so a repeat",
+        "changes nothing. A pop answer lost on its way back would leave its job `running`",
+        "(the protocol has no lease and the poller never learnt the job's id); the fault",
+        "proxy therefore spares answers that carry a job and breaks empty pops and reports.",
         "",
     ]
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from tests.conftest import wait_until
 from tests.fault_proxy import FaultProxy
 from tests.ledger import Runs, job_cmdline
 from tests.playbook import recap
-from tests.portal_standin import PortalStandin
+from tests.portal_standin import REPORT_KINDS, PortalStandin
 from tests.reliability import Case
 from tests.sandbox import Host, Sandbox
 
@@ -53,8 +53,26 @@ def ended(portal: PortalStandin, job: str) -> bool:
 
 
 def requeues(portal: PortalStandin, job: str) -> int:
-    """Hand-backs the portal received for ``job``."""
-    return sum(1 for r in portal.requests_of("requeue") if f"/{job}/" in r.path + "/")
+    """Hand-backs of ``job`` the portal took."""
+    return sum(1 for e in portal.events(job) if e.startswith("requeue 2"))
+
+
+def reports_per_pop(portal: PortalStandin, job: str) -> list[int]:
+    """For each time the job was popped, how many reports on it the portal took.
+
+    0 would be a job left `running`. More than 1 is a report delivered again
+    because its answer was lost on the way back (a reset, a truncated answer):
+    the poller cannot know it arrived, and the portal's end_run and requeue
+    are idempotent, so the repeat changes nothing.
+    """
+    taken: list[int] = []
+    for event in portal.events(job):
+        kind, status = event.split()[:2]
+        if kind == "pop" and status == "200":
+            taken.append(0)
+        elif kind in REPORT_KINDS and status.startswith("2") and taken:
+            taken[-1] += 1
+    return taken
 
 
 def running(portal: PortalStandin, jobs: list[str]) -> bool:
@@ -174,13 +192,16 @@ def case(fleet, reliability):
         portal = portal or fleet.portal
         runs = fleet.runs(cuts)
         twice = [j for j in runs.overlapping() if j in set(jobs)]
+        per_pop = {j: reports_per_pop(portal, j) for j in jobs}
         faults = {k: v - before.get(k, 0) for k, v in fleet.proxy.injected.items()}
         result = reliability.add(Case(
             name=name, jobs=len(jobs), faults={k: v for k, v in faults.items() if v},
             lost=sum(1 for j in jobs if not ended(portal, j)),
             run_twice=sum(1 for j in jobs if runs.completed(j) > (runs_expected or 1))
             + len(twice),
+            repeated_reports=sum(max(0, n - 1) for taken in per_pop.values() for n in taken),
             seconds=time.monotonic() - (since or started), note=note))
+        assert {j: t for j, t in per_pop.items() if not t or 0 in t} == {}  # never left running
         assert twice == []
         if runs_expected is not None:
             assert {j: runs.completed(j) for j in jobs

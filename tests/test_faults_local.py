@@ -69,7 +69,13 @@ def test_flapping_portal_every_job_ends_once(portal, proxy, start_poller, tmp_pa
     jobs = [portal.queue(f"flap-{i}", job_cmdline(ledger, 1))["id"] for i in range(60)]
     pollers = start_pollers(start_poller, proxy, tmp_path, 4)
     played = proxy.flap(20, period=(0.3, 1.5), seed=7, slow_seconds=3)
-    wait_until(lambda: all(ended(portal, j) for j in jobs), 120, "every job ended")
+    try:
+        wait_until(lambda: all(ended(portal, j) for j in jobs), 120, "every job ended")
+    except AssertionError:
+        print({j: (portal.status.get(j), portal.events(j)) for j in jobs if not ended(portal, j)})
+        for p in pollers:
+            print(p.log[-3000:])
+        raise
     runs = Runs.parse([(tmp_path / "ledger").read_text()])
     record(reliability, "portal flapping 20 s through every fault (4 local pollers)",
            jobs, runs, proxy, started)
