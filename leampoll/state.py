@@ -7,6 +7,7 @@
 - `orphans.json`: how often a job was orphaned, so a job that kills its own
   poller is reported as an error the second time instead of looping forever.
 - `status.json`: what `leampoll status` and the metrics show.
+- `endpoints.json`: that this portal ends jobs through `end_run` (delivery.py).
 
 Every file is written to a temporary name and renamed, so a reader never sees
 half a file and a kill never leaves one.
@@ -56,6 +57,7 @@ class Report:
     job_id: str
     fallback: str = ""  # where to send it if `url` refuses (requeue -> on_error)
     created: float = 0.0
+    job_url: str = ""  # the job's own URL, for <url>/end_run
 
 
 class State:
@@ -67,6 +69,7 @@ class State:
         self.current_path = directory / "current.json"
         self.orphans_path = directory / "orphans.json"
         self.status_path = directory / "status.json"
+        self.endpoints_path = directory / "endpoints.json"
         self._seq = 0
 
     def ensure(self) -> None:

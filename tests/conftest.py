@@ -64,8 +64,10 @@ class Poller:
 
 
 @pytest.fixture
-def portal() -> Iterator[PortalStandin]:
-    with PortalStandin(USER, PASSWORD) as p:
+def portal(request: pytest.FixtureRequest) -> Iterator[PortalStandin]:
+    """The stand-in in plone mode (a real portal), or the mode given by indirect
+    parametrization: `@pytest.mark.parametrize("portal", MODES, indirect=True)`."""
+    with PortalStandin(USER, PASSWORD, mode=getattr(request, "param", "plone")) as p:
         yield p
 
 
