@@ -476,6 +476,10 @@ def test_kill_9_orphan_is_stopped_and_requeued_then_errored_the_second_time(
 
     def kill_poller_mid_job(p) -> int:
         pid = job_pid()
+        # The job can write its pid before the poller has recorded its process group.
+        current = workdir / ".leampoll" / "current.json"
+        wait_until(lambda: current.exists() and '"stage":"run"' in current.read_text(),
+                   what="the job's process group recorded")
         p.signal(signal.SIGKILL)
         p.wait()
         assert psutil.pid_exists(pid)  # its own session: the kill did not reach the job

@@ -346,7 +346,7 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
 
 def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
     portal = fleet.portals["chicago"]
-    portal.queue("drain-long", "sleep 6")
+    portal.queue("drain-long", "sleep 30")  # outlasts the play's way to its drain signal
     portal.wait_for(lambda p: p.status.get("drain-long") == "running", timeout=30)
     portal.queue("drain-queued", "true")
     _, stlouis_pid = fleet.program("beta", "stlouis")
