@@ -107,7 +107,7 @@ class State:
             finally:
                 os.close(fd)
             os.replace(tmp, self.reserve_path)
-            log.debug("reserve of %d KiB held on the job filesystem", RESERVE_BYTES // 1024)
+            log.debug("reserve of %d KiB held in the workdir", RESERVE_BYTES // 1024)
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -120,7 +120,7 @@ class State:
             if exc.errno not in _NO_SPACE or not self.reserve_path.exists():
                 raise
             self.reserve_path.unlink()
-            log.warning("job filesystem full: released the %d KiB reserve to write %s",
+            log.warning("workdir filesystem full: released the %d KiB reserve to write %s",
                         RESERVE_BYTES // 1024, path.name)
             write_json(path, data, mode)
 
