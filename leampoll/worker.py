@@ -26,7 +26,7 @@ from leampoll.executor import Executor, Outcome
 from leampoll.lifecycle import COLD, WARM, Lifecycle
 from leampoll.portal import Empty, Job, PortalClient, Refused
 from leampoll.portal_health import PortalHealth
-from leampoll.state import Report, State, read_json, stop_orphan_groups, write_json
+from leampoll.state import Report, State, read_json, stop_orphan_groups
 
 log = logging.getLogger("leampoll")
 
@@ -162,6 +162,8 @@ class Worker:
             log.warning("guard hold, not popping: %s", "; ".join(map(str, held)))
         elif not names and [n for n in self.holding if n != "auth"]:
             log.info("guard hold ended: %s", "; ".join(map(str, readings)))
+        if not names:
+            self.state.keep_reserve()  # given up when a job filled the disk
         if self.auth.holding():
             names.append("auth")
         self.status["guard"] = {"holding": names,
@@ -297,7 +299,7 @@ class Worker:
         kept = [p for p in (read_json(kept_path) or []) if p != str(rundir)] + [str(rundir)]
         while len(kept) > self.config.keep_failed:
             shutil.rmtree(kept.pop(0), ignore_errors=True)
-        write_json(kept_path, kept)
+        self.state.write(kept_path, kept)
         self._prune_logs()
 
     def _prune_logs(self) -> None:

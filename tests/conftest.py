@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tests.portal_standin import PortalStandin
+from tests.reliability import Run
 
 LEAMPOLL = [sys.executable, "-m", "leampoll"]
 USER, PASSWORD = "poller", "s3cret-Pa55word"
@@ -116,3 +117,13 @@ def _end_job_processes(workdir: Path) -> None:
             cwd = proc.info.get("cwd") or ""
             if cwd.startswith(str(workdir)):
                 os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def reliability() -> Iterator[Run]:
+    """The fault suite's figures; written to $LEAM_RELIABILITY_JSON at the end."""
+    run = Run()
+    yield run
+    out = os.environ.get("LEAM_RELIABILITY_JSON")
+    if out and run.cases:
+        run.dump(Path(out))

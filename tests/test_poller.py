@@ -148,6 +148,22 @@ def test_disk_guard_holds_then_releases_when_space_returns(portal, start_poller,
     portal.wait_for(lambda pt: pt.status["j"] == "complete")
 
 
+def test_job_filling_the_disk_is_ended_then_pops_hold_until_space_returns(
+        portal, start_poller, small_fs):
+    # The poller's own state lives on the job filesystem: its reserve lets it
+    # record the job's end although the job took every byte.
+    portal.queue("fill", "sh -c 'dd if=/dev/zero of=big bs=1M; exit 1'")
+    p = start_poller("--min-free-disk", "5M", wd=small_fs)
+    portal.wait_for(lambda pt: pt.status["fill"] == "complete")
+    assert "released the 1024 KiB reserve" in p.log
+    portal.queue("after", "true")
+    p.wait_log("guard hold, not popping: disk")
+    assert portal.status["after"] == "queued"
+    (small_fs / "fill" / "big").unlink()
+    portal.wait_for(lambda pt: pt.status["after"] == "complete")
+    assert (small_fs / ".leampoll" / "reserve").exists() and p.proc.poll() is None
+
+
 def test_inode_guard_holds(portal, start_poller, small_fs):
     for i in range(300):
         (small_fs / f"f{i}").touch()
