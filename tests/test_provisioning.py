@@ -390,11 +390,13 @@ def newer_source(fleet, version: str) -> Path:
 def test_upgrade_leaves_a_host_whose_job_outlasts_the_bound(fleet):
     chicago = fleet.portals["chicago"]
     before = {h: installed_version(fleet, h) for h in ("alpha", "beta")}
-    chicago.queue("outlasts", "sleep 25")
+    # Runs until the test releases it: the play may take long on a busy machine.
+    chicago.queue("outlasts", "sh -c 'until [ -e release ]; do sleep 0.2; done'")
     chicago.wait_for(lambda p: p.status.get("outlasts") == "running", timeout=30)
     source = newer_source(fleet, "3.98.0")
     out = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
                    "-e", f"leampoll_source={source}", "-e", "leam_ops_wait_timeout=1")
+    fleet.hosts["alpha"].ssh("touch /mnt/jobdir/chicago/outlasts/release", check=True)
     assert out.returncode != 0
     assert "leampoll-chicago still running a job" in out.stdout, out.stdout[-4000:]
     assert "upgrade to 3.98.0 postponed" in out.stdout
