@@ -305,7 +305,7 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
 
 def test_status_shows_a_running_job_and_a_guard_hold(fleet):
     chicago = fleet.portals["chicago"]
-    chicago.queue("status-long", "sleep 20")
+    chicago.queue("status-long", "sleep 45")  # still running after beta's converge
     chicago.wait_for(lambda p: p.status.get("status-long") == "running", timeout=30)
     fleet.overrides["stlouis"] = {"min_free_disk": "1000T"}  # more than any disk here
     fleet.write(fleet.sandbox)
@@ -331,7 +331,7 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
         fleet.overrides.pop("stlouis")
         fleet.write(fleet.sandbox)
         assert fleet.play("--limit", "beta").returncode == 0
-    chicago.wait_for(lambda p: p.status.get("status-long") == "success", timeout=60)
+    chicago.wait_for(lambda p: p.status.get("status-long") == "success", timeout=90)
 
 
 def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
