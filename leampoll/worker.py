@@ -83,6 +83,8 @@ class Worker:
     def cycle(self) -> None:
         """One round: deliver reports, check guards, pop, and run what was popped."""
         once = self.config.once
+        idle_since = self.status["idle_since"]
+        self.status["idle_since"] = None  # unless this cycle finds the queue empty
         if not self.flush_reports():
             self.exit_code = 1 if once else 0
             self.wait(0 if once else self.report_backoff.next(), "backoff")
@@ -96,6 +98,8 @@ class Worker:
             self.status["last_poll"] = time.time()
             self.backoff.reset()
         if isinstance(answer, Empty):
+            # For `leampoll retire --when-idle`: since when the queue is found empty.
+            self.status["idle_since"] = idle_since or time.time()
             self.empties += 1
             log.debug("queue empty (%d in a row)", self.empties)
             if self.config.idle and self.empties >= self.config.idle:
@@ -287,13 +291,15 @@ class Worker:
             "guard": {"holding": [], "readings": {}},
             "last_poll": previous.get("last_poll"),
             "reports_pending": 0,
+            "idle_since": None,
         }
 
     def _status_key(self) -> tuple:
         """What a reader must see at once; the rest may wait STATUS_REFRESH."""
         s = self.status
         return (s["state"], s["pid"], s["current"], s["last"], tuple(s["counts"].values()),
-                tuple(s["guard"]["holding"]), s["reports_pending"], s["last_poll"] is None)
+                tuple(s["guard"]["holding"]), s["reports_pending"], s["last_poll"] is None,
+                s["idle_since"] is None)
 
     def publish(self) -> None:
         """Write status.json (and metrics) for readers; never fatal."""
