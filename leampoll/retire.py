@@ -80,17 +80,21 @@ def _states(pollers: list[Poller]) -> dict[str, str]:
 def idle_report(pollers: list[Poller], seconds: float, now: float) -> list[str]:
     """Why the host is not idle yet, one line per poller; empty when it is.
 
-    A poller not running holds nothing up; a running one must have found its
-    queue empty, without a break, for `seconds`.
+    A running poller must have found its queue empty, without a break, for
+    `seconds`. One that is not running holds the host up (it may be drained
+    for an upgrade, or failing), unless Supervisor never started it
+    (STOPPED: a project kept out of service).
     """
     programs = supervisor.states()
-    reasons = []
+    reasons = [] if pollers else [f"no poller listed in {status.PROJECTS_FILE}"]
     for p in pollers:
         r = status.row({"name": p.project, "workdir": str(p.workdir), "program": p.program},
                        programs, now)
-        if r["pid"] is None and programs.get(p.program) not in BUSY:
-            continue
-        if r["job"]:
+        state = programs.get(p.program, "unknown")
+        if r["pid"] is None or state != "RUNNING":
+            if state != "STOPPED":
+                reasons.append(f"{p.project}: poller not running ({state})")
+        elif r["job"]:
             reasons.append(f"{p.project}: running job {r['job']['id']}")
         elif r["idle_for"] is None:
             reasons.append(f"{p.project}: {r['state'] or 'starting'}, queue not found empty")

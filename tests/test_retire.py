@@ -176,3 +176,13 @@ def test_retire_bad_options(args, needle, env):
     out = subprocess.run([*LEAMPOLL, "retire", *args], env=env, capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 2 and needle in out.stderr
+
+
+def test_idle_retire_waits_while_a_poller_is_drained(fleet, env, tmp_path):
+    done = tmp_path / "powered-off"
+    subprocess.run([*fleet.ctl_argv(), "signal", "USR1", "leampoll-b"], check=True,
+                   capture_output=True, timeout=30)
+    wait_until(lambda: fleet.states()["leampoll-b"] == "EXITED", what="b drained")
+    rc, log = run_retire(fleet, env, tmp_path, "--when-idle", "0", "--action", f"touch {done}")
+    assert rc == 0 and "b: poller not running (EXITED)" in log
+    assert not done.exists() and fleet.states()["leampoll-a"] == "RUNNING"
