@@ -166,11 +166,14 @@ def retire(opts: Options) -> int:
     if not pollers:
         log.warning("retire: no poller listed in %s", status.PROJECTS_FILE)
     if opts.when_idle is not None:
+        said: list[str] = []
         while reasons := idle_report(pollers, opts.when_idle, time.time()):
-            if opts.watch is None:
+            # Once per change of the reasons (the idle time grows every look).
+            if [r.split(" for ")[0] for r in reasons] != said:
                 log.info("retire: not idle: %s", "; ".join(reasons))
+                said = [r.split(" for ")[0] for r in reasons]
+            if opts.watch is None:
                 return 0
-            log.debug("retire: not idle: %s", "; ".join(reasons))
             time.sleep(opts.watch)
         log.info("retire: every poller idle for %gs", opts.when_idle)
     try:

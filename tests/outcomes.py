@@ -21,3 +21,8 @@ def job_state(portal: PortalStandin, job_id: str) -> str | None:
 def wait_job_state(portal: PortalStandin, job_id: str, state: str, timeout: float = 60) -> None:
     portal.wait_for(lambda p: p.status.get(job_id) == state, timeout)
 
+
+
+def report_kinds(portal: PortalStandin, job_id: str) -> list[str]:
+    """The outcome reports (success, error, requeue) the portal received for one job."""
+    return [r.kind for r in portal.reports() if f"/{job_id}/" in r.path + "/"]

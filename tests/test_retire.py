@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
-from tests.outcomes import job_state, wait_job_state
+from tests.outcomes import job_state, report_kinds, wait_job_state
 from tests.portal_standin import PortalStandin
 from tests.supervisord import Supervisord
 from tests.test_poller import sh
@@ -97,7 +97,7 @@ def test_retire_lets_the_running_job_finish_pops_nothing_then_acts(fleet, portal
     assert done.exists()
     assert job_state(a, "long") == "success"
     assert job_state(a, "next") == "queued"  # waiting behind "long": never popped
-    assert [x.kind for x in a.reports()] == ["success"]
+    assert report_kinds(a, "long") == ["success"] and report_kinds(a, "next") == []
     assert fleet.states() == {"leampoll-a": "EXITED", "leampoll-b": "EXITED"}
     assert "a: last job long success" in r.log
 
@@ -115,7 +115,7 @@ def test_retire_requeues_a_job_that_outlasts_the_bound_then_acts(fleet, portals,
     assert rc == 0, log
     assert "leampoll-a still busy after 1s" in log
     assert job_state(a, "endless") == "queued"  # handed back
-    assert [x.kind for x in a.reports()] == ["requeue"]
+    assert report_kinds(a, "endless") == ["requeue"]
     assert not psutil.pid_exists(job_pid)
     assert done.exists()
     assert fleet.states() == {"leampoll-a": "STOPPED", "leampoll-b": "EXITED"}
