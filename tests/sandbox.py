@@ -1354,9 +1354,14 @@ class Sandbox:
         before = state.get("pid1_start")
         self.log(f"{name}: systemctl reboot")
         # The SSH session may be cut as the host goes down: its result says nothing.
-        _run(self._host_from_state(state).ssh_command("systemctl reboot"), check=False,
-             timeout=60)
-        reason = self.wait_down(name, timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _run(self._host_from_state(state).ssh_command("systemctl reboot"), check=False,
+                 timeout=60)
+        try:
+            reason = self.wait_down(name, timeout)
+        except SandboxError as exc:
+            report = self._shutdown_report(state)
+            raise SandboxError(f"{exc}; what it waits for:\n{report}") from exc
         if reason not in ("reboot", "gone"):
             raise SandboxError(f"{name}: asked to reboot, but its PID 1 {reason}")
         self.log(f"{name}: went down ({reason}), booting the same disk")
@@ -1364,6 +1369,16 @@ class Sandbox:
         if state["pid1_start"] == before:
             raise SandboxError(f"{name}: boot id unchanged after the reboot")
         return self._follow(host, state)
+
+    def _shutdown_report(self, state: dict) -> str:
+        """systemd's pending jobs and the processes left, read from outside (nsenter)."""
+        host = self._host_from_state(state)
+        out = []
+        for argv in (["systemctl", "list-jobs", "--no-pager"], ["ps", "-ef"]):
+            with contextlib.suppress(Exception):
+                res = host.run_inside(argv, timeout=20)
+                out.append(res.stdout + res.stderr)
+        return "\n".join(out)
 
     def power_cut(self, host: Host | str, timeout: float = 30) -> Host:
         """SIGKILL to the host's systemd from outside: every process of it dies at once.

@@ -1,6 +1,7 @@
 """`ansible-playbook site.yml` over real SSH to real sandbox hosts, with real pollers.
 
-Three hosts: `alpha` (two projects) and `beta` (one project) converge; `tiny`
+Three systemd hosts: `alpha` (bookworm, two projects) and `beta` (trixie, one
+project) converge; `tiny`
 has a 40 MB job filesystem and must fail the free-space check without
 stopping the others. Each project has its own portal stand-in on 127.0.0.1,
 which the hosts reach because they share the machine's network.
@@ -25,10 +26,10 @@ from tests import playbook
 from tests.conftest import wait_until
 from tests.playbook import recap
 from tests.portal_standin import PortalStandin
-from tests.sandbox import Host, Sandbox
+from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest"))
+STATE_DIR = TEST_STATE_DIR
 PASSWORD = 'p@ss "w%rd\\ 1'  # supervisor specials: quotes, %, backslash, space
 
 pytestmark = [
@@ -92,7 +93,9 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
     names = [*PROJECTS["alpha"], *PROJECTS["beta"], "tinyproj"]
     portals = {n: PortalStandin("poller", PASSWORD, base_path=f"/{n}").start() for n in names}
     try:
-        with sandbox.hosts_up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"}) as hosts:
+        # systemd hosts, beta on Debian 13 beside the bookworm ones
+        with sandbox.hosts_up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"},
+                              suites={"beta": "trixie"}) as hosts:
             f = Fleet({h.name: h for h in hosts}, portals, tmp_path_factory.mktemp("fleet"))
             f.write(sandbox)
             f.sandbox = sandbox
