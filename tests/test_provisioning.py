@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,16 @@ def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
     wait_until(lambda: fleet.program("alpha", "chicago")[0] == "RUNNING", 10, "chicago runs")
 
 
+def held_job(name: str) -> str:
+    """A job that runs until the test releases it (`release`), at most 10 minutes."""
+    return (f"sh -c 'for i in $(seq 1200); do test -e /var/tmp/release-{name} && exit 0; "
+            f"sleep 0.5; done; exit 1'")
+
+
+def release(fleet, host: str, name: str) -> None:
+    fleet.hosts[host].ssh(f"touch /var/tmp/release-{name}", check=True)
+
+
 def ops_play(fleet, name: str, *args: str, inventory: Path | None = None,
              ) -> subprocess.CompletedProcess:
     """Run one of playbooks/ against the fleet (or another inventory)."""
@@ -305,7 +316,7 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
 
 def test_status_shows_a_running_job_and_a_guard_hold(fleet):
     chicago = fleet.portals["chicago"]
-    chicago.queue("status-long", "sleep 20")
+    chicago.queue("status-long", held_job("status-long"))  # runs until released below
     chicago.wait_for(lambda p: p.status.get("status-long") == "running", timeout=30)
     fleet.overrides["stlouis"] = {"min_free_disk": "1000T"}  # more than any disk here
     fleet.write(fleet.sandbox)
@@ -328,6 +339,7 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
                                  "requeued": len(chicago.reports("requeue"))}
         assert f"/jobs/{row['last']['id']}/" in chicago.reports()[-1].path
     finally:
+        release(fleet, "alpha", "status-long")
         fleet.overrides.pop("stlouis")
         fleet.write(fleet.sandbox)
         assert fleet.play("--limit", "beta").returncode == 0
@@ -336,13 +348,24 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
 
 def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
     portal = fleet.portals["chicago"]
-    portal.queue("drain-long", "sleep 6")
+    portal.queue("drain-long", held_job("drain-long"))
     portal.wait_for(lambda p: p.status.get("drain-long") == "running", timeout=30)
     portal.queue("drain-queued", "true")
     _, stlouis_pid = fleet.program("beta", "stlouis")
-    out = ops_play(fleet, "drain.yml",  # all hosts: tiny, without Supervisor, has nothing to drain
-                   "-e", '{"leam_ops_projects": ["chicago"]}',
-                   "-e", "leam_ops_wait_timeout=120")
+
+    def drains() -> int:  # the poller's log says so once per SIGUSR1
+        log = fleet.hosts["alpha"].ssh("cat /var/log/supervisor/leampoll-chicago.log").stdout
+        return log.count("SIGUSR1: draining")
+
+    before = drains()
+    with ThreadPoolExecutor(1) as pool:
+        play = pool.submit(ops_play, fleet, "drain.yml",  # all hosts: tiny has nothing to drain
+                           "-e", '{"leam_ops_projects": ["chicago"]}',
+                           "-e", "leam_ops_wait_timeout=120")
+        # The job ends only once its poller is draining.
+        wait_until(lambda: drains() > before or play.done(), 120, "chicago's poller draining")
+        release(fleet, "alpha", "drain-long")
+        out = play.result()
     assert out.returncode == 0, out.stdout[-4000:]
     assert recap(out.stdout)["tiny"]["failed"] == 0
     # The play returned after the job was done and reported, not killed.
