@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from leampoll import status
 
         return status.main(args[1:])
+    setup_logging(False)  # a password file's warning is logged while loading
     try:
         config = load(args)
     except ConfigError as exc:

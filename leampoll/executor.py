@@ -36,6 +36,11 @@ CHECKOUT_ENV = {
 }
 
 
+# Credentials are the job's, not the checkout's.
+CHECKOUT_DROP = frozenset({"PORTAL_PASSWORD", "PORTAL_USER", "LEAMPOLL_PASSWORD", "LEAMPOLL_USER",
+                           "DISPLAY", "SSH_ASKPASS"})
+
+
 def rundir_name(job_id: str) -> str:
     """The old poller's naming, made safe: never leaves the workdir, never too long.
 
@@ -134,7 +139,7 @@ class Executor:
             if Path(argv[0]).name == "svn":
                 argv.insert(min(2, len(argv)), "--non-interactive")
             env = {k: v for k, v in os.environ.items()
-                   if k not in ("PORTAL_PASSWORD", "PORTAL_USER", "DISPLAY", "SSH_ASKPASS")}
+                   if k not in CHECKOUT_DROP}
             env.update(CHECKOUT_ENV)
             result = self.run_group("checkout", [*argv, str(rundir)], self.workdir, env, log,
                                     self.checkout_timeout)
