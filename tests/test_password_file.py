@@ -5,8 +5,6 @@ the running poller on SIGHUP, without a restart and without stopping its job.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,21 +15,12 @@ from tests import playbook
 from tests.playbook import recap
 from tests.portal_standin import PortalStandin
 from tests.sandbox import Host, Sandbox
+from tests.test_provisioning import STATE_DIR, pytestmark  # noqa: F401 - the same hosts' needs
 
-STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest"))
 OLD, NEW = 'old p@ss "w%rd\\ 1', "n3w 'pa%ss w0rd"
 PROJECT = "quincy"
 PASSWORD_FILE = f"/etc/leampoll/passwords/{PROJECT}.password"
 CONF = f"/etc/supervisor/conf.d/leampoll-{PROJECT}.conf"
-
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("debootstrap"),
-        reason="sandbox hosts need root, unshare and debootstrap",
-    ),
-]
 
 
 class Site:
