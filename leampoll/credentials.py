@@ -24,13 +24,15 @@ class PasswordFileError(Exception):
 def read_password_file(path: Path) -> str:
     """The password: the file's first line without its line end."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in its place is refused below instead of hanging here.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise PasswordFileError(f"password file {path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise PasswordFileError(f"password file {path}: not a regular file")
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise PasswordFileError(f"password file {path}: not a regular file")
         if mode & stat.S_IROTH:
             raise PasswordFileError(f"password file {path} is readable by everybody "
                                     f"(mode {stat.S_IMODE(mode):04o}); chmod 0400 it")

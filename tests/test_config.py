@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from leampoll import sources
-from leampoll.config import build_parser
+from leampoll.config import ConfigError, build_parser, load
 from tests.conftest import LEAMPOLL, PASSWORD, USER
 
 pytestmark = pytest.mark.timeout(120)
@@ -286,3 +286,34 @@ def test_every_poller_option_has_a_variable_and_a_key():
     hidden = {"help", "version", "userdata"}
     assert names - hidden <= set(configurable)
     assert "site" in configurable
+
+
+@pytest.mark.parametrize(("content", "mode", "needle"), [
+    ("", 0o600, "is empty"),
+    ("\n", 0o400, "is empty"),
+    (None, 0o600, "No such file"),
+    ("dir", 0o700, "not a regular file"),
+    ("fifo", 0o600, "not a regular file"),
+])
+def test_unusable_password_files_are_config_errors_naming_the_file(tmp_path, content, mode,
+                                                                    needle):
+    path = tmp_path / "pw"
+    if content == "dir":
+        path.mkdir()
+    elif content == "fifo":
+        os.mkfifo(path)
+    elif content is not None:
+        path.write_text(content)
+    if path.exists():
+        path.chmod(mode)
+    with pytest.raises(ConfigError) as exc:
+        load(["http://127.0.0.1:9/p"], {"PORTAL_USER": "u", "PORTAL_PASSWORD_FILE": str(path)})
+    assert needle in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_password_file_first_line_is_the_password(tmp_path):
+    path = password_file(tmp_path / "pw", "first line \twith spaces\r\nsecond")
+    config = load(["http://127.0.0.1:9/p"],
+                  {"PORTAL_USER": "u", "LEAMPOLL_PASSWORD_FILE": str(path)})
+    assert config.password == "first line \twith spaces" and config.password_file == path
+    assert "first line" not in repr(config)
