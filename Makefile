@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint venv bench demo demo-clean clean man
+.PHONY: test lint venv bench demo demo-clean clean collection man
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ man: $(STAMP)
 	    --manual-title "LEAM job server" \
 	    --description "poll a LEAM Planning Portal for jobs, run them and report back" \
 	    --output $(MAN)
+
+# dist/leam-jobserver-VERSION.tar.gz, after checking that poller, galaxy.yml and
+# CHANGELOG.md name one version.
+collection: $(STAMP)
+	$(BIN)/python tools/release.py build dist
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
