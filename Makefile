@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint venv bench demo demo-clean clean collection faults faults-quick
+.PHONY: test lint venv bench demo demo-clean clean collection man faults faults-quick
 
 venv: $(STAMP)
 
@@ -33,6 +33,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
+
+# The man page, from the poller's own parser; committed, so building the wheel
+# or deploying needs no argparse-manpage. A fixed date keeps it byte-identical
+# from build to build (tests/test_manpage.py checks it is up to date).
+MAN ?= man/leampoll.1
+man: $(STAMP)
+	SOURCE_DATE_EPOCH=315532800 $(BIN)/argparse-manpage --module leampoll.config \
+	    --function build_parser --prog leampoll --project-name leampoll \
+	    --version "$$($(BIN)/python -c 'import leampoll; print(leampoll.__version__)')" \
+	    --manual-title "LEAM job server" \
+	    --description "poll a LEAM Planning Portal for jobs, run them and report back" \
+	    --output $(MAN)
 
 # dist/leam-jobserver-VERSION.tar.gz, after checking that poller, galaxy.yml and
 # CHANGELOG.md name one version.

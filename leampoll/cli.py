@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging("--debug" in args)
         return retire.main([a for a in args[1:] if a != "--debug"])
+    setup_logging(False)  # a password file's warning is logged while loading
     try:
         config = load(args)
     except ConfigError as exc:

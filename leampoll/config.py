@@ -1,8 +1,10 @@
 """Command line and configuration: everything the poller is told, checked once.
 
 The old poller's flags keep their names and meanings; new ones are long-only.
-Credentials come from PORTAL_USER / PORTAL_PASSWORD; -U/-X still work but put
-the password where `ps` shows it, so they are discouraged.
+Every option may also come from the environment (LEAMPOLL_<NAME>) or a TOML
+file (--config), see leampoll.sources. Credentials come from PORTAL_USER and
+PORTAL_PASSWORD or PORTAL_PASSWORD_FILE; -U/-X still work but put the
+password where `ps` shows it, so they are discouraged.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from leampoll import __version__
+from leampoll import __version__, sources
+from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.origins import TrustedOrigins
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -74,7 +77,7 @@ class Config:
 
     site: str
     user: str
-    password: str
+    password: str = field(repr=False)
     workdir: Path
     popq: str = "/pop_queue"
     speed: float = 20.0
@@ -99,6 +102,7 @@ class Config:
     auth_check_interval: float = 600.0
     keep_failed_running: bool = False
     trusted_origins: tuple[str, ...] = ()
+    password_file: Path | None = None  # re-read on SIGHUP
 
     @property
     def pop_url(self) -> str:
@@ -143,11 +147,47 @@ def _inodes(text: str) -> Size:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+EPILOG = """\
+subcommands:
+  leampoll status [--json] [WORKDIR ...]
+      what the pollers of this host are doing; see leampoll status --help
+
+configuration:
+  Every option may also be set in the environment as LEAMPOLL_<NAME> (--min-free-disk:
+  LEAMPOLL_MIN_FREE_DISK, SITE_URL: LEAMPOLL_SITE) or in a TOML file given by --config
+  (LEAMPOLL_CONFIG) as <name> = value (min_free_disk = "10G"). Flags win over the
+  environment, the environment over the file, the file over the defaults. Switches take
+  true/false; repeatable options a TOML array, or one value per line (or comma-separated)
+  in a variable. A variable or key that names no option is an error (exit 2).
+
+credentials:
+  PORTAL_USER, and PORTAL_PASSWORD or PORTAL_PASSWORD_FILE (a file with the password on
+  its first line, readable by its owner only: one readable by everybody is refused, one
+  readable by its group is warned of). A config file may name password_file but never
+  hold the password.
+
+signals:
+  TERM, INT  stop: a running job gets TERM, KILL after --grace, and is handed back
+             to the portal (requeue); exit 0
+  USR1       drain: the running job finishes and is reported, nothing more is popped;
+             exit 0
+  HUP        re-read the password file between two portal requests (never during one);
+             later requests and later jobs get the new password, no job is stopped
+
+exit status:
+  0  stopped by a signal, drained, --idle reached, or --once/--check succeeded
+  1  configuration unusable (missing URL or credentials, bad password file), --check
+     failed, or --once could not reach the portal or deliver a report
+  2  usage error: bad option or value, in flags, environment or config file
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="leampoll",
         description="Poll a LEAM Planning Portal for queued jobs, run them and report back.",
-        epilog="Credentials: PORTAL_USER and PORTAL_PASSWORD in the environment.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("site", nargs="?", metavar="SITE_URL", help="the portal's root URL")
     p.add_argument("-s", "--speed", type=_seconds, default=20.0, metavar="SECONDS",
@@ -161,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-U", "--user", help="portal user (prefer PORTAL_USER)")
     p.add_argument("-X", "--password",
                    help="portal password (discouraged: visible in ps; use PORTAL_PASSWORD)")
+    p.add_argument("--password-file", type=Path, default=None, metavar="FILE",
+                   help="read the portal password from FILE, again on SIGHUP "
+                        "(or PORTAL_PASSWORD_FILE)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="read settings from this TOML file (flags and LEAMPOLL_* win)")
     p.add_argument("-u", "--userdata", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-d", "--debug", action="store_true", help="log debug lines")
     p.add_argument("-v", "--version", action="version", version=f"leampoll {__version__}")
@@ -206,10 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_sources(environ: Mapping[str, str]) -> sources.Sources:
+    """Where settings come from besides flags: the environment of the process, and a file."""
+    return sources.Sources(
+        environ=environ,
+        # The names the old poller and Supervisor's program files use.
+        aliases={"PORTAL_USER": "user", "PORTAL_PASSWORD": "password",
+                 "PORTAL_PASSWORD_FILE": "password_file"},
+        env_ignore=frozenset({"LEAMPOLL_PROJECTS_FILE"}),  # leampoll status reads it
+        # A config file is copied, mailed and checked in more easily than an
+        # environment: the password itself is never taken from one.
+        file_refused={"password": "a config file may not hold the password; "
+                                  "use password_file, or PORTAL_PASSWORD in the environment"},
+    )
+
+
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Parse and validate; raise ConfigError with one clear line when unusable."""
     env = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
+    args = sources.parse(build_parser(), argv, config_sources(env))
     if not args.site:
         raise ConfigError("no portal URL given (leampoll [options] SITE_URL)")
     parts = urllib.parse.urlsplit(args.site)
@@ -217,10 +277,19 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError(f"portal URL must be http(s)://host/...: {args.site!r}")
     if parts.username or parts.password:
         raise ConfigError("put credentials in PORTAL_USER/PORTAL_PASSWORD, not in the URL")
-    user = args.user or env.get("PORTAL_USER", "")
-    password = args.password or env.get("PORTAL_PASSWORD", "")
+    user = args.user or ""
+    password = args.password or ""
+    if password and args.password_file:
+        raise ConfigError("both a password and a password file are given; "
+                          "set PORTAL_PASSWORD or PORTAL_PASSWORD_FILE, not both")
+    if args.password_file:
+        try:
+            password = read_password_file(args.password_file)
+        except PasswordFileError as exc:
+            raise ConfigError(str(exc)) from None
     if not user or not password:
-        raise ConfigError("portal credentials missing: set PORTAL_USER and PORTAL_PASSWORD")
+        raise ConfigError("portal credentials missing: set PORTAL_USER and PORTAL_PASSWORD "
+                          "(or PORTAL_PASSWORD_FILE)")
     workdir = (args.workdir or Path.cwd()).absolute()
     if args.speed <= 0 and not args.once:
         raise ConfigError("--speed must be greater than 0")
@@ -255,4 +324,5 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         auth_check_interval=args.auth_check_interval,
         keep_failed_running=args.keep_failed_running,
         trusted_origins=tuple(args.trusted_origin),
+        password_file=args.password_file.absolute() if args.password_file else None,
     )

@@ -37,6 +37,11 @@ CHECKOUT_ENV = {
 }
 
 
+# Credentials are the job's, not the checkout's.
+CHECKOUT_DROP = frozenset({"PORTAL_PASSWORD", "PORTAL_USER", "LEAMPOLL_PASSWORD", "LEAMPOLL_USER",
+                           "DISPLAY", "SSH_ASKPASS"})
+
+
 def rundir_name(job_id: str) -> str:
     """The old poller's naming, made safe: never leaves the workdir, never too long.
 
@@ -140,7 +145,7 @@ class Executor:
             # The kind only: a repository URL may carry credentials.
             log.write(f"leampoll: checkout with {checkout.kind}\n".encode())
             env = {k: v for k, v in os.environ.items()
-                   if k not in ("PORTAL_PASSWORD", "PORTAL_USER", "DISPLAY", "SSH_ASKPASS")}
+                   if k not in CHECKOUT_DROP}
             env.update(CHECKOUT_ENV)
             result = self.run_group("checkout", checkout.argv, self.workdir, env, log,
                                     self.checkout_timeout)

@@ -1,7 +1,9 @@
 """Signals, in one place, and the one wait primitive everything sleeps in.
 
 SIGTERM/SIGINT ask for a cold stop (stop the job, hand it back, exit);
-SIGUSR1 asks for a warm stop (finish the job, pop nothing more, exit 0).
+SIGUSR1 asks for a warm stop (finish the job, pop nothing more, exit 0);
+SIGHUP asks for the password file to be read again, which the worker does
+between cycles, never during a request.
 Every wait - the idle sleep, a backoff, a running job - goes through
 `Lifecycle.wait`, which wakes at once on any signal or child exit: Python's
 handlers only set flags, and `signal.set_wakeup_fd` turns each signal into a
@@ -28,6 +30,7 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.stop: str | None = None
+        self.reload = False  # SIGHUP: read the password file again
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous: dict[int, object] = {}
 
@@ -37,6 +40,7 @@ class Lifecycle:
             (signal.SIGTERM, self._cold),
             (signal.SIGINT, self._cold),
             (signal.SIGUSR1, self._warm),
+            (signal.SIGHUP, self._hup),
             (signal.SIGCHLD, self._child),  # only to wake wait(); Popen reaps
         ):
             self._previous[sig] = signal.signal(sig, handler)
@@ -59,6 +63,10 @@ class Lifecycle:
             self.stop = WARM
             log.info("SIGUSR1: draining (the running job finishes, nothing more is popped)")
 
+    def _hup(self, _signum: int, _frame: object) -> None:
+        self.reload = True
+        log.info("SIGHUP: reloading credentials before the next portal request")
+
     def _child(self, _signum: int, _frame: object) -> None:
         pass
 
@@ -75,11 +83,15 @@ class Lifecycle:
                 pass
 
     def sleep(self, seconds: float) -> bool:
-        """Sleep the whole time unless a stop is asked for; True if it was."""
+        """Sleep the whole time unless a stop or a reload is asked for; True if a stop was.
+
+        A reload ends the sleep too: new credentials are tried at once, also
+        by a poller backing off after the old ones were refused.
+        """
         end = time.monotonic() + seconds
-        while self.stop is None:
+        while self.stop is None and not self.reload:
             left = end - time.monotonic()
             if left <= 0:
                 return False
             self.wait(left)
-        return True
+        return self.stop is not None

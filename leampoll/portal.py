@@ -312,6 +312,10 @@ class PortalClient:
         r = self._report.get(url, timeout=self.timeout, allow_redirects=False)
         return Answered(r.status_code, r.text[:400], r.headers.get("Location", ""))
 
+    def set_credentials(self, user: str, password: str) -> None:
+        """New credentials for every later request of both sessions (after a SIGHUP)."""
+        self._pop.auth = self._report.auth = (user, password)
+
     def close(self) -> None:
         self._pop.close()
         self._report.close()

@@ -9,6 +9,7 @@ emptied before the next pop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from leampoll import __version__, guards
 from leampoll.auth import CHECK_PATH, AuthResult, AuthWatch, Verdict, classify
 from leampoll.backoff import Backoff, idle_wait
 from leampoll.config import Config
+from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.delivery import Deliverer, EndpointMemory
 from leampoll.executor import Executor, Outcome
 from leampoll.lifecycle import COLD, WARM, Lifecycle
@@ -102,6 +104,8 @@ class Worker:
         once = self.config.once
         idle_since = self.status["idle_since"]
         self.status["idle_since"] = None  # unless this cycle finds the queue empty
+        if self.life.reload:
+            self.reload_credentials()
         if not self.flush_reports():
             self.exit_code = 1 if once else 0
             self.wait(0 if once else self.report_backoff.next(), "backoff")
@@ -149,6 +153,30 @@ class Worker:
         self.status["state"] = why
         self.publish()
         self.life.sleep(seconds)
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: the password file again, for later requests and later jobs.
+
+        Called between cycles only, so no request is half-way. A file that
+        cannot be used leaves the current password in use, loudly.
+        """
+        self.life.reload = False
+        path = self.config.password_file
+        if path is None:
+            log.warning("SIGHUP: no password file configured (--password-file, "
+                        "PORTAL_PASSWORD_FILE); credentials unchanged")
+            return
+        try:
+            password = read_password_file(path)
+        except PasswordFileError as exc:
+            log.error("SIGHUP: %s; the current password stays in use", exc)
+            return
+        if password == self.config.password:
+            log.info("SIGHUP: password file %s re-read; password unchanged", path)
+            return
+        self.config = dataclasses.replace(self.config, password=password)
+        self.portal.set_credentials(self.config.user, password)
+        log.info("SIGHUP: password file %s re-read; the new password is in use", path)
 
     def _during_job(self) -> None:
         if self.life.stop == WARM and self.status["state"] == "running":

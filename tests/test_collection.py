@@ -128,7 +128,8 @@ def test_tarball_holds_every_role_and_playbook_and_the_poller_source(tarball):
                  *(ROOT / "leampoll").glob("*.py"), *(ROOT / "monitoring").glob("*.*")]:
         if path.is_file() and "__pycache__" not in path.parts:
             assert str(path.relative_to(ROOT)) in names, path
-    assert {"pyproject.toml", "README.md", "CHANGELOG.md", "meta/runtime.yml"} <= names
+    assert {"pyproject.toml", "README.md", "CHANGELOG.md", "meta/runtime.yml",
+            "man/leampoll.1"} <= names  # the leampoll role installs the man page from it
     leaked = [n for n in names
               if n.split("/")[0] in {"tests", "bench", "tools", ".venv", ".ci", "dist", "build"}
               or "__pycache__" in n or n.endswith(".pyc")

@@ -1,0 +1,242 @@
+"""Configuration sources: flags > LEAMPOLL_* environment > TOML file > defaults.
+
+Generic over the argparse parser: every option (and the optional SITE_URL)
+gets an environment variable LEAMPOLL_<DEST> and a file key <dest> (dashes
+or underscores), values converted by the same type function the flag uses.
+So an option added to the parser is configurable everywhere without code
+here. Mistakes in the environment or the file are usage errors (exit 2, like
+argparse's own) naming the variable, or the file and the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ENV_PREFIX = "LEAMPOLL_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+# Options and values these kinds of actions take: a boolean, a count, or text.
+_BOOLEAN = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+
+
+@dataclass
+class Sources:
+    """What the parser's settings may come from besides the command line.
+
+    `aliases` are other environment names of an option (PORTAL_USER for
+    --user); `env_ignore` are LEAMPOLL_* variables that belong to something
+    else; `file_refused` are file keys refused with the reason given.
+    """
+
+    environ: Mapping[str, str]
+    config_dest: str = "config"
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    env_ignore: frozenset[str] = frozenset()
+    file_refused: Mapping[str, str] = field(default_factory=dict)
+
+
+def env_name(action: argparse.Action) -> str:
+    """The environment variable of an option: --min-free-disk -> LEAMPOLL_MIN_FREE_DISK."""
+    return ENV_PREFIX + action.dest.upper()
+
+
+def configurable(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """dest -> action of every option that may come from the environment or a file."""
+    found = {}
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or action.dest == argparse.SUPPRESS:
+            continue  # --help, --version, hidden legacy flags
+        if isinstance(action, (argparse._SubParsersAction, argparse._HelpAction,
+                               argparse._VersionAction, argparse._AppendConstAction)):
+            continue
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            continue  # a required positional belongs on the command line
+        found[action.dest] = action
+    return found
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+          sources: Sources) -> argparse.Namespace:
+    """Parse argv, filling what it leaves out from the environment, then the file."""
+    actions = configurable(parser)
+    defaults = {a.dest: a.default for a in parser._actions
+                if a.dest != argparse.SUPPRESS and a.default is not argparse.SUPPRESS}
+    defaults.update(parser._defaults)
+    required = [a for a in actions.values() if a.required]
+    # First the command line alone (no defaults), so that what it names is known to win.
+    saved = parser._defaults
+    parser._defaults = {}
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.default = argparse.SUPPRESS
+    for action in required:
+        action.required = False
+    try:
+        given = vars(parser.parse_args(argv))
+    finally:
+        parser._defaults = saved
+        for action in parser._actions:
+            if action.dest in defaults:
+                action.default = defaults[action.dest]
+        for action in required:
+            action.required = True
+
+    layered: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    config_action = actions.get(sources.config_dest)
+    env_values = _from_environ(parser, actions, sources)
+    path = given.get(sources.config_dest) or env_values.get(sources.config_dest, (None,))[0]
+    if config_action is not None and path:
+        for dest, (value, where) in _from_file(parser, actions, Path(path), sources).items():
+            layered[dest], origin[dest] = value, where
+    for dest, (value, where) in env_values.items():
+        layered[dest], origin[dest] = value, where
+
+    _exclusive(parser, given, layered, origin, defaults)
+    missing = [a for a in required if a.dest not in given and a.dest not in layered]
+    if missing:
+        parser.error("the following arguments are required: "
+                     + ", ".join("/".join(a.option_strings) for a in missing))
+    return argparse.Namespace(**{**defaults, **layered, **given})
+
+
+def _exclusive(parser: argparse.ArgumentParser, given: dict, layered: dict, origin: dict,
+               defaults: dict) -> None:
+    """Options of a mutually exclusive group: a flag overrides the group's other settings."""
+    for group in parser._mutually_exclusive_groups:
+        dests = [a.dest for a in group._group_actions]
+        if any(d in given for d in dests):
+            for d in dests:
+                if d not in given:
+                    layered.pop(d, None)
+            continue
+        set_ = [d for d in dests if d in layered and layered[d] != defaults.get(d)]
+        if len(set_) > 1:
+            parser.error(" and ".join(origin[d] for d in set_) + " cannot be used together")
+
+
+def _from_environ(parser: argparse.ArgumentParser, actions: dict[str, argparse.Action],
+                  sources: Sources) -> dict[str, tuple[Any, str]]:
+    by_name = {env_name(a): a for a in actions.values()}
+    values: dict[str, tuple[Any, str]] = {}
+    for name in sorted(sources.environ):
+        if not name.startswith(ENV_PREFIX) or name in sources.env_ignore:
+            continue
+        action = by_name.get(name)
+        if action is None:
+            hint = difflib.get_close_matches(name, by_name, n=1)
+            parser.error(f"environment variable {name} matches no option"
+                         + (f" (did you mean {hint[0]}?)" if hint else ""))
+        values[action.dest] = (_convert(parser, action, sources.environ[name], name), name)
+    for alias, dest in sources.aliases.items():
+        text = sources.environ.get(alias)
+        if text is None or dest not in actions:
+            continue
+        value = _convert(parser, actions[dest], text, alias)
+        if dest in values and values[dest][0] != value:
+            parser.error(f"{alias} and {values[dest][1]} are both set, to different values")
+        values.setdefault(dest, (value, alias))
+    return values
+
+
+def _from_file(parser: argparse.ArgumentParser, actions: dict[str, argparse.Action],
+               path: Path, sources: Sources) -> dict[str, tuple[Any, str]]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        parser.error(f"config file {path}: {exc.strerror}")
+    except tomllib.TOMLDecodeError as exc:
+        parser.error(f"config file {path}: not valid TOML: {exc}")
+    keys = [d for d in actions if d != sources.config_dest]
+    values: dict[str, tuple[Any, str]] = {}
+    for key, raw in data.items():
+        dest = key.replace("-", "_")
+        where = f"{path}: key {key!r}"
+        if dest in sources.file_refused:
+            parser.error(f"{where}: {sources.file_refused[dest]}")
+        if dest not in keys:
+            hint = difflib.get_close_matches(dest, keys, n=1)
+            parser.error(f"{where} matches no option"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        if dest in values:
+            parser.error(f"{where}: given twice (with - and with _)")
+        values[dest] = (_convert(parser, actions[dest], raw, where), where)
+    return values
+
+
+def _convert(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any,
+             where: str) -> Any:
+    """A value from the environment (text) or the file (TOML) as the flag would give it."""
+    def fail(why: str) -> None:
+        parser.error(f"{where}: {why}")
+
+    if isinstance(action, _BOOLEAN):
+        flag = _boolean(raw)
+        if flag is None:
+            fail(f"expects a boolean (true/false), got {raw!r}")
+        return flag  # the value of the setting (--no-verify, dest verify: verify = false)
+    if isinstance(action, argparse._StoreConstAction):
+        flag = _boolean(raw)
+        if flag is None:
+            fail(f"expects a boolean (true/false), got {raw!r}")
+        return action.const if flag else action.default
+    if isinstance(action, argparse._CountAction):
+        if isinstance(raw, bool) or not str(raw).strip().isdigit():
+            fail(f"expects a count (0, 1, 2...), got {raw!r}")
+        return int(str(raw).strip())
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+") or (
+        isinstance(action.nargs, int) and action.nargs > 1)
+    if many:
+        items = raw if isinstance(raw, list) else _split(raw) if isinstance(raw, str) else [raw]
+        return [_one(parser, action, item, fail) for item in items]
+    if isinstance(raw, list):
+        fail("expects one value, got a list")
+    return _one(parser, action, raw, fail)
+
+
+def _one(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any, fail) -> Any:
+    if isinstance(raw, (bool, dict, list)) or not isinstance(raw, (str, int, float)):
+        fail(f"expects a value as {_flag(action)} takes it, got {raw!r}")
+    text = str(raw)
+    convert = parser._registry_get("type", action.type, action.type)
+    try:
+        value = convert(text) if callable(convert) else text
+    except argparse.ArgumentTypeError as exc:
+        fail(str(exc))
+    except (TypeError, ValueError):
+        fail(f"invalid value {text!r} for {_flag(action)}")
+    if action.choices is not None and value not in action.choices:
+        fail(f"{text!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _boolean(raw: Any) -> bool | None:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        return True if text in _TRUE else False if text in _FALSE else None
+    return None
+
+
+def _split(text: str) -> list[str]:
+    """A list in one variable: one item a line, or comma-separated on one line."""
+    parts = text.splitlines() if "\n" in text.strip() else text.split(",")
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _flag(action: argparse.Action) -> str:
+    return action.option_strings[-1] if action.option_strings else action.dest
+
