@@ -131,7 +131,7 @@ def test_bare_hosts_converge_and_every_poller_runs_a_job(fleet):
             fleet.portals[project].queue(f"{project}-first", "true")
     for project in fleet.portals:
         fleet.portals[project].wait_for(
-            lambda p, j=f"{project}-first": p.status.get(j) == "success", timeout=90)
+            lambda p, j=f"{project}-first": p.status.get(j) == "complete", timeout=90)
     assert PASSWORD not in out
 
 
@@ -202,7 +202,7 @@ def test_package_upgrade_hands_the_running_job_back_and_it_runs_again(fleet):
     quito.queue("during-upgrade", once("upgrade-ran"))
     started(quito, "during-upgrade", b, "upgrade-ran")
     b.ssh("apt-get install -y -q --reinstall supervisor", check=True, timeout=300)
-    quito.wait_for(lambda p: p.status.get("during-upgrade") == "success", timeout=90)
+    quito.wait_for(lambda p: p.status.get("during-upgrade") == "complete", timeout=90)
     assert requeues(quito, "during-upgrade") == 1
     wait_until(lambda: fleet.all_running("sys-b"), 30, "sys-b's pollers run again")
 
@@ -218,7 +218,7 @@ def test_restart_with_a_grace_beyond_90_s_hands_the_job_back(fleet):
     res = a.ssh("systemctl restart supervisor", timeout=400)
     assert res.returncode == 0, res.stderr
     assert requeues(rio, "ignores-term") == 1
-    rio.wait_for(lambda p: p.status.get("ignores-term") == "success", timeout=90)
+    rio.wait_for(lambda p: p.status.get("ignores-term") == "complete", timeout=90)
     assert requeues(rio, "ignores-term") == 1
     journal = a.ssh(f"journalctl -u supervisor --since @{since} --no-pager").stdout
     assert "timed out" not in journal and "Killing" not in journal, journal
@@ -241,7 +241,7 @@ def test_reboot_hands_the_job_back_once_and_the_pollers_run_it_after_the_boot(fl
     assert requeues(lima, "across-reboot") == 1
     assert a.ssh("systemctl is-active supervisor").stdout.strip() == "active"
     wait_until(lambda: fleet.all_running("sys-a"), 60, "sys-a's pollers run after the boot")
-    lima.wait_for(lambda p: p.status.get("across-reboot") == "success", timeout=90)
+    lima.wait_for(lambda p: p.status.get("across-reboot") == "complete", timeout=90)
     assert requeues(lima, "across-reboot") == 1
     # Nothing from before the reboot is left: every process is of the new boot.
     assert not before & {(pid, start) for pid, start, _ in a.processes()}
@@ -258,7 +258,7 @@ def test_power_cut_orphan_is_requeued_once_at_the_next_boot_and_run(fleet):
     assert cusco.status["power-cut"] == "running"
     fleet.sandbox.boot(b)
     # Crash recovery of the restarted poller hands the orphan back, then runs it.
-    cusco.wait_for(lambda p: p.status.get("power-cut") == "success", timeout=120)
+    cusco.wait_for(lambda p: p.status.get("power-cut") == "complete", timeout=120)
     assert requeues(cusco, "power-cut") == 1
     wait_until(lambda: fleet.all_running("sys-b"), 60, "sys-b's pollers run after the boot")
     assert not before & {(pid, start) for pid, start, _ in b.processes()}
