@@ -15,6 +15,7 @@ import requests
 from leampoll import __version__, guards
 from leampoll.config import Config
 from leampoll.portal import PortalClient
+from leampoll.security import INSECURE_OPTION, insecure_http, tls_problem
 
 CHECK_PATH = "/portal_membership/isAnonymousUser"  # a public Plone method, no side effects
 
@@ -28,6 +29,8 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
         print(f"{status:4} {name:8} {detail}", file=out, flush=True)
 
     line("ok", "config", f"leampoll {__version__}, site {config.site}, pop {config.pop_url}")
+    if insecure_http(config.site):
+        line("warn", "tls", f"plain http:// to a remote portal, allowed by {INSECURE_OPTION}")
     workdir = config.workdir
     if not workdir.is_dir():
         line("FAIL", "workdir", f"{workdir} does not exist")
@@ -39,7 +42,8 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
             line("FAIL" if reading.holds else "ok", reading.guard, str(reading))
 
     client = PortalClient(config.site, config.pop_url, config.user, config.password,
-                          config.connect_timeout, min(config.read_timeout, 30))
+                          config.connect_timeout, min(config.read_timeout, 30),
+                          config.ca_file, config.allow_insecure_http)
     try:
         status, _ = client.get_text(config.site)
         if status >= 500:
@@ -47,6 +51,8 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
         else:
             line("ok", "portal", f"{config.site} reachable (HTTP {status})")
             _credentials(client, config, line)
+    except requests.exceptions.SSLError as exc:
+        line("FAIL", "tls", f"{config.site}: {tls_problem(exc)}")
     except requests.RequestException as exc:
         line("FAIL", "portal", f"{config.site} unreachable: {exc.__class__.__name__}")
     finally:

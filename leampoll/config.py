@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from leampoll import __version__
+from leampoll import __version__, security
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -95,6 +95,8 @@ class Config:
     check: bool = False
     metrics_file: Path | None = None
     project: str = ""
+    allow_insecure_http: bool = False
+    ca_file: Path | None = None
 
     @property
     def pop_url(self) -> str:
@@ -180,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="", help="name of the project (default: workdir name)")
     p.add_argument("--metrics-file", type=Path, default=None, metavar="PATH",
                    help="write Prometheus metrics to PATH after every cycle")
+    p.add_argument(security.INSECURE_OPTION, action="store_true",
+                   help="allow plain http:// to a portal that is not on loopback "
+                        "(the password then crosses the network unencrypted)")
+    p.add_argument(security.CA_OPTION, type=Path, default=None, metavar="PATH",
+                   help="CA certificate(s) (PEM) to verify the portal's TLS certificate with")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true",
                       help="at most one guard/pop/run/report cycle, then exit")
@@ -199,6 +206,12 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError(f"portal URL must be http(s)://host/...: {args.site!r}")
     if parts.username or parts.password:
         raise ConfigError("put credentials in PORTAL_USER/PORTAL_PASSWORD, not in the URL")
+    insecure = security.insecure_http(args.site, args.allow_insecure_http)
+    if insecure:
+        raise ConfigError(f"portal URL {args.site}: {insecure}")
+    if args.ca_file is not None and not (args.ca_file.is_file()
+                                         and os.access(args.ca_file, os.R_OK)):
+        raise ConfigError(f"{security.CA_OPTION} {args.ca_file}: not a readable file")
     user = args.user or env.get("PORTAL_USER", "")
     password = args.password or env.get("PORTAL_PASSWORD", "")
     if not user or not password:
@@ -230,4 +243,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         check=args.check,
         metrics_file=args.metrics_file,
         project=args.project or workdir.name,
+        allow_insecure_http=args.allow_insecure_http,
+        ca_file=args.ca_file.absolute() if args.ca_file else None,
     )

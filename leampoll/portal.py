@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -22,6 +23,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from leampoll import __version__
+from leampoll.security import insecure_http, tls_problem
 
 log = logging.getLogger("leampoll")
 
@@ -79,8 +81,14 @@ Answer = Job | Empty | Refused
 
 
 def _text(data: dict, key: str) -> str:
+    """A field as text, or "" when it cannot be one: too long, NUL, or not encodable
+    (a lone surrogate from a JSON escape would crash the exec of a command or env)."""
     value = data.get(key)
     if isinstance(value, str) and len(value) <= _FIELD_MAX and "\x00" not in value:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ""
         return value
     return ""
 
@@ -108,7 +116,8 @@ def parse_answer(status: int, content_type: str, body: bytes,
                  retry_after: str | None = None) -> Answer:
     """Turn one pop_queue answer into a Job, Empty or Refused. Never raises."""
     wait = _retry_after(retry_after)
-    ctype = (content_type or "").split(";")[0].strip().lower()
+    # Whitespace folded: a header is the portal's text, and a log line stays one line.
+    ctype = re.sub(r"\s+", " ", (content_type or "").split(";")[0]).strip().lower()
     if status != 200:
         return Refused(f"HTTP {status} ({ctype[:60] or 'no type'}: {_short(body)})", wait)
     if len(body) > MAX_BODY:
@@ -175,7 +184,7 @@ def _parse_xml(body: bytes) -> Answer:
     return Job(
         id=job_id,
         cmdline=LEGACY_CMDLINE,
-        repository=f"svn co {repo}" if repo else "",
+        repository=shlex.join(["svn", "co", repo]) if repo else "",  # the URL stays one word
         title=(root.findtext("scenario/title") or "").strip(),
         legacy_xml=body,
     )
@@ -194,10 +203,14 @@ class PortalClient:
     """HTTP to one portal, with one keep-alive session per purpose."""
 
     def __init__(self, site: str, pop_url: str, user: str, password: str,
-                 connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
+                 connect_timeout: float = 10.0, read_timeout: float = 60.0,
+                 ca_file: str | None = None, allow_insecure_http: bool = False) -> None:
         self.site = site
         self.pop_url = pop_url
         self.timeout = (connect_timeout, read_timeout)
+        # None: requests' own choice (REQUESTS_CA_BUNDLE, else its bundle); a path wins over it.
+        self.verify = str(ca_file) if ca_file else None
+        self.allow_insecure_http = allow_insecure_http
         self._origin = _origin(site)
         agent = f"leampoll/{__version__} (+LEAM job server)"
         # A pop may only be retried when the request never left: connect errors.
@@ -215,23 +228,28 @@ class PortalClient:
         """One pop. Network failures come back as Refused, never as exceptions."""
         try:
             with self._pop.get(self.pop_url, timeout=self.timeout, stream=True,
-                               allow_redirects=False) as r:
+                               allow_redirects=False, verify=self.verify) as r:
                 body = _read_capped(r)
                 if body is None:
                     return Refused("answer larger than 1 MiB")
                 return parse_answer(r.status_code, r.headers.get("Content-Type", ""), body,
                                     r.headers.get("Retry-After"))
+        except requests.exceptions.SSLError as exc:
+            return Refused(tls_problem(exc))
         except requests.RequestException as exc:
             return Refused(f"portal unreachable: {_why(exc)}")
 
     def post(self, url: str, message: str) -> str:
         """POST a report; return the portal's answer text or raise ReportError."""
+        insecure = insecure_http(url, self.allow_insecure_http)
+        if insecure:
+            raise ReportError(f"report URL {url!r} refused: {insecure}", permanent=True)
         if _origin(url) != self._origin:
             # Credentials only ever go to the portal they belong to.
             raise ReportError(f"report URL {url!r} is not on the portal", permanent=True)
         try:
             r = self._report.post(url, data={"message": message}, timeout=self.timeout,
-                                  allow_redirects=False)
+                                  allow_redirects=False, verify=self.verify)
         except requests.RequestException as exc:
             raise ReportError(f"{url}: {_why(exc)}") from None
         if r.status_code != 200:
@@ -242,7 +260,8 @@ class PortalClient:
 
     def get_text(self, url: str) -> tuple[int, str]:
         """A plain GET for --check; never used on pop_queue."""
-        r = self._report.get(url, timeout=self.timeout, allow_redirects=False)
+        r = self._report.get(url, timeout=self.timeout, allow_redirects=False,
+                             verify=self.verify)
         return r.status_code, r.text[:400]
 
     def close(self) -> None:
@@ -278,5 +297,7 @@ def _origin(url: str) -> tuple[str, str]:
 
 def _why(exc: Exception) -> str:
     """A one-line reason without URLs' query strings or credentials."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return tls_problem(exc)
     text = str(exc.__context__ or exc) if isinstance(exc, requests.ConnectionError) else str(exc)
     return re.sub(r"\s+", " ", text)[:160]

@@ -39,7 +39,8 @@ class Worker:
         self.config = config
         self.life = Lifecycle()
         self.portal = PortalClient(config.site, config.pop_url, config.user, config.password,
-                                   config.connect_timeout, config.read_timeout)
+                                   config.connect_timeout, config.read_timeout,
+                                   config.ca_file, config.allow_insecure_http)
         self.state = State(config.state_dir)
         self.executor = Executor(config.workdir, self.life, config.grace,
                                  config.checkout_timeout, config.job_timeout)

@@ -28,6 +28,7 @@ import collections
 import contextlib
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -77,7 +78,9 @@ class PortalStandin:
         port: int = 0,
         base_path: str = "/portal",
         auth_failure: str = "401",
+        tls: tuple[str, str] | None = None,
     ) -> None:
+        """`tls=(certfile, keyfile)` serves https:// with that certificate."""
         self.user = user
         self.password = password
         self.base_path = base_path.rstrip("/")
@@ -92,6 +95,12 @@ class PortalStandin:
         self.report_status = 200  # set to 503 to make the portal refuse reports
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -99,7 +108,7 @@ class PortalStandin:
     @property
     def root(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     @property
     def url(self) -> str:
