@@ -15,7 +15,7 @@ import requests
 from leampoll import __version__, guards
 from leampoll.config import Config
 from leampoll.portal import PortalClient
-from leampoll.security import INSECURE_OPTION, insecure_http, tls_problem
+from leampoll.security import tls_problem
 
 CHECK_PATH = "/portal_membership/isAnonymousUser"  # a public Plone method, no side effects
 
@@ -29,8 +29,6 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
         print(f"{status:4} {name:8} {detail}", file=out, flush=True)
 
     line("ok", "config", f"leampoll {__version__}, site {config.site}, pop {config.pop_url}")
-    if insecure_http(config.site):
-        line("warn", "tls", f"plain http:// to a remote portal, allowed by {INSECURE_OPTION}")
     workdir = config.workdir
     if not workdir.is_dir():
         line("FAIL", "workdir", f"{workdir} does not exist")

@@ -421,8 +421,13 @@ def test_node_exporter_on_loopback_when_no_address_is_given(audit):
 @on_sandbox
 def test_node_exporter_on_the_address_the_inventory_gives(audit):
     wanted = f"{audit.host.address}:9100"
-    audit.write(group_vars={"leampoll_node_exporter_listen_address": wanted})
-    out = audit.play()
+    # A real run with --diff that rewrites a program file, too.
+    audit.write(group_vars={"leampoll_node_exporter_listen_address": wanted},
+                plain={"speed": 2})
+    out = audit.play("--diff", "-v")
     assert out.returncode == 0, out.stdout[-4000:]
+    _no_secret(out.stdout + out.stderr)
+    pid = audit.ssh("supervisorctl pid leampoll-plain").strip()
+    assert "--speed 2" in audit.ssh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
     assert wait_until(lambda: _node_exporter_listens(audit) == [wanted], 30,
                       f"node_exporter on {wanted}")
