@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint venv bench demo demo-clean clean
+.PHONY: test lint venv bench demo demo-clean clean collection
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
+
+# dist/leam-jobserver-VERSION.tar.gz, after checking that poller, galaxy.yml and
+# CHANGELOG.md name one version.
+collection: $(STAMP)
+	$(BIN)/python tools/release.py build dist
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -102,6 +102,11 @@ class Executor:
     checkout_timeout: float = 900.0
     job_timeout: float = 0.0
     on_start: Callable[[str, int], None] = lambda stage, pgid: None
+    # Called whenever the wait for a running job wakes (a signal, or at least
+    # every `wake_every` seconds): the worker shows a drain at once and keeps
+    # its status and metrics fresh during long jobs.
+    on_wake: Callable[[], None] = lambda: None
+    wake_every: float | None = None
 
     def paths(self, job: Job) -> tuple[Path, Path]:
         name = rundir_name(job.id)
@@ -185,7 +190,10 @@ class Executor:
                 _killpg(proc.pid, signal.SIGKILL)
                 kill_at = float("inf")
             waits = [t - now for t in (deadline, kill_at) if t is not None and t != float("inf")]
+            if self.wake_every:
+                waits.append(self.wake_every)
             self.lifecycle.wait(max(0.0, min(waits)) if waits else None)
+            self.on_wake()
         _killpg(proc.pid, signal.SIGKILL)  # children the job left behind die with it
         ok = proc.returncode == 0 and not (timed_out or interrupted)
         return Outcome(ok, stage, proc.returncode, timed_out, interrupted,

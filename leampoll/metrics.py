@@ -15,6 +15,10 @@ from leampoll.config import Config
 from leampoll.executor import Outcome
 
 GUARDS = ("disk", "inodes", "memory")
+# The worker's states (status.json "state"); leampoll_state has one series per
+# state, the current one 1, so alert rules can tell a drained or stopped poller.
+STATES = ("starting", "idle", "holding", "backoff", "running", "draining", "stopping",
+          "stopped")
 # Model runs last from seconds to a day.
 BUCKETS = (1, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
 
@@ -42,6 +46,8 @@ class Metrics:
                            ["project", "guard"], registry=reg)
         self.pending = Gauge("leampoll_reports_pending", "Reports waiting in the outbox",
                              ["project"], registry=reg).labels(p)
+        self.state = Gauge("leampoll_state", "1 for the poller's current state",
+                           ["project", "state"], registry=reg)
         Gauge("leampoll_build_info", "The poller's version", ["project", "version"],
               registry=reg).labels(p, __version__).set(1)
         self.project = p
@@ -51,6 +57,8 @@ class Metrics:
             self._counted[outcome] = 0
         for guard in GUARDS:
             self.guard.labels(p, guard)
+        for state in STATES:
+            self.state.labels(p, state)
         self._sync_counts(status)
 
     def job_done(self, outcome: Outcome) -> None:
@@ -73,4 +81,6 @@ class Metrics:
         for guard in GUARDS:
             self.guard.labels(self.project, guard).set(1 if guard in holding else 0)
         self.pending.set(status.get("reports_pending", 0))
+        for state in STATES:
+            self.state.labels(self.project, state).set(1 if state == status.get("state") else 0)
         write_to_textfile(self.path, self.registry)

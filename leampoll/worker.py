@@ -19,7 +19,7 @@ from leampoll import __version__, guards
 from leampoll.backoff import Backoff, idle_wait
 from leampoll.config import Config
 from leampoll.executor import Executor, Outcome
-from leampoll.lifecycle import COLD, Lifecycle
+from leampoll.lifecycle import COLD, WARM, Lifecycle
 from leampoll.portal import Empty, Job, PortalClient, Refused, ReportError
 from leampoll.state import Report, State, read_json, stop_orphan_groups, write_json
 
@@ -30,6 +30,9 @@ OUTCOMES = ("success", "error", "requeued")
 # readings, time of the last poll); any other change is written at once.
 # Rewriting it every idle cycle was the largest part of the idle cost.
 STATUS_REFRESH = 10.0
+# Seconds between refreshes of status and metrics while a job runs, so the
+# metrics file of a busy poller does not look stale.
+JOB_REFRESH = 60.0
 
 
 class Worker:
@@ -43,7 +46,8 @@ class Worker:
                                    config.ca_file, config.allow_insecure_http)
         self.state = State(config.state_dir)
         self.executor = Executor(config.workdir, self.life, config.grace,
-                                 config.checkout_timeout, config.job_timeout)
+                                 config.checkout_timeout, config.job_timeout,
+                                 on_wake=self._during_job, wake_every=JOB_REFRESH)
         self.backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
         self.report_backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
         self.empties = 0
@@ -117,6 +121,11 @@ class Worker:
         self.status["state"] = why
         self.publish()
         self.life.sleep(seconds)
+
+    def _during_job(self) -> None:
+        if self.life.stop == WARM and self.status["state"] == "running":
+            self.status["state"] = "draining"
+        self.publish()
 
     # -- guards ----------------------------------------------------------------
 

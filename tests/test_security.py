@@ -13,18 +13,19 @@ node_exporter on loopback unless the inventory names an address.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from leampoll import security
 from leampoll.config import ConfigError, load
@@ -50,11 +51,14 @@ REMOTE = ["portal.example.org", "10.0.0.1", "192.168.1.10", "[::2]", "[fe80::1]"
 
 
 def _role_filter():
-    path = ROOT / "roles/leampoll/filter_plugins/leampoll_urls.py"
-    spec = importlib.util.spec_from_file_location("leampoll_urls", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FilterModule().filters()["leampoll_plain_http_remote"]
+    """The role's rule (vars/main.yml), applied as its validation applies it."""
+    role_vars = yaml.safe_load((ROOT / "roles/leampoll/vars/main.yml").read_text())
+    pattern = re.compile(role_vars["__leampoll_loopback_pattern"])
+
+    def remote_http(url: str) -> bool:
+        parts = urllib.parse.urlsplit(url)
+        return parts.scheme.lower() == "http" and not pattern.match(parts.hostname or "")
+    return remote_http
 
 
 @pytest.mark.parametrize("host", LOOPBACK + REMOTE)

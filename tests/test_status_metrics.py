@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 
 import pytest
@@ -93,6 +94,37 @@ def test_metrics_show_running_job_and_guard(portal, start_poller, workdir, tmp_p
     wait_until(lambda: samples(metrics)[("leampoll_job_running", ("project", "p"))] == 1,
                what="running gauge")
     assert found[("leampoll_job_start_timestamp_seconds", ("project", "p"))] > 0
+
+
+def poller_state(path, project: str) -> list[str]:
+    """The states whose leampoll_state series is 1 (one, if the file is right)."""
+    return [labels["state"] for (name, *pairs), value in samples(path).items()
+            if name == "leampoll_state" and value == 1
+            for labels in [dict(pairs)] if labels["project"] == project]
+
+
+def test_state_series_idle_draining_then_stopped(portal, start_poller, workdir, tmp_path):
+    metrics = tmp_path / "state.prom"
+    p = start_poller("--metrics-file", str(metrics), "--project", "p")
+    wait_until(lambda: metrics.exists() and poller_state(metrics, "p") == ["idle"],
+               what="state idle")
+    states = {dict(pairs)["state"] for (name, *pairs) in samples(metrics)
+              if name == "leampoll_state"}
+    assert {"idle", "running", "draining", "holding", "stopped"} <= states
+    # The job runs until the test lets it end (bounded: 60 s).
+    portal.queue("drained-job", sh("touch started; i=0; while [ ! -e go ] && [ $i -lt 600 ]; "
+                                   "do sleep 0.1; i=$((i+1)); done"))
+    wait_until((workdir / "drained_job" / "started").exists, what="job start")
+    wait_until(lambda: poller_state(metrics, "p") == ["running"], what="state running")
+    p.signal(signal.SIGUSR1)
+    # Shown while the job still runs, not only after it.
+    wait_until(lambda: poller_state(metrics, "p") == ["draining"], what="state draining")
+    assert status_json(workdir)[0]["state"] == "draining"
+    assert portal.status["drained-job"] == "running"
+    (workdir / "drained_job" / "go").touch()
+    assert p.wait() == 0
+    assert portal.status["drained-job"] == "success"
+    assert poller_state(metrics, "p") == ["stopped"]
 
 
 def row_version() -> str:
