@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint venv bench demo demo-clean clean collection
+.PHONY: test lint venv bench demo demo-clean clean collection faults faults-quick
 
 venv: $(STAMP)
 
@@ -16,7 +16,18 @@ $(STAMP): requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not faults"
+
+# The fault suite (RELIABILITY.md is written from its figures); faults-quick is
+# the reduced form CI runs: fewer jobs, shorter outage and flapping.
+FAULTS_JSON := .build/reliability.json
+faults: $(STAMP)
+	LEAM_RELIABILITY_JSON=$(FAULTS_JSON) $(BIN)/pytest -q -m faults
+	$(BIN)/python -m tests.reliability render $(FAULTS_JSON) --out RELIABILITY.md
+
+faults-quick: $(STAMP)
+	LEAM_FAULTS_LOAD_JOBS=300 LEAM_FAULTS_OUTAGE=20 LEAM_FAULTS_FLAP_MINUTES=0.75 \
+	    $(BIN)/pytest -q -m faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

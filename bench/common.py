@@ -35,7 +35,8 @@ class BenchPortal(PortalStandin):
     """
 
     def __init__(self) -> None:
-        super().__init__(USER, PASSWORD)
+        # The extended portal: the bench's baseline poller reports to on_success/on_error.
+        super().__init__(USER, PASSWORD, mode="extended")
         self._current = threading.local()
         self.queued_at: dict[str, float] = {}
         self.pop_log: list[tuple[Received, str | None]] = []
@@ -60,9 +61,9 @@ class BenchPortal(PortalStandin):
         self._current.rec = rec  # the handler thread's request, for _pop below
         super()._record(rec)
 
-    def _pop(self):
+    def _pop(self, *args: Any):
         with self.lock:
-            answer = super()._pop()
+            answer = super()._pop(*args)
             job_id = None
             if answer.status == 200 and b'"OK"' in answer.body:
                 job_id = json.loads(answer.body)["id"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leampoll import __version__, security
+from leampoll.origins import TrustedOrigins
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -95,12 +96,20 @@ class Config:
     check: bool = False
     metrics_file: Path | None = None
     project: str = ""
+    auth_check_interval: float = 600.0
+    keep_failed_running: bool = False
+    trusted_origins: tuple[str, ...] = ()
     allow_insecure_http: bool = False
     ca_file: Path | None = None
 
     @property
     def pop_url(self) -> str:
         return self.site.rstrip("/") + "/" + self.popq.lstrip("/")
+
+    @property
+    def trusted(self) -> TrustedOrigins:
+        """The origins that may receive credentials: the site's and --trusted-origin's."""
+        return TrustedOrigins.build(self.site, self.trusted_origins)
 
     @property
     def state_dir(self) -> Path:
@@ -182,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="", help="name of the project (default: workdir name)")
     p.add_argument("--metrics-file", type=Path, default=None, metavar="PATH",
                    help="write Prometheus metrics to PATH after every cycle")
+    p.add_argument("--auth-check-interval", type=_seconds, default=600.0, metavar="SECONDS",
+                   help="ask the portal whether it accepts the credentials this often "
+                        "(default 600; also before the first pop and after a login redirect)")
+    p.add_argument("--keep-failed-running", action="store_true",
+                   help="on a portal without an error endpoint, leave failed jobs 'running' "
+                        "for a person to look at instead of ending them with end_run")
+    p.add_argument("--trusted-origin", action="append", default=[], metavar="URL",
+                   help="another origin (scheme://host[:port]) of this portal that may receive "
+                        "reports and credentials, e.g. its public name; repeatable")
     p.add_argument(security.INSECURE_OPTION, action="store_true",
                    help="allow plain http:// to a portal that is not on loopback "
                         "(the password then crosses the network unencrypted)")
@@ -219,6 +237,10 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     workdir = (args.workdir or Path.cwd()).absolute()
     if args.speed <= 0 and not args.once:
         raise ConfigError("--speed must be greater than 0")
+    try:
+        TrustedOrigins.build(args.site, args.trusted_origin)
+    except ValueError as exc:
+        raise ConfigError(f"--trusted-origin: {exc}") from None
     return Config(
         site=args.site.rstrip("/"),
         user=user,
@@ -243,6 +265,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         check=args.check,
         metrics_file=args.metrics_file,
         project=args.project or workdir.name,
+        auth_check_interval=args.auth_check_interval,
+        keep_failed_running=args.keep_failed_running,
+        trusted_origins=tuple(args.trusted_origin),
         allow_insecure_http=args.allow_insecure_http,
         ca_file=args.ca_file.absolute() if args.ca_file else None,
     )

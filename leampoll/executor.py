@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from leampoll.checkout import plan as plan_checkout
 from leampoll.lifecycle import COLD, Lifecycle
 from leampoll.portal import Job
 
@@ -133,15 +134,15 @@ class Executor:
     def _checkout(self, job: Job, rundir: Path, log) -> Outcome | None:
         if job.repository.strip():
             try:
-                argv = shlex.split(job.repository)
+                checkout = plan_checkout(job.repository, rundir)
             except ValueError as exc:
                 return Outcome(False, "checkout", detail=f"bad repository command: {exc}")
-            if Path(argv[0]).name == "svn":
-                argv.insert(min(2, len(argv)), "--non-interactive")
+            # The kind only: a repository URL may carry credentials.
+            log.write(f"leampoll: checkout with {checkout.kind}\n".encode())
             env = {k: v for k, v in os.environ.items()
                    if k not in ("PORTAL_PASSWORD", "PORTAL_USER", "DISPLAY", "SSH_ASKPASS")}
             env.update(CHECKOUT_ENV)
-            result = self.run_group("checkout", [*argv, str(rundir)], self.workdir, env, log,
+            result = self.run_group("checkout", checkout.argv, self.workdir, env, log,
                                     self.checkout_timeout)
             if not result.ok:
                 return result

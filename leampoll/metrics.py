@@ -13,8 +13,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, writ
 from leampoll import __version__
 from leampoll.config import Config
 from leampoll.executor import Outcome
+from leampoll.portal import REFUSED_KINDS
 
-GUARDS = ("disk", "inodes", "memory")
+GUARDS = ("disk", "inodes", "memory", "auth")
+# Why pops failed (portal.REFUSED_KINDS) and reports set aside: a fixed set of labels.
+PORTAL_ERRORS = (*REFUSED_KINDS, "report_undeliverable")
 # The worker's states (status.json "state"); leampoll_state has one series per
 # state, the current one 1, so alert rules can tell a drained or stopped poller.
 STATES = ("starting", "idle", "holding", "backoff", "running", "draining", "stopping",
@@ -50,6 +53,11 @@ class Metrics:
                            ["project", "state"], registry=reg)
         Gauge("leampoll_build_info", "The poller's version", ["project", "version"],
               registry=reg).labels(p, __version__).set(1)
+        self.portal_errors = Counter("leampoll_portal_errors", "Failed pops and reports set "
+                                     "aside, by reason", ["project", "reason"], registry=reg)
+        self._errors_counted = dict.fromkeys(PORTAL_ERRORS, 0)
+        for reason in PORTAL_ERRORS:
+            self.portal_errors.labels(p, reason)
         self.project = p
         self._counted: dict[str, int] = {}
         for outcome in ("success", "error", "requeued"):
@@ -71,8 +79,16 @@ class Metrics:
                 self.jobs.labels(self.project, outcome).inc(delta)
                 self._counted[outcome] = int(total)
 
+    def _sync_errors(self, status: dict) -> None:
+        for reason, total in (status.get("portal_errors_total") or {}).items():
+            delta = int(total) - self._errors_counted.get(reason, 0)
+            if reason in self._errors_counted and delta > 0:
+                self.portal_errors.labels(self.project, reason).inc(delta)
+                self._errors_counted[reason] = int(total)
+
     def write(self, status: dict) -> None:
         self._sync_counts(status)
+        self._sync_errors(status)
         current = status.get("current")
         self.running.set(1 if current else 0)
         self.started.set(current["started_at"] if current else 0)

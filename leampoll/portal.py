@@ -23,6 +23,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from leampoll import __version__
+from leampoll.origins import TrustedOrigins
 from leampoll.security import insecure_http, tls_problem
 
 log = logging.getLogger("leampoll")
@@ -71,10 +72,25 @@ class Empty:
 
 @dataclass(frozen=True)
 class Refused:
-    """Not a job and not EMPTY: logged, then the poller backs off."""
+    """Not a job and not EMPTY: logged, then the poller backs off.
+
+    `kind` is a short fixed label (a metric label, so never free text);
+    `reason` is the human line for the log and the status.
+    """
 
     reason: str
     retry_after: float | None = None
+    kind: str = "malformed"
+    location: str = ""
+
+    @property
+    def login_redirect(self) -> bool:
+        return self.kind == "login_redirect"
+
+
+# The fixed set of Refused.kind values.
+REFUSED_KINDS = ("http_5xx", "http_4xx", "redirect", "login_redirect", "unreachable",
+                 "malformed", "unexpected_type", "too_large", "portal_error", "tls")
 
 
 Answer = Job | Empty | Refused
@@ -107,26 +123,64 @@ def _retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when - (time.time() if now is None else now))
 
 
+_TAG = re.compile(rb"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+_EXCEPTION = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)\b.*)$", re.MULTILINE)
+
+
+def error_page_summary(body: bytes, limit: int = 120) -> str:
+    """The line of an HTML error page that says what is wrong.
+
+    Zope's error page carries the traceback; its last exception line (e.g.
+    `AttributeError: repository`) names the problem better than the page title.
+    """
+    text = _TAG.sub(b"\n", body[:64 * 1024]).decode("utf-8", "replace")
+    text = text.replace("&hellip;", "...").replace("&#39;", "'").replace("&quot;", '"')
+    found = _EXCEPTION.findall(text)
+    if "Traceback" in text and found:
+        return re.sub(r"\s+", " ", found[-1]).strip()[:limit]
+    return re.sub(r"\s+", " ", text).strip()[:limit]
+
+
 def _short(body: bytes, limit: int = 80) -> str:
     text = re.sub(r"\s+", " ", body[:400].decode("utf-8", "replace")).strip()
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+def is_login_url(location: str) -> bool:
+    """Plone sends Anonymous to require_login (private site) or login_form."""
+    path = urllib.parse.urlsplit(location).path.rsplit("/", 1)[-1].lower()
+    return path in ("require_login", "login_form", "login", "acl_users", "credentials_cookie_auth")
+
+
 def parse_answer(status: int, content_type: str, body: bytes,
-                 retry_after: str | None = None) -> Answer:
+                 retry_after: str | None = None, location: str = "") -> Answer:
     """Turn one pop_queue answer into a Job, Empty or Refused. Never raises."""
     wait = _retry_after(retry_after)
     # Whitespace folded: a header is the portal's text, and a log line stays one line.
     ctype = re.sub(r"\s+", " ", (content_type or "").split(";")[0]).strip().lower()
+    if 300 <= status < 400:
+        where = location[:200] or "no Location"
+        if is_login_url(location):
+            return Refused(f"HTTP {status} to the login page {where}: the portal did not "
+                           "accept the credentials", wait, "login_redirect", location)
+        return Refused(f"HTTP {status} redirect to {where} (not followed)", wait, "redirect",
+                       location)
     if status != 200:
-        return Refused(f"HTTP {status} ({ctype[:60] or 'no type'}: {_short(body)})", wait)
+        kind = "http_5xx" if status >= 500 else "http_4xx"
+        if ctype == "text/html" and "Traceback" in body[:64 * 1024].decode("utf-8", "replace"):
+            # A Zope error page: the portal failed building the job description.
+            return Refused(f"HTTP {status}, the portal's own error: {error_page_summary(body)} "
+                           "(a queued item it cannot describe, e.g. one without a repository, "
+                           "or an unset setting: see the portal's error log)", wait, kind)
+        return Refused(f"HTTP {status} ({ctype[:60] or 'no type'}: {_short(body)})", wait, kind)
     if len(body) > MAX_BODY:
-        return Refused(f"answer too large ({len(body)} bytes)", wait)
+        return Refused(f"answer too large ({len(body)} bytes)", wait, "too_large")
     if ctype in ("application/xml", "text/xml"):
         return _parse_xml(body)
     if ctype != "application/json":
         hint = " - a login page? check the credentials" if b"login" in body.lower() else ""
-        return Refused(f"unexpected content type {ctype[:60] or 'none'!r}{hint}: {_short(body)}")
+        return Refused(f"unexpected content type {ctype[:60] or 'none'!r}{hint}: {_short(body)}",
+                       kind="unexpected_type")
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -175,7 +229,7 @@ def _parse_xml(body: bytes) -> Answer:
     if text == "EMPTY":
         return Empty()
     if text == "ERROR":
-        return Refused("portal answered ERROR (legacy XML)")
+        return Refused("portal answered ERROR (legacy XML)", kind="portal_error")
     job_id = (root.findtext("scenario/id") or "").strip()
     repo = (root.findtext("scenario/repository") or "").strip()
     if not job_id:
@@ -191,7 +245,7 @@ def _parse_xml(body: bytes) -> Answer:
 
 
 class ReportError(Exception):
-    """A report the portal did not take. Transient ones stay in the outbox;
+    """A report that did not reach the portal. Transient ones stay in the outbox;
     permanent ones (the portal will never take it) are set aside for a human."""
 
     def __init__(self, message: str, permanent: bool = False) -> None:
@@ -199,19 +253,32 @@ class ReportError(Exception):
         self.permanent = permanent
 
 
+@dataclass(frozen=True)
+class Answered:
+    """What the portal answered a POST or a probe; deciding what it means is the caller's."""
+
+    status: int
+    text: str = ""
+    location: str = ""
+
+
 class PortalClient:
-    """HTTP to one portal, with one keep-alive session per purpose."""
+    """HTTP to one portal, with one keep-alive session per purpose.
+
+    Credentials go only to URLs `trusted` allows; redirects are never followed.
+    """
 
     def __init__(self, site: str, pop_url: str, user: str, password: str,
                  connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 ca_file: str | None = None, allow_insecure_http: bool = False) -> None:
+                 trusted: TrustedOrigins | None = None, ca_file: str | None = None,
+                 allow_insecure_http: bool = False) -> None:
         self.site = site
         self.pop_url = pop_url
         self.timeout = (connect_timeout, read_timeout)
+        self.trusted = trusted or TrustedOrigins.build(site)
         # None: requests' own choice (REQUESTS_CA_BUNDLE, else its bundle); a path wins over it.
         self.verify = str(ca_file) if ca_file else None
         self.allow_insecure_http = allow_insecure_http
-        self._origin = _origin(site)
         agent = f"leampoll/{__version__} (+LEAM job server)"
         # A pop may only be retried when the request never left: connect errors.
         self._pop = _session((user, password), agent,
@@ -222,7 +289,7 @@ class PortalClient:
                                 Retry(total=3, connect=3, read=2, status=3,
                                       backoff_factor=0.5, status_forcelist=(502, 503, 504),
                                       allowed_methods=None, respect_retry_after_header=True,
-                                      raise_on_status=False))
+                                      raise_on_status=False, redirect=False))
 
     def pop(self) -> Answer:
         """One pop. Network failures come back as Refused, never as exceptions."""
@@ -231,38 +298,52 @@ class PortalClient:
                                allow_redirects=False, verify=self.verify) as r:
                 body = _read_capped(r)
                 if body is None:
-                    return Refused("answer larger than 1 MiB")
+                    return Refused("answer larger than 1 MiB", kind="too_large")
                 return parse_answer(r.status_code, r.headers.get("Content-Type", ""), body,
-                                    r.headers.get("Retry-After"))
+                                    r.headers.get("Retry-After"), r.headers.get("Location", ""))
         except requests.exceptions.SSLError as exc:
-            return Refused(tls_problem(exc))
+            return Refused(tls_problem(exc), kind="tls")
         except requests.RequestException as exc:
-            return Refused(f"portal unreachable: {_why(exc)}")
+            return Refused(f"portal unreachable: {_why(exc)}", kind="unreachable")
 
-    def post(self, url: str, message: str) -> str:
-        """POST a report; return the portal's answer text or raise ReportError."""
+    def refusal(self, url: str) -> str:
+        """Why `url` may not receive the credentials, or "" when it may.
+
+        The http rule comes first: a trusted origin on plain http is still refused.
+        """
         insecure = insecure_http(url, self.allow_insecure_http)
         if insecure:
-            raise ReportError(f"report URL {url!r} refused: {insecure}", permanent=True)
-        if _origin(url) != self._origin:
+            return f"refused: {insecure}"
+        if not self.trusted.allows(url):
+            return "is not on a trusted origin"
+        return ""
+
+    def post(self, url: str, fields: dict[str, str]) -> Answered:
+        """POST a form; the answer whatever its status. ReportError when none came."""
+        refused = self.refusal(url)
+        if refused:
+            # Credentials only ever go to the portal they belong to, and never in clear.
+            raise ReportError(f"report URL {url!r} {refused}", permanent=True)
             # Credentials only ever go to the portal they belong to.
-            raise ReportError(f"report URL {url!r} is not on the portal", permanent=True)
+            raise ReportError(f"report URL {url!r} is not on a trusted origin", permanent=True)
         try:
-            r = self._report.post(url, data={"message": message}, timeout=self.timeout,
-                                  allow_redirects=False, verify=self.verify)
+            r = self._report.post(url, data=fields, timeout=self.timeout, allow_redirects=False,
+                                  verify=self.verify)
         except requests.RequestException as exc:
             raise ReportError(f"{url}: {_why(exc)}") from None
-        if r.status_code != 200:
-            # 4xx but auth and throttling: the URL itself is wrong, retrying cannot help
-            permanent = 400 <= r.status_code < 500 and r.status_code not in (401, 403, 408, 429)
-            raise ReportError(f"{url}: HTTP {r.status_code}", permanent)
-        return r.text[:200]
+        return Answered(r.status_code, r.text[:200], r.headers.get("Location", ""))
 
-    def get_text(self, url: str) -> tuple[int, str]:
-        """A plain GET for --check; never used on pop_queue."""
+    def probe(self, url: str) -> Answered:
+        """A GET with credentials on the portal's own origin, redirects not followed.
+
+        Network failures raise requests.RequestException (TLS ones requests' SSLError).
+        """
+        refused = self.refusal(url)
+        if refused:
+            raise ValueError(f"{url!r} {refused}")
         r = self._report.get(url, timeout=self.timeout, allow_redirects=False,
                              verify=self.verify)
-        return r.status_code, r.text[:400]
+        return Answered(r.status_code, r.text[:400], r.headers.get("Location", ""))
 
     def close(self) -> None:
         self._pop.close()
@@ -288,11 +369,6 @@ def _read_capped(r: requests.Response) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _why(exc: Exception) -> str:

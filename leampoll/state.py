@@ -7,6 +7,11 @@
 - `orphans.json`: how often a job was orphaned, so a job that kills its own
   poller is reported as an error the second time instead of looping forever.
 - `status.json`: what `leampoll status` and the metrics show.
+- `endpoints.json`: that this portal ends jobs through `end_run` (delivery.py).
+- `reserve`: a little space held on the job filesystem. A job that fills the
+  disk must not stop the poller from recording how it ended: when a write
+  finds no space, the reserve is given up and the write tried again; it is
+  taken back once the disk guard sees space.
 
 Every file is written to a temporary name and renamed, so a reader never sees
 half a file and a kill never leaves one.
@@ -15,7 +20,9 @@ half a file and a kill never leaves one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -27,15 +34,24 @@ import psutil
 from leampoll.portal import Job
 
 MAX_ORPHANS_KEPT = 200
+RESERVE_BYTES = 1024 * 1024  # a job's end needs a few KiB: the outbox, the record, the status
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+log = logging.getLogger("leampoll")
 
 
 def write_json(path: Path, data: Any, mode: int = 0o600) -> None:
     """Atomically replace path with data as JSON."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a full disk must not keep what little it has left
+        raise
 
 
 def read_json(path: Path) -> Any:
@@ -56,6 +72,7 @@ class Report:
     job_id: str
     fallback: str = ""  # where to send it if `url` refuses (requeue -> on_error)
     created: float = 0.0
+    job_url: str = ""  # the job's own URL, for <url>/end_run
 
 
 class State:
@@ -67,18 +84,52 @@ class State:
         self.current_path = directory / "current.json"
         self.orphans_path = directory / "orphans.json"
         self.status_path = directory / "status.json"
+        self.endpoints_path = directory / "endpoints.json"
+        self.reserve_path = directory / "reserve"
         self._seq = 0
 
     def ensure(self) -> None:
         self.outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
+        self.keep_reserve()
+
+    # -- space for recording a job's end -------------------------------------
+
+    def keep_reserve(self) -> None:
+        """Hold the reserve (again); quietly not, while there is no space for it."""
+        if self.reserve_path.exists():
+            return
+        tmp = self.reserve_path.with_name(".reserve.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.reserve_path)
+            log.debug("reserve of %d KiB held in the workdir", RESERVE_BYTES // 1024)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def write(self, path: Path, data: Any, mode: int = 0o600) -> None:
+        """write_json, giving up the reserve once if the filesystem is full."""
+        try:
+            write_json(path, data, mode)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE or not self.reserve_path.exists():
+                raise
+            self.reserve_path.unlink()
+            log.warning("workdir filesystem full: released the %d KiB reserve to write %s",
+                        RESERVE_BYTES // 1024, path.name)
+            write_json(path, data, mode)
 
     # -- the current job ---------------------------------------------------
 
     def begin(self, job: Job, rundir: Path) -> dict:
         record = {"job": job.to_dict(), "rundir": str(rundir), "poller_pid": os.getpid(),
                   "started": time.time(), "groups": []}
-        write_json(self.current_path, record)
+        self.write(self.current_path, record)
         return record
 
     def add_group(self, record: dict, stage: str, pgid: int) -> None:
@@ -88,7 +139,7 @@ class State:
         except psutil.Error:
             created = 0.0
         record["groups"].append({"stage": stage, "pgid": pgid, "created": created})
-        write_json(self.current_path, record)
+        self.write(self.current_path, record)
 
     def finish(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -109,14 +160,14 @@ class State:
         counts[key] = counts.pop(key, 0) + 1
         while len(counts) > MAX_ORPHANS_KEPT:
             counts.pop(next(iter(counts)))
-        write_json(self.orphans_path, counts)
+        self.write(self.orphans_path, counts)
         return counts[key]
 
     def forget_orphan(self, key: str) -> None:
         counts = read_json(self.orphans_path)
         if counts and key in counts:
             del counts[key]
-            write_json(self.orphans_path, counts)
+            self.write(self.orphans_path, counts)
 
     # -- the outbox --------------------------------------------------------
 
@@ -124,7 +175,7 @@ class State:
         report.created = report.created or time.time()
         self._seq += 1
         path = self.outbox / f"{time.time_ns():020d}-{os.getpid()}-{self._seq}.json"
-        write_json(path, asdict(report))
+        self.write(path, asdict(report))
         return path
 
     def pending(self) -> list[tuple[Path, Report]]:
@@ -147,7 +198,7 @@ class State:
         return data if isinstance(data, dict) else {}
 
     def save_status(self, status: dict) -> None:
-        write_json(self.status_path, status, mode=0o644)
+        self.write(self.status_path, status, mode=0o644)
 
 
 def stop_orphan_groups(record: dict, grace: float) -> list[int]:

@@ -26,7 +26,9 @@ from leampoll.state import read_json
 
 PROJECTS_FILE = Path(os.environ.get("LEAMPOLL_PROJECTS_FILE", "/etc/leampoll/projects.json"))
 COLUMNS = ("project", "supervisor", "version", "uptime", "job", "last", "ok/failed",
-           "guard", "disk", "inodes", "memory", "log")
+           "guard", "portal", "disk", "inodes", "memory", "log")
+# Failed pops are shown in the table once they last this long (a blip is not news).
+PORTAL_ERROR_AFTER = 180.0
 
 
 def _ago(seconds: float | None) -> str:
@@ -101,6 +103,10 @@ def row(project: dict, programs: dict[str, str], now: float) -> dict:
         "failed": status.get("session", {}).get("error", 0),
         "totals": status.get("counts", {}),
         "guard": {"holding": guard.get("holding", []), "readings": guard.get("readings", {})},
+        "auth": status.get("auth") if alive else None,
+        "portal_error": {**status["portal_error"], "for": now - status["portal_error"]["since"]}
+        if alive and status.get("portal_error") else None,
+        "portal_errors_total": status.get("portal_errors_total", {}),
         "disk": disk,
         "inodes": inodes,
         "memory_available": psutil.virtual_memory().available,
@@ -117,12 +123,22 @@ def _rundir_name(job_id: str) -> str:
     return rundir_name(job_id)
 
 
-def render(rows: list[dict]) -> str:
+def _portal(r: dict, after: float) -> str:
+    """Failed pops lasting `after` seconds or more: reason, for how long, the last answer."""
+    trouble = r.get("portal_error")
+    if not trouble or trouble["for"] < after:
+        return "-"
+    return f"{trouble['reason']} for {_ago(trouble['for'])}: {trouble['last'][:60]}"
+
+
+def render(rows: list[dict], portal_error_after: float = PORTAL_ERROR_AFTER) -> str:
     cells = []
     for r in rows:
         guard = ",".join(r["guard"]["holding"]) or "-"
         for g in r["guard"]["holding"]:
-            free, _total, need = r["guard"]["readings"].get(g, [0, 0, 0])
+            if g not in r["guard"]["readings"]:
+                continue  # auth: no figures; its detail is in --json
+            free, _total, need = r["guard"]["readings"][g]
             fmt = str if g == "inodes" else human
             guard = guard.replace(g, f"{g} {fmt(free)}<{fmt(need)}", 1)
         cells.append([
@@ -130,7 +146,7 @@ def render(rows: list[dict]) -> str:
             f"{r['job']['id']} ({_ago(r['job']['running_for'])})" if r["job"] else "-",
             f"{r['last']['outcome']} {r['last']['id']} {_ago(r['last']['ago'])} ago"
             if r["last"] else "-",
-            f"{r['succeeded']}/{r['failed']}", guard,
+            f"{r['succeeded']}/{r['failed']}", guard, _portal(r, portal_error_after),
             human(r["disk"]["free"]) if r["disk"] else "?",
             str(r["inodes"]["free"]) if r["inodes"] else "?",
             human(r["memory_available"]), r["log"],
@@ -145,6 +161,10 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="leampoll status",
                                      description="Show what the pollers on this host are doing.")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--portal-error-after", type=float, default=PORTAL_ERROR_AFTER,
+                        metavar="SECONDS",
+                        help="show failed pops in the table once they last this long "
+                             f"(default {PORTAL_ERROR_AFTER:g})")
     parser.add_argument("workdirs", nargs="*", type=Path, metavar="WORKDIR",
                         help=f"project workdirs (default: the projects in {PROJECTS_FILE})")
     args = parser.parse_args(argv)
@@ -159,5 +179,5 @@ def main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(render(rows))
+        print(render(rows, args.portal_error_after))
     return 0

@@ -15,13 +15,18 @@ import shutil
 import time
 from pathlib import Path
 
+import requests
+
 from leampoll import __version__, guards
+from leampoll.auth import CHECK_PATH, AuthResult, AuthWatch, Verdict, classify
 from leampoll.backoff import Backoff, idle_wait
 from leampoll.config import Config
+from leampoll.delivery import Deliverer, EndpointMemory
 from leampoll.executor import Executor, Outcome
 from leampoll.lifecycle import COLD, WARM, Lifecycle
-from leampoll.portal import Empty, Job, PortalClient, Refused, ReportError
-from leampoll.state import Report, State, read_json, stop_orphan_groups, write_json
+from leampoll.portal import Empty, Job, PortalClient, Refused
+from leampoll.portal_health import PortalHealth
+from leampoll.state import Report, State, read_json, stop_orphan_groups
 
 log = logging.getLogger("leampoll")
 
@@ -42,9 +47,15 @@ class Worker:
         self.config = config
         self.life = Lifecycle()
         self.portal = PortalClient(config.site, config.pop_url, config.user, config.password,
-                                   config.connect_timeout, config.read_timeout,
+                                   config.connect_timeout, config.read_timeout, config.trusted,
                                    config.ca_file, config.allow_insecure_http)
         self.state = State(config.state_dir)
+        self.deliverer = Deliverer(self.portal, EndpointMemory(self.state.endpoints_path,
+                                                               config.site),
+                                   config.keep_failed_running)
+        self.auth = AuthWatch(config.user, config.site, config.auth_check_interval,
+                              Backoff(base=max(config.speed, 1.0), cap=config.max_backoff),
+                              self._ask_credentials)
         self.executor = Executor(config.workdir, self.life, config.grace,
                                  config.checkout_timeout, config.job_timeout,
                                  on_wake=self._during_job, wake_every=JOB_REFRESH)
@@ -55,6 +66,8 @@ class Worker:
         self.exit_code = 0
         self.metrics = None
         self.status = self._initial_status()
+        self.health = PortalHealth(self.status["portal_errors_total"])
+        self.status["portal_errors_total"] = self.health.totals  # one dict, always current
         self._published: tuple = ()
         self._published_at = float("-inf")
 
@@ -94,12 +107,20 @@ class Worker:
             return
         self.report_backoff.reset()
         if self.guards_hold():
+            if once and "auth" in self.holding:
+                self.exit_code = 1
             self.wait(0 if once else self.config.speed, "holding")
             return
         answer = self.portal.pop()
         if not isinstance(answer, Refused):
             self.status["last_poll"] = time.time()
             self.backoff.reset()
+            ended = self.health.answered()
+            if ended and ended.count > 1:
+                log.info("portal answers pops again, after %d failed since %s (last: %s)",
+                         ended.count, time.strftime("%H:%M:%S", time.localtime(ended.since)),
+                         ended.last)
+            self.status["portal_error"] = None
         if isinstance(answer, Empty):
             self.empties += 1
             log.debug("queue empty (%d in a row)", self.empties)
@@ -109,6 +130,10 @@ class Worker:
             else:
                 self.wait(0 if once else idle_wait(self.config.speed), "idle")
         elif isinstance(answer, Refused):
+            self.health.failed(answer.kind, answer.reason)
+            self.status["portal_error"] = self.health.as_status()
+            if answer.login_redirect:
+                self.auth.suspect()  # the credentials are checked before the next pop
             wait = self.backoff.next(answer.retry_after)
             log.warning("portal: %s; next try in %.1fs", answer.reason, wait)
             self.exit_code = 1 if once else 0
@@ -130,18 +155,33 @@ class Worker:
     # -- guards ----------------------------------------------------------------
 
     def guards_hold(self) -> bool:
+        """The local guards, then the credentials (a hold of its own, logged by AuthWatch)."""
         readings = guards.check(self.config)
         held = guards.holding(readings)
         names = [r.guard for r in held]
+        if names and not [n for n in self.holding if n != "auth"]:
+            log.warning("guard hold, not popping: %s", "; ".join(map(str, held)))
+        elif not names and [n for n in self.holding if n != "auth"]:
+            log.info("guard hold ended: %s", "; ".join(map(str, readings)))
+        if not names:
+            self.state.keep_reserve()  # given up when a job filled the disk
+        if self.auth.holding():
+            names.append("auth")
         self.status["guard"] = {"holding": names,
                                 "readings": {r.guard: [r.free, r.total, r.required]
                                              for r in readings}}
-        if names and not self.holding:
-            log.warning("guard hold, not popping: %s", "; ".join(map(str, held)))
-        elif self.holding and not names:
-            log.info("guard hold ended: %s", "; ".join(map(str, readings)))
+        rejected = self.auth.rejected
+        self.status["auth"] = {"user": self.config.user, "since": self.auth.since,
+                               "detail": rejected.detail} if rejected else None
         self.holding = names
         return bool(names)
+
+    def _ask_credentials(self) -> AuthResult:
+        try:
+            return classify(self.portal.probe(self.config.site + CHECK_PATH))
+        except (requests.RequestException, ValueError) as exc:
+            return AuthResult(Verdict.UNKNOWN, f"no answer: {exc.__class__.__name__}",
+                              transient=True)
 
     # -- one job ---------------------------------------------------------------
 
@@ -193,45 +233,41 @@ class Worker:
                                "message": message.splitlines()[0][:200]}
         url = {"success": job.on_success, "error": job.on_error,
                "requeue": job.requeue_url}[kind]
-        if not url:
+        if not url and not job.url:
             log.error("job %s: no URL to report %s to (the portal gave none); outcome: %s",
                       job.id or "?", kind, message.splitlines()[0])
             return
         fallback = job.on_error if kind == "requeue" else ""
-        self.state.put(Report(kind, url, message, job.id, fallback))
+        self.state.put(Report(kind, url, message, job.id, fallback, job_url=job.url))
 
     def flush_reports(self) -> bool:
         """Deliver the outbox in order; False if something is still pending."""
         for path, report in self.state.pending():
-            delivered = self._deliver(report)
-            if delivered is None:
-                # The portal will never take it: set it aside, loudly, and go on.
-                path.rename(path.with_suffix(".undeliverable"))
-                log.error("job %s: %s report set aside as undeliverable in %s: %s",
-                          report.job_id, report.kind, path.parent, report.message[:200])
-            elif not delivered:
+            result = self.deliverer.deliver(report)
+            if result.state == "retry":
                 self.status["reports_pending"] = self.state.pending_count()
                 return False
+            if result.state == "undeliverable":
+                # The portal will never take it: set it aside, loudly, and go on.
+                path.rename(path.with_suffix(".undeliverable"))
+                self.health.count("report_undeliverable")
+                log.error("job %s: %s report set aside as undeliverable in %s: %s; outcome: %s",
+                          report.job_id, report.kind, path.parent, result.detail,
+                          report.message.splitlines()[0][:200])
+            elif result.state == "left_running":
+                path.unlink()
+                log.warning("job %s: failed; left running in the portal for a person to look "
+                            "at (--keep-failed-running; %s)", report.job_id, result.detail)
             else:
                 path.unlink()
+                log.info("job %s: reported %s (%s, %s)", report.job_id, report.kind,
+                         result.endpoint, result.detail)
+            last = self.status.get("last") or {}
+            if last.get("id") == report.job_id:  # a new dict: publish() compares by value
+                self.status["last"] = {**last, "portal": result.endpoint
+                                       if result.state == "delivered" else result.state}
         self.status["reports_pending"] = 0
         return True
-
-    def _deliver(self, report: Report) -> bool | None:
-        """True when delivered, False to retry later, None when it never can be."""
-        permanent = True
-        for kind, url in ((report.kind, report.url), ("error", report.fallback)):
-            if not url:
-                continue
-            try:
-                self.portal.post(url, report.message)
-            except ReportError as exc:
-                permanent = permanent and exc.permanent
-                log.warning("job %s: %s report not delivered: %s", report.job_id, kind, exc)
-                continue
-            log.info("job %s: reported %s", report.job_id, kind)
-            return True
-        return None if permanent else False
 
     # -- recovery and retention --------------------------------------------------
 
@@ -264,7 +300,7 @@ class Worker:
         kept = [p for p in (read_json(kept_path) or []) if p != str(rundir)] + [str(rundir)]
         while len(kept) > self.config.keep_failed:
             shutil.rmtree(kept.pop(0), ignore_errors=True)
-        write_json(kept_path, kept)
+        self.state.write(kept_path, kept)
         self._prune_logs()
 
     def _prune_logs(self) -> None:
@@ -297,13 +333,18 @@ class Worker:
             "guard": {"holding": [], "readings": {}},
             "last_poll": previous.get("last_poll"),
             "reports_pending": 0,
+            "auth": None,
+            "portal_error": None,
+            "portal_errors_total": {k: int(v) for k, v in (
+                previous.get("portal_errors_total") or {}).items() if isinstance(v, int)},
         }
 
     def _status_key(self) -> tuple:
         """What a reader must see at once; the rest may wait STATUS_REFRESH."""
         s = self.status
         return (s["state"], s["pid"], s["current"], s["last"], tuple(s["counts"].values()),
-                tuple(s["guard"]["holding"]), s["reports_pending"], s["last_poll"] is None)
+                tuple(s["guard"]["holding"]), s["reports_pending"], s["last_poll"] is None,
+                s["auth"] is None, (s["portal_error"] or {}).get("reason"))
 
     def publish(self) -> None:
         """Write status.json (and metrics) for readers; never fatal."""

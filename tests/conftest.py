@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tests.portal_standin import PortalStandin
+from tests.reliability import Run
 
 LEAMPOLL = [sys.executable, "-m", "leampoll"]
 USER, PASSWORD = "poller", "s3cret-Pa55word"
@@ -64,8 +65,10 @@ class Poller:
 
 
 @pytest.fixture
-def portal() -> Iterator[PortalStandin]:
-    with PortalStandin(USER, PASSWORD) as p:
+def portal(request: pytest.FixtureRequest) -> Iterator[PortalStandin]:
+    """The stand-in in plone mode (a real portal), or the mode given by indirect
+    parametrization: `@pytest.mark.parametrize("portal", MODES, indirect=True)`."""
+    with PortalStandin(USER, PASSWORD, mode=getattr(request, "param", "plone")) as p:
         yield p
 
 
@@ -114,3 +117,13 @@ def _end_job_processes(workdir: Path) -> None:
             cwd = proc.info.get("cwd") or ""
             if cwd.startswith(str(workdir)):
                 os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def reliability() -> Iterator[Run]:
+    """The fault suite's figures; written to $LEAM_RELIABILITY_JSON at the end."""
+    run = Run()
+    yield run
+    out = os.environ.get("LEAM_RELIABILITY_JSON")
+    if out and run.cases:
+        run.dump(Path(out))

@@ -78,8 +78,8 @@ def start_portals() -> None:
             continue
         log = open(STATE / f"portal-{project}.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.portal_standin", "serve", "--port", str(port),
-             "--base-path", f"/{project}"], env=env, stdout=log, stderr=log,
+            [sys.executable, "-m", "tests.portal_standin", "serve", "--mode", "plone",
+             "--port", str(port), "--base-path", f"/{project}"], env=env, stdout=log, stderr=log,
             stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
         pidfile.write_text(str(proc.pid))
         deadline = time.monotonic() + 15
@@ -158,21 +158,23 @@ def up() -> int:
     if play(inv, "site.yml") != 0:
         say("site.yml failed (see above)")
         return 1
-    say("waiting for the jobs to be popped, run and reported")
+    say("waiting for the jobs to be popped, run and ended (runstatus complete)")
     wanted = {(p, j) for p, j, _ in JOBS}
     deadline = time.monotonic() + 180
     done: set = set()
     while time.monotonic() < deadline and done != wanted:
         done = {(p, j) for p, j in wanted
-                if (_state(p) or {}).get("status", {}).get(j) in ("success", "error")}
+                if (_state(p) or {}).get("status", {}).get(j) == "complete"}
         time.sleep(1)
     say(f"the fleet's status: ansible-playbook -i {inv} playbooks/status.yml")
     play(inv, "playbooks/status.yml", table=True)
-    say("what the portal stand-ins received:")
+    say("what the portal stand-ins received (runstatus, outcome reported, requests):")
     for project in PORTS:
         state = _state(project) or {}
         for job_id, status in sorted(state.get("status", {}).items()):
-            print(f"  {project:8} {job_id:16} {status}")
+            told = state.get("outcome", {}).get(job_id) or "-"
+            history = ", ".join(state.get("history", {}).get(job_id, []))
+            print(f"  {project:8} {job_id:16} {status:9} {told:8} {history}")
     for host in HOSTS:
         address = metrics_address(sandbox, host)
         say(f"node_exporter on {host}: "

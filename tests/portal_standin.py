@@ -1,17 +1,35 @@
 """A LEAM Planning Portal stand-in: a real HTTP server on loopback.
 
-It speaks the job protocol of ../shared/reference/portal-protocol.md (pop_queue,
-on_success, on_error, requeue) and records every request it receives, so the
-poller's tests, the provisioning tests, the benchmarks and the demo can all
-watch real HTTP traffic. A full Plone site cannot run here; this is the one
-mock the project allows itself.
+It answers as ../shared/reference/portal-protocol.md describes and records
+every request it receives, with each job's run state and history, so the
+poller's tests, the provisioning tests, the benchmarks and the demo all watch
+real HTTP traffic. A full Plone site cannot run here; this is the one mock
+the project allows itself. Two modes:
+
+- `plone` (the default): exactly what a real portal (leam.luc on Plone 4.3)
+  answers. Wrong or missing credentials make a request Anonymous, which sees
+  only jobs marked public (and may pop them), or, on a private site, is
+  redirected to `require_login`. `<url>/requeue` -> 200 `requeue`;
+  `<url>/end_run` -> 204; `<url>/success` and `<url>/error` -> 404 (they do
+  not exist); `portal_membership/isAnonymousUser` -> `1` or 204. A queued
+  broken item (a kind without a repository) makes every pop answer 500.
+- `extended`: a portal that also has `success` and `error` endpoints reading
+  `message`, and refuses bad credentials with 401 (or a login page).
+
+Run states follow the portal's `runstatus`: queued, running, complete; the
+extended portal's `error` endpoint sets `error`.
 
 Library use::
 
     with PortalStandin(user="poller", password="pw") as portal:
         portal.queue("job-1", "sh -c 'echo hi'")
         ...  # run leampoll against portal.url
-        portal.wait_for(lambda p: p.reports("success"), timeout=10)
+        portal.wait_for(lambda p: p.status["job-1"] == "complete", timeout=10)
+        assert portal.events("job-1") == ["pop 200", "success 404", "end_run 204"]
+
+Faults: `script()` queues answers for the next pops; `fault_hook`, when set,
+is asked about every request first and may return a `Canned` answer (with a
+delay, a truncated body or a reset connection) to serve instead.
 
 Command line (for the demo and for people)::
 
@@ -26,9 +44,12 @@ import argparse
 import base64
 import collections
 import contextlib
+import itertools
 import json
 import os
+import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -38,8 +59,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from xml.sax.saxutils import escape
 
 ADMIN = "/_standin"
+MODES = ("plone", "extended")
+REPORT_KINDS = ("success", "error", "requeue", "end_run")
+# The legacy XML answer's content type, as the portals of 2012-2014 sent it (sic).
+LEGACY_XML_TYPE = "application/xml;;charset=UTF-8"
+
+NOT_FOUND_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Site</title></head><body>"
+    b"<div id='content'><h1 class='documentFirstHeading'>This page does not seem to exist"
+    b"&hellip;</h1><p>We apologize for the inconvenience, but the page you were trying to "
+    b"access is not at this address.</p></div></body></html>")
+TRACEBACK_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Site error</title></head><body>"
+    b"<h1>We're sorry, but there seems to be an error&hellip;</h1><pre>Traceback (innermost "
+    b"last):\n  Module ZPublisher.Publish, line 126, in publish\n  Module leam.luc.browser."
+    b"queue, line 61, in __call__\nAttributeError: repository</pre></body></html>")
 
 
 @dataclass
@@ -48,27 +85,33 @@ class Received:
 
     method: str
     path: str
-    user: str | None
+    user: str | None  # None: Anonymous (no or wrong credentials)
     form: dict[str, str]
     at: float
-    kind: str  # pop, success, error, requeue, check, other
+    kind: str  # pop, success, error, requeue, end_run, check, other (-refused: report_status)
     agent: str = ""
     client_port: int = 0  # the same port on two requests: one kept-alive connection
+    job_id: str | None = None
+    answer: int = 0  # the status it was answered with
+    host: str = ""  # the Host header (virtual hosting)
 
 
 @dataclass
 class Canned:
-    """A scripted answer to pop_queue, served before any queued job."""
+    """A scripted answer. `reset` drops the connection instead; `truncate` sends only
+    that many bytes of the body (with the full Content-Length)."""
 
     status: int = 200
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    reset: bool = False
+    truncate: int | None = None
 
 
 class PortalStandin:
-    """The portal: a queue of jobs, their run states, and a log of requests."""
+    """The portal: a queue of jobs, their run states and histories, and a log of requests."""
 
     def __init__(
         self,
@@ -78,21 +121,35 @@ class PortalStandin:
         port: int = 0,
         base_path: str = "/portal",
         auth_failure: str = "401",
+        mode: str = "plone",
+        private: bool = False,
+        public_url: str | None = None,
+        legacy_xml: bool = False,
         tls: tuple[str, str] | None = None,
     ) -> None:
         """`tls=(certfile, keyfile)` serves https:// with that certificate."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.user = user
         self.password = password
         self.base_path = base_path.rstrip("/")
-        self.auth_failure = auth_failure  # "401" or "html" (Plone's 200 login page)
+        self.mode = mode
+        self.private = private  # plone: Anonymous is redirected to require_login
+        self.public_url = public_url  # job URLs on this origin (virtual hosting)
+        self.legacy_xml = legacy_xml  # plone: answer pops in the 2012-2014 XML form
+        self.auth_failure = auth_failure  # extended: "401" or "html" (a 200 login page)
         self.lock = threading.Condition()
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.status: dict[str, str] = {}
+        self.status: dict[str, str] = {}  # runstatus per job
+        self.history: dict[str, list[str]] = {}  # per job: "pop 200", "end_run 204", ...
+        self.public: set[str] = set()  # jobs Anonymous may View (and so pop)
+        self.broken: set[str] = set()  # items whose pop raises (500) while queued
         self.waiting: collections.deque[str] = collections.deque()
         self.canned: collections.deque[Canned] = collections.deque()
         self.received: list[Received] = []
         self.pop_delay = 0.0
         self.report_status = 200  # set to 503 to make the portal refuse reports
+        self.fault_hook: Callable[[Received], Canned | None] | None = None
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self.scheme = "http"
@@ -111,9 +168,18 @@ class PortalStandin:
         return f"{self.scheme}://{host}:{port}"
 
     @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
     def url(self) -> str:
         """The site URL a poller is given."""
         return self.root + self.base_path
+
+    @property
+    def job_base(self) -> str:
+        """The site URL as the portal itself builds it (virtual hosting may change it)."""
+        return (self.public_url.rstrip("/") if self.public_url else self.root) + self.base_path
 
     def start(self) -> PortalStandin:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -140,10 +206,16 @@ class PortalStandin:
         cmdline: str,
         repository: str = "",
         title: str | None = None,
+        public: bool = False,
+        broken: bool = False,
         **extra: Any,
     ) -> dict[str, Any]:
-        """Queue a job the way the portal would describe it when popped."""
-        job_url = f"{self.url}/jobs/{urllib.parse.quote(job_id, safe='')}"
+        """Queue a job the way the portal would describe it when popped.
+
+        `public`: Anonymous may see and pop it. `broken`: an item of a kind
+        without a repository; while it is queued every pop answers 500.
+        """
+        job_url = f"{self.job_base}/jobs/{urllib.parse.quote(job_id, safe='')}"
         job = {
             "status": "OK",
             "id": job_id,
@@ -158,9 +230,22 @@ class PortalStandin:
         with self.lock:
             self.jobs[job_id] = job
             self.status[job_id] = "queued"
-            self.waiting.append(job_id)
+            self.history.setdefault(job_id, [])
+            (self.public.add if public else self.public.discard)(job_id)
+            (self.broken.add if broken else self.broken.discard)(job_id)
+            if job_id not in self.waiting:
+                self.waiting.append(job_id)
             self.lock.notify_all()
         return job
+
+    def remove(self, job_id: str) -> None:
+        """What an admin does with a broken item: delete it."""
+        with self.lock:
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(job_id)
+            self.broken.discard(job_id)
+            self.status.pop(job_id, None)
+            self.lock.notify_all()
 
     def script(self, *answers: Canned) -> None:
         """Serve these answers to the next pops, before any queued job."""
@@ -172,10 +257,62 @@ class PortalStandin:
             return [r for r in self.received if r.kind == kind]
 
     def reports(self, kind: str | None = None) -> list[Received]:
-        """Outcome reports received, optionally only one kind."""
-        kinds = {kind} if kind else {"success", "error", "requeue"}
+        """Report requests received (delivered or not), optionally only one kind."""
+        kinds = {kind} if kind else set(REPORT_KINDS)
         with self.lock:
             return [r for r in self.received if r.kind in kinds]
+
+    def events(self, job_id: str) -> list[str]:
+        """What happened to a job, in order: 'pop 200', 'success 404', 'end_run 204', ..."""
+        with self.lock:
+            return list(self.history.get(job_id, []))
+
+    def ending(self, job_id: str) -> Received | None:
+        """The last report that the portal took (2xx) for this job."""
+        with self.lock:
+            taken = [r for r in self.received if r.job_id == job_id
+                     and r.kind in REPORT_KINDS and 200 <= r.answer < 300]
+        return taken[-1] if taken else None
+
+    def outcome(self, job_id: str) -> str | None:
+        """What the poller told the portal last: success, error, requeued, or None.
+
+        An end_run says which through its `status` field (complete or error),
+        which only the stand-in reads.
+        """
+        last = self.ending(job_id)
+        if last is None:
+            return None
+        if last.kind == "end_run":
+            return {"complete": "success", "error": "error"}.get(last.form.get("status", ""))
+        return {"requeue": "requeued"}.get(last.kind, last.kind)
+
+    def told(self) -> dict[str, int]:
+        """How many reports of each outcome the portal took (success, error, requeued):
+        what the poller's own counters must say."""
+        counts = dict.fromkeys(("success", "error", "requeued"), 0)
+        with self.lock:
+            taken = [r for r in self.received if r.kind in REPORT_KINDS and 200 <= r.answer < 300]
+        for r in taken:
+            if r.kind == "end_run":
+                told = {"complete": "success", "error": "error"}.get(r.form.get("status", ""))
+            else:
+                told = {"requeue": "requeued"}.get(r.kind, r.kind)
+            if told:
+                counts[told] += 1
+        return counts
+
+    def ended_once(self, job_id: str) -> bool:
+        """Each pop of the job was followed by exactly one report the portal took."""
+        events = self.events(job_id)
+        pops = [i for i, e in enumerate(events) if e.startswith("pop ")]
+        bounds = [*pops, len(events)]
+        for start, end in itertools.pairwise(bounds):
+            taken = [e for e in events[start + 1:end]
+                     if e.split()[0] in REPORT_KINDS and e.split()[1].startswith("2")]
+            if len(taken) != 1:
+                return False
+        return bool(pops)
 
     def wait_for(
         self, predicate: Callable[[PortalStandin], Any], timeout: float = 30.0
@@ -198,7 +335,10 @@ class PortalStandin:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
+                "mode": self.mode,
                 "status": dict(self.status),
+                "history": {k: list(v) for k, v in self.history.items()},
+                "outcome": {k: self.outcome(k) for k in self.status},
                 "queued": list(self.waiting),
                 "received": [asdict(r) for r in self.received],
             }
@@ -210,28 +350,114 @@ class PortalStandin:
             self.received.append(rec)
             self.lock.notify_all()
 
-    def _pop(self) -> Canned:
+    def _answered(self, rec: Received, status: int) -> None:
+        with self.lock:
+            rec.answer = status
+            if rec.job_id in self.history and rec.kind.split("-")[0] in ("pop", *REPORT_KINDS):
+                self.history[rec.job_id].append(f"{rec.kind} {status}")
+            self.lock.notify_all()
+
+    def _pop(self, user: str | None = "") -> Canned:
+        """The next pop's answer; `user` None is Anonymous ('' : as the portal's user)."""
         with self.lock:
             if self.canned:
                 return self.canned.popleft()
-            if not self.waiting:
-                return Canned(body=b'{"status": "EMPTY"}')
-            job_id = self.waiting.popleft()
-            self.status[job_id] = "running"
+            if any(j in self.broken for j in self.waiting):
+                return Canned(500, TRACEBACK_PAGE, "text/html;charset=utf-8")
+            visible = [j for j in self.waiting if user is not None or j in self.public]
+            if not visible:
+                return self._answer({"status": "EMPTY"})
+            job_id = visible[0]
+            self.waiting.remove(job_id)
+            self.status[job_id] = "running"  # before answering, as the portal does
             self.lock.notify_all()
-            return Canned(body=json.dumps(self.jobs[job_id]).encode())
+            return self._answer(self.jobs[job_id], job_id)
 
-    def _outcome(self, job_id: str, kind: str) -> bytes:
+    def _answer(self, data: dict[str, Any], job_id: str | None = None) -> Canned:
+        if not self.legacy_xml:
+            return Canned(body=json.dumps(data).encode())
+        if job_id is None:
+            doc = "<model>EMPTY</model>"
+        else:
+            doc = (f"<model><scenario><id>{escape(job_id)}</id><title>{escape(data['title'])}"
+                   f"</title><repository>{escape(data['repository'])}</repository></scenario>"
+                   "</model>")
+        return Canned(body=f'<?xml version="1.0" encoding="UTF-8"?>\n{doc}'.encode(),
+                      content_type=LEGACY_XML_TYPE)
+
+    def _end(self, job_id: str, kind: str) -> None:
+        """A report the portal takes: set the job's runstatus."""
         with self.lock:
-            if job_id not in self.jobs:
-                return b""
+            if job_id not in self.status:
+                return
             if kind == "requeue":
                 self.status[job_id] = "queued"
                 if job_id not in self.waiting:
                     self.waiting.append(job_id)
-                return b"requeue"
-            self.status[job_id] = kind
-            return kind.encode()
+            else:
+                self.status[job_id] = "error" if kind == "error" else "complete"
+            self.lock.notify_all()
+
+    def _login_redirect(self, came_from: str) -> Canned:
+        target = f"{self.url}/require_login?came_from={urllib.parse.quote(came_from, safe='')}"
+        return Canned(302, b"", "text/html;charset=utf-8", {"Location": target})
+
+    def respond(self, rec: Received, rel: str | None) -> Canned:
+        """The portal's answer to a (recorded) request; `rel` is the path below the site."""
+        if self.fault_hook:
+            fault = self.fault_hook(rec)
+            if fault is not None:
+                return fault
+        if rel is None:
+            return Canned(404, NOT_FOUND_PAGE, "text/html;charset=utf-8")
+        if rec.kind.endswith("-refused"):
+            return Canned(self.report_status, b"Service Unavailable", "text/plain")
+        answer = self._plone(rec, rel) if self.mode == "plone" else self._extended(rec, rel)
+        if rec.kind == "pop" and self.pop_delay and not answer.delay:
+            answer = Canned(**{**asdict(answer), "delay": self.pop_delay})
+        return answer
+
+    def _plone(self, rec: Received, rel: str) -> Canned:
+        html = "text/html;charset=utf-8"
+        anonymous = rec.user is None
+        if rec.kind == "requeue" or rec.kind == "end_run":
+            # Declared public on the object: anyone may call them, even on a private site.
+            if rec.job_id not in self.jobs:
+                return Canned(404, NOT_FOUND_PAGE, html)
+            self._end(rec.job_id, rec.kind)
+            if rec.kind == "requeue":
+                return Canned(200, b"requeue", "text/plain; charset=utf-8")
+            return Canned(204, b"", "")
+        if anonymous and self.private:
+            return self._login_redirect(f"{self.url}{rel}")
+        if rec.kind == "pop":
+            return self._pop(rec.user)
+        if rec.kind == "check":
+            return Canned(200, b"1", "text/plain; charset=utf-8") if anonymous \
+                else Canned(204, b"", "")
+        if rel in ("", "/"):
+            return Canned(200, b"<html>LEAM portal stand-in</html>", html)
+        return Canned(404, NOT_FOUND_PAGE, html)  # success, error and anything else
+
+    def _extended(self, rec: Received, rel: str) -> Canned:
+        if rec.kind == "check":
+            return Canned(200, b"True" if rec.user is None else b"False", "text/plain")
+        if rec.user is None:
+            if self.auth_failure == "html":
+                page = b"<html><body><form id='login_form'>Log in</form></body></html>"
+                return Canned(200, page, "text/html; charset=utf-8")
+            return Canned(401, b"Unauthorized", "text/plain",
+                          {"WWW-Authenticate": 'basic realm="Zope"'})
+        if rec.kind == "pop":
+            return self._pop(rec.user)
+        if rec.kind in REPORT_KINDS and rec.job_id in self.jobs:
+            self._end(rec.job_id, rec.kind)
+            if rec.kind == "end_run":
+                return Canned(204, b"", "")
+            return Canned(200, rec.kind.encode(), "text/plain")
+        if rel in ("", "/"):
+            return Canned(200, b"<html>LEAM portal stand-in</html>", "text/html")
+        return Canned(404, b"Not Found", "text/plain")
 
 
 def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
@@ -244,12 +470,35 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, body: bytes, ctype: str, headers: Iterable = ()) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            if ctype:
+                self.send_header("Content-Type", ctype)
+            if status != 204:
+                self.send_header("Content-Length", str(len(body)))
             for key, value in headers:
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body)
+            if status != 204:
+                self.wfile.write(body)
+
+        def _serve(self, answer: Canned) -> None:
+            if answer.delay:
+                time.sleep(answer.delay)
+            if answer.reset:
+                # An RST instead of an answer: SO_LINGER with a zero timeout.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return
+            body = answer.body
+            if answer.truncate is not None:
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:answer.truncate])
+                self.close_connection = True
+                return
+            self._send(answer.status, body, answer.content_type, answer.headers.items())
 
         def _user(self) -> str | None:
             header = self.headers.get("Authorization", "")
@@ -268,18 +517,14 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length).decode("utf-8", "replace") if length else ""
             return dict(urllib.parse.parse_qsl(raw))
 
-        def _deny(self) -> None:
-            if portal.auth_failure == "html":
-                page = b"<html><body><form id='login_form'>Log in</form></body></html>"
-                self._send(200, page, "text/html; charset=utf-8")
-            else:
-                self._send(401, b"Unauthorized", "text/plain",
-                           [("WWW-Authenticate", 'basic realm="Zope"')])
-
         def _admin(self, method: str) -> None:
-            if method == "POST" and self.path == ADMIN + "/queue":
+            if method == "POST" and self.path in (ADMIN + "/queue", ADMIN + "/remove"):
                 length = int(self.headers.get("Content-Length") or 0)
                 spec = json.loads(self.rfile.read(length) or b"{}")
+                if self.path.endswith("/remove"):
+                    portal.remove(spec["job_id"])
+                    self._send(200, b"{}", "application/json")
+                    return
                 job = portal.queue(**spec)
                 self._send(200, json.dumps(job).encode(), "application/json")
             elif method == "GET" and self.path == ADMIN + "/state":
@@ -293,39 +538,23 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
                 return
             path = urllib.parse.urlsplit(self.path).path
             form = self._form() if method == "POST" else {}
-            user = self._user()
             base = portal.base_path
-            rel = path[len(base):] if path.startswith(base) else None
+            rel = path[len(base):] if path == base or path.startswith(base + "/") else None
             kind, job_id = _classify(rel)
-            refused = kind in ("success", "error", "requeue") and portal.report_status != 200
-            if refused:
+            if kind in REPORT_KINDS and portal.report_status != 200:
                 kind += "-refused"
-            portal._record(Received(method, path, user, form, time.time(), kind,
-                                    self.headers.get("User-Agent", ""), self.client_address[1]))
-            if rel is None:
-                self._send(404, b"Not Found", "text/plain")
-                return
-            if kind == "check":
-                self._send(200, b"False" if user else b"True", "text/plain")
-                return
-            if user is None:
-                self._deny()
-                return
-            if kind == "pop":
-                answer = portal._pop()
-                delay = answer.delay or portal.pop_delay
-                if delay:
-                    time.sleep(delay)
-                self._send(answer.status, answer.body, answer.content_type,
-                           answer.headers.items())
-            elif refused:
-                self._send(portal.report_status, b"Service Unavailable", "text/plain")
-            elif kind in ("success", "error", "requeue") and job_id in portal.jobs:
-                self._send(200, portal._outcome(job_id, kind), "text/plain")
-            elif rel in ("", "/"):
-                self._send(200, b"<html>LEAM portal stand-in</html>", "text/html")
-            else:
-                self._send(404, b"Not Found", "text/plain")
+            rec = Received(method, path, self._user(), form, time.time(), kind,
+                           self.headers.get("User-Agent", ""), self.client_address[1],
+                           job_id, host=self.headers.get("Host", ""))
+            portal._record(rec)
+            answer = portal.respond(rec, rel)
+            if kind == "pop" and answer.status == 200 and answer.body:
+                rec.job_id = _popped_id(answer)
+                if rec.job_id is not None:
+                    with portal.lock:
+                        portal.history.setdefault(rec.job_id, [])
+            portal._answered(rec, 0 if answer.reset else answer.status)
+            self._serve(answer)
 
         def do_GET(self) -> None:
             self._handle("GET")
@@ -333,7 +562,27 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._handle("POST")
 
+        def do_HEAD(self) -> None:
+            self._handle("HEAD")
+
+        def do_PUT(self) -> None:
+            self._handle("PUT")
+
     return Handler
+
+
+def _popped_id(answer: Canned) -> str | None:
+    """The job id in a pop's answer (JSON or legacy XML), if it handed one out."""
+    if answer.content_type.startswith("application/json"):
+        with contextlib.suppress(ValueError, AttributeError):
+            data = json.loads(answer.body)
+            if data.get("status") == "OK" and isinstance(data.get("id"), str):
+                return data["id"]
+        return None
+    text = answer.body.decode("utf-8", "replace")
+    if "<id>" in text:
+        return text.split("<id>", 1)[1].split("</id>", 1)[0]
+    return None
 
 
 def _classify(rel: str | None) -> tuple[str, str | None]:
@@ -344,7 +593,7 @@ def _classify(rel: str | None) -> tuple[str, str | None]:
     if rel == "/portal_membership/isAnonymousUser":
         return "check", None
     parts = rel.strip("/").split("/")
-    if len(parts) == 3 and parts[0] == "jobs" and parts[2] in ("success", "error", "requeue"):
+    if len(parts) == 3 and parts[0] == "jobs" and parts[2] in REPORT_KINDS:
         return parts[2], urllib.parse.unquote(parts[1])
     return "other", None
 
@@ -373,12 +622,23 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8780)
     serve.add_argument("--user", default="poller")
     serve.add_argument("--base-path", default="/portal")
+    serve.add_argument("--mode", choices=MODES, default="plone",
+                       help="plone: as a real portal answers (default); extended: with "
+                            "success/error endpoints and 401 for bad credentials")
+    serve.add_argument("--private", action="store_true",
+                       help="plone: Anonymous is redirected to require_login")
+    serve.add_argument("--public-url", help="build job URLs on this origin (virtual hosting)")
+    serve.add_argument("--legacy-xml", action="store_true",
+                       help="plone: answer pops with the 2012-2014 XML document")
     q = sub.add_parser("queue", help="queue a job on a running stand-in")
     q.add_argument("--url", required=True, help="the stand-in's address, e.g. http://127.0.0.1:8780")
     q.add_argument("--id", required=True)
     q.add_argument("--cmdline", required=True)
     q.add_argument("--repository", default="")
     q.add_argument("--title")
+    q.add_argument("--public", action="store_true", help="Anonymous may see and pop it")
+    q.add_argument("--broken", action="store_true",
+                   help="an item without a repository: every pop answers 500 while it is queued")
     r = sub.add_parser("received", help="list what a running stand-in received")
     r.add_argument("--url", required=True)
     r.add_argument("--json", action="store_true")
@@ -389,15 +649,17 @@ def main(argv: list[str] | None = None) -> int:
         if not password:
             print("serve: set PORTAL_PASSWORD in the environment", file=sys.stderr)
             return 1
-        portal = PortalStandin(args.user, password, args.host, args.port, args.base_path)
-        print(f"portal stand-in at {portal.url} (user {args.user})", flush=True)
+        portal = PortalStandin(args.user, password, args.host, args.port, args.base_path,
+                               mode=args.mode, private=args.private, public_url=args.public_url,
+                               legacy_xml=args.legacy_xml)
+        print(f"portal stand-in ({args.mode}) at {portal.url} (user {args.user})", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             portal._server.serve_forever()
         return 0
     if args.cmd == "queue":
         job = _admin_call(_root_of(args.url), "/queue", {
-            "job_id": args.id, "cmdline": args.cmdline,
-            "repository": args.repository, "title": args.title})
+            "job_id": args.id, "cmdline": args.cmdline, "repository": args.repository,
+            "title": args.title, "public": args.public, "broken": args.broken})
         print(f"queued {job['id']}: {job['url']}")
         return 0
     state = _admin_call(_root_of(args.url), "/state")
@@ -405,7 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(state, indent=2))
         return 0
     for job_id, status in sorted(state["status"].items()):
-        print(f"{job_id:30} {status}")
+        told = state.get("outcome", {}).get(job_id) or "-"
+        history = ", ".join(state.get("history", {}).get(job_id, []))
+        print(f"{job_id:30} {status:9} {told:9} {history}")
     counts = collections.Counter(r["kind"] for r in state["received"])
     print("received: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0

@@ -3,22 +3,36 @@
 The development and CI machines have no Docker and no systemd as PID 1, so the
 provisioning roles are tested against "hosts" made of plain kernel features:
 
-* a Debian bookworm root filesystem built once with ``debootstrap`` and kept in
-  a cache outside the checkout (``/var/cache/leam-sandbox`` by default);
+* a Debian root filesystem (bookworm or trixie) built once with
+  ``debootstrap`` and kept in a cache outside the checkout
+  (``/var/cache/leam-sandbox`` by default), one variant per init and package set;
 * a copy-on-write root per host (overlayfs over the cache, ``cp -a`` if overlay
-  cannot be mounted), so a host starts in well under a second and always bare;
-* its own UTS, PID and mount namespace (``unshare``), with ``sshd`` as PID 1
-  listening on its own loopback address ``127.0.0.N`` (N >= 10).
+  cannot be mounted): the overlay's upper directory is the host's disk;
+* two flavours of host, each listening on its own loopback address
+  ``127.0.0.N`` (N >= 10):
+
+  - ``init="systemd"`` (the default, like a real server): systemd boots as
+    PID 1 of its own PID, mount, UTS, IPC and cgroup namespaces, in a cgroup
+    of its own in each of the machine's hierarchies
+    (``/sys/fs/cgroup/systemd/leam-sandbox-<state dir tag>-<name>``), with
+    the units masked that would touch the machine's network or kernel.
+    It can be rebooted (``systemctl reboot`` inside ends the namespace; the
+    same disk is booted again) and power-cut (SIGKILL to its systemd from
+    outside), and its disk survives both;
+  - ``init="none"`` (the container case): ``sshd`` is PID 1 of its own UTS,
+    PID and mount namespaces.
 
 Ansible reaches such a host like any server, with a key made per sandbox.
 Killing the namespace's PID 1 ends every process of the host; teardown then
-unmounts what was mounted for it and removes its writable layer.
+unmounts what was mounted for it, removes its cgroups and its disk.
 
 Command line (run from the repository root, as root)::
 
-    python -m tests.sandbox build
-    python -m tests.sandbox up web1 web2 --jobdir-size web2=40M
+    python -m tests.sandbox build [--suite trixie] [--init none] [--include pkg,pkg]
+    python -m tests.sandbox up web1 web2 --jobdir-size web2=40M [--suite trixie]
     python -m tests.sandbox status
+    python -m tests.sandbox reboot web1        # systemctl reboot, boot again
+    python -m tests.sandbox power-cut web1     # then: python -m tests.sandbox boot web1
     python -m tests.sandbox inventory /tmp/inventory.yml
     python -m tests.sandbox ssh web1 -- ps -e
     python -m tests.sandbox down --all
@@ -26,9 +40,14 @@ Command line (run from the repository root, as root)::
 Python::
 
     sb = Sandbox("/tmp/state")
-    with sb.hosts_up(["a", "b"], jobdir_size={"b": "40M"}) as (a, b):
+    with sb.hosts_up(["a", "b"], jobdir_size={"b": "40M"}, suites={"b": "trixie"}) as (a, b):
         sb.write_inventory("/tmp/state/inventory.yml")
         print(a.ssh("hostname").stdout)
+        sb.reboot(a)              # a.boot_id changes; a.read_boot_id() agrees
+        sb.power_cut(b); sb.boot(b)
+    # more packages: a cached root filesystem variant of their own (debootstrap does
+    # not resolve virtual packages: name them, e.g. python3-cffi-backend for cloud-init)
+    sb.up("c", include=["cloud-init", "python3-cffi-backend"])
 """
 
 from __future__ import annotations
@@ -36,6 +55,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -54,8 +74,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SUITE = "bookworm"
+SUITES = ("bookworm", "trixie")
+INIT_NONE = "none"  # sshd is PID 1 of the host (the container case)
+INIT_SYSTEMD = "systemd"  # systemd is PID 1 (a real server)
+INITS = (INIT_NONE, INIT_SYSTEMD)
 # Bump when the recipe below changes so old caches are not reused.
 ROOTFS_VERSION = "v1"
+SYSTEMD_ROOTFS_VERSION = "v1"
 INCLUDE_PACKAGES = (
     "python3",
     "openssh-server",
@@ -65,8 +90,37 @@ INCLUDE_PACKAGES = (
     "procps",
     "iproute2",
 )
+SYSTEMD_PACKAGES = ("systemd-sysv", "dbus")
+# Units a systemd host must not run: the hosts share the machine's network
+# and kernel (no interface, resolver, clock or sysctl of the machine may be
+# touched), have no consoles, and logind fails there (a reboot then waits
+# for it twice 25 s).
+SYSTEMD_MASKED = (
+    "systemd-networkd.service",
+    "systemd-networkd.socket",
+    "systemd-networkd-wait-online.service",
+    "systemd-resolved.service",
+    "systemd-timesyncd.service",
+    "systemd-sysctl.service",
+    "systemd-modules-load.service",
+    "systemd-logind.service",
+    "getty@tty1.service",
+    "serial-getty@ttyS0.service",
+    "console-getty.service",
+    "e2scrub_reap.service",
+)
+# systemd reads these from its own command line in a container: track
+# processes in the cgroup v1 name=systemd hierarchy, as the machine offers
+# it (Debian 13's systemd 257 does that only when forced to).
+SYSTEMD_ARGS = ("systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1"
+                " SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1")
+CGROUP_ROOT = Path("/sys/fs/cgroup/systemd")  # the machine's name=systemd hierarchy
+BOOT_TIMEOUT = 120.0  # seconds from start to SSH and "running"; about 6 s seen
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 DEFAULT_CACHE_DIR = Path(os.environ.get("LEAM_SANDBOX_CACHE", "/var/cache/leam-sandbox"))
 DEFAULT_STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_STATE", "/run/leam-sandbox"))
+# Tests keep their hosts apart from a sandbox (or demo) on the default state dir.
+TEST_STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE") or f"{DEFAULT_STATE_DIR}-pytest")
 DEFAULT_JOBDIR = "/mnt/jobdir"
 FIRST_OCTET = 10  # 127.0.0.1-9 are left to the machine itself
 SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
@@ -246,6 +300,58 @@ def _wait_gone(pid: int, start: int | None, timeout: float) -> bool:
     return not _same_process(pid, start)
 
 
+def _cgroup_hierarchies() -> list[Path]:
+    """Mount points of the machine's cgroup hierarchies (v1 and v2) below /sys/fs/cgroup."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            target = _unescape_mount(fields[4])
+            if fstype in ("cgroup", "cgroup2") and target.startswith("/sys/fs/cgroup/"):
+                found.append(Path(target))
+    return found
+
+
+def _make_cgroup(cgroup: Path) -> None:
+    """Make a cgroup a process can join (a v1 cpuset needs its cpus and mems first)."""
+    cgroup.mkdir(exist_ok=True)
+    for knob in ("cpuset.cpus", "cpuset.mems"):
+        if (cgroup / knob).exists() and not (cgroup / knob).read_text().strip():
+            (cgroup / knob).write_text((cgroup.parent / knob).read_text())
+
+
+def _cgroup_procs(cgroup: Path) -> list[int]:
+    """Pids in ``cgroup`` and every cgroup below it."""
+    pids: list[int] = []
+    for procs in cgroup.rglob("cgroup.procs") if cgroup.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError):
+            pids += [int(p) for p in procs.read_text().split()]
+    return pids
+
+
+def _wait_cgroup_empty(cgroup: Path, timeout: float) -> None:
+    """Wait until no process is left in ``cgroup`` (killed processes take a moment)."""
+    deadline = time.monotonic() + timeout
+    while _cgroup_procs(cgroup):
+        if time.monotonic() > deadline:
+            raise SandboxError(f"processes {_cgroup_procs(cgroup)} still in {cgroup}")
+        time.sleep(0.02)
+
+
+def _remove_cgroup(cgroup: Path, keep_top: bool = True) -> None:
+    """Remove a host's cgroup directories depth-first; they must hold no process."""
+    if not cgroup.is_dir():
+        return
+    dirs = sorted((p for p in cgroup.rglob("*") if p.is_dir()),
+                  key=lambda p: len(p.parts), reverse=True)
+    for d in [*dirs, *([] if keep_top else [cgroup])]:
+        try:
+            d.rmdir()
+        except OSError as exc:
+            raise SandboxError(f"cannot remove cgroup {d}: {exc}") from exc
+
+
 @contextlib.contextmanager
 def _flock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[int]:
     """Hold an exclusive lock on ``path`` so concurrent callers take turns.
@@ -277,43 +383,92 @@ def _require_root() -> None:
 # --------------------------------------------------------------------------
 
 
-def rootfs_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+@dataclass(frozen=True)
+class RootfsSpec:
+    """Which cached root filesystem a host boots from.
+
+    Each distinct spec is its own cache entry: ``init="systemd"`` adds
+    systemd as init (``systemd-sysv``, ``dbus``), ``include`` adds packages
+    (a separate variant per package set, so the plain roots stay bare).
+    """
+
+    suite: str = SUITE
+    init: str = INIT_NONE
+    include: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise SandboxError(f"suite {self.suite!r} not supported: one of {', '.join(SUITES)}")
+        if self.init not in INITS:
+            raise SandboxError(f"init {self.init!r} not supported: one of {', '.join(INITS)}")
+        bad = [p for p in self.include if not PACKAGE_RE.match(p)]
+        if bad:
+            raise SandboxError(f"bad package names in include: {bad}")
+        object.__setattr__(self, "include", tuple(sorted(set(self.include))))
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        extra = SYSTEMD_PACKAGES if self.init == INIT_SYSTEMD else ()
+        return tuple(dict.fromkeys((*INCLUDE_PACKAGES, *extra, *self.include)))
+
+    @property
+    def name(self) -> str:
+        """Cache directory name; the original bookworm init-less root keeps its name."""
+        parts = ["rootfs", self.suite]
+        if self.init != INIT_NONE:
+            parts.append(self.init)
+        if self.include:
+            digest = hashlib.sha256(",".join(self.include).encode()).hexdigest()[:10]
+            parts.append(f"x{digest}")
+        parts.append(ROOTFS_VERSION if self.init == INIT_NONE else SYSTEMD_ROOTFS_VERSION)
+        return "-".join(parts)
+
+
+def rootfs_path(
+    cache_dir: str | os.PathLike[str] | None = None, spec: RootfsSpec | None = None
+) -> Path:
     """Where the complete cached root filesystem lives (it may not exist yet)."""
-    return Path(cache_dir or DEFAULT_CACHE_DIR) / f"rootfs-{SUITE}-{ROOTFS_VERSION}"
+    return Path(cache_dir or DEFAULT_CACHE_DIR) / (spec or RootfsSpec()).name
 
 
 def ensure_rootfs(
     cache_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] = _default_log,
+    spec: RootfsSpec | None = None,
 ) -> Path:
     """Return the cached root filesystem, building it first if it is missing.
 
     The build goes into a temporary directory that is renamed into place only
     when complete, so an interrupted build never leaves a half cache; a lock
-    file makes a concurrent caller wait for the first build instead of
-    starting a second one.
+    file per variant makes a concurrent caller wait for the first build
+    instead of starting a second one.
     """
-    final = rootfs_path(cache_dir)
+    spec = spec or RootfsSpec()
+    final = rootfs_path(cache_dir, spec)
     if final.is_dir():
         return final
     _require_root()
     cache = final.parent
     cache.mkdir(parents=True, exist_ok=True)
+    default = spec == RootfsSpec()
+    # The plain root keeps the lock and scratch names older checkouts use.
+    lock = cache / (".build.lock" if default else f".build-{spec.name}.lock")
+    scratch = ".tmp-rootfs-" if default else f".tmp-build-{spec.name}-"
 
     def waiting() -> None:
-        log("another process is building the root filesystem, waiting")
+        log(f"another process is building {spec.name}, waiting")
 
-    with _flock(cache / ".build.lock", waiting) as lock_fd, _terminate_raises():
+    with _flock(lock, waiting) as lock_fd, _terminate_raises():
         if final.is_dir():  # built by someone else while we waited
             return final
         # Holding the lock (which build children inherit), any temporary
-        # build left here is dead: an interrupted or killed earlier run.
-        for stale in cache.glob(".tmp-rootfs-*"):
+        # build of this variant left here is dead: an interrupted earlier run.
+        for stale in cache.glob(f"{scratch}*"):
             log(f"removing interrupted build {stale}")
             _remove_tree(stale)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-rootfs-", dir=cache))
+        tmp = Path(tempfile.mkdtemp(prefix=scratch, dir=cache))
         try:
-            _build_rootfs(tmp, log, lock_fd)
+            _build_rootfs(tmp, log, lock_fd, spec)
             os.rename(tmp, final)
         except BaseException:
             log(f"build failed or interrupted, removing {tmp}")
@@ -369,21 +524,37 @@ def _run_build_step(cmd: Sequence[str | os.PathLike[str]], lock_fd: int, log_pat
         raise SandboxError(f"{shlex.join(str(c) for c in cmd)} exited {rc}:\n{tail}")
 
 
-def _build_rootfs(target: Path, log: Callable[[str], None], lock_fd: int) -> None:
-    mirror = apt_mirror()
+def _debootstrap_script(suite: str) -> list[str]:
+    """debootstrap's script argument for ``suite``.
+
+    An older debootstrap may lack a newer suite's script; every Debian suite
+    since buster uses the same one (``sid``), so it is named explicitly then.
+    """
+    scripts = Path("/usr/share/debootstrap/scripts")
+    if (scripts / suite).exists() or not (scripts / "sid").exists():
+        return []
+    return [str(scripts / "sid")]
+
+
+def _build_rootfs(
+    target: Path, log: Callable[[str], None], lock_fd: int, spec: RootfsSpec
+) -> None:
+    mirror = apt_mirror(spec.suite)
     if not shutil.which("debootstrap"):
         raise SandboxError("debootstrap is not installed (apt-get install -y debootstrap)")
-    build_log = target.parent / "build.log"
+    build_log = target.parent / f"build-{spec.name}.log"
     build_log.write_text("")
-    log(f"debootstrap {SUITE} (minbase) into {target}, about a minute (log: {build_log})")
+    log(f"debootstrap {spec.suite} (minbase, init {spec.init}) into {target}, "
+        f"about a minute (log: {build_log})")
     _run_build_step(
         [
             "debootstrap",
             "--variant=minbase",
-            "--include=" + ",".join(INCLUDE_PACKAGES),
-            SUITE,
+            "--include=" + ",".join(spec.packages),
+            spec.suite,
             target,
             mirror,
+            *_debootstrap_script(spec.suite),
         ],
         lock_fd,
         build_log,
@@ -421,12 +592,17 @@ def _build_rootfs(target: Path, log: Callable[[str], None], lock_fd: int) -> Non
         lock_fd,
         build_log,
     )
+    if spec.init == INIT_SYSTEMD:
+        # Each host makes its own machine id at its first boot.
+        (target / "etc/machine-id").write_text("")
+        (target / "var/lib/dbus/machine-id").unlink(missing_ok=True)
     (target / ".leam-sandbox-rootfs.json").write_text(
         json.dumps(
             {
-                "suite": SUITE,
-                "version": ROOTFS_VERSION,
-                "packages": INCLUDE_PACKAGES,
+                "suite": spec.suite,
+                "init": spec.init,
+                "name": spec.name,
+                "packages": spec.packages,
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
             indent=2,
@@ -461,20 +637,75 @@ def _remove_tree(path: Path) -> None:
 
 @dataclass
 class Host:
-    """One running sandbox host, as seen from the controller."""
+    """One sandbox host, as seen from the controller.
+
+    ``state`` is the host's ``state.json``; ``Sandbox.boot``/``reboot``/
+    ``power_cut`` update it in place, so a Host held by a test follows its
+    host across boots.
+    """
 
     name: str
     address: str
     root: Path  # the host's / on the controller (an overlay mount point)
     key_file: Path
     index: int
-    pid1: int | None = None
     state: dict = field(default_factory=dict, repr=False)
 
     @property
+    def pid1(self) -> int | None:
+        """The machine's pid of the host's PID 1 (sshd or systemd) in its current boot."""
+        return self.state.get("pid1")
+
+    @property
+    def init(self) -> str:
+        return self.state.get("init", INIT_NONE)
+
+    @property
+    def suite(self) -> str:
+        return self.state.get("suite", SUITE)
+
+    @property
     def alive(self) -> bool:
-        """True while the host's PID 1 (its sshd) is running."""
+        """True while the host's PID 1 is running."""
         return _same_process(self.pid1, self.state.get("pid1_start"))
+
+    @property
+    def boot_id(self) -> str | None:
+        """Identity of the current boot: PID 1's start time (the kernel's boot id is shared).
+
+        The same value is read inside the host by ``read_boot_id``.
+        """
+        start = self.state.get("pid1_start")
+        return None if start is None else str(start)
+
+    def read_boot_id(self) -> str:
+        """The boot identity as the host itself reports it over SSH."""
+        stat = self.ssh("cat /proc/1/stat", check=True, timeout=30).stdout
+        return stat.rsplit(")", 1)[1].split()[19]
+
+    def processes(self) -> list[tuple[int, int | None, str]]:
+        """(pid, start time, command line) of every live process of the host, seen from outside.
+
+        Found by PID namespace, so a process outside any cgroup of the host
+        (say one that escaped it) is listed too.
+        """
+        if not self.alive:
+            return []
+        try:
+            ns = os.readlink(f"/proc/{self.pid1}/ns/pid")
+        except OSError:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                start = _proc_start_time(int(entry))
+                if start is not None and os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                    found.append((int(entry), start,
+                                  cmdline.replace(b"\0", b" ").decode(errors="replace").strip()))
+        return found
 
     def ssh_command(self, command: str | Sequence[str] | None = None) -> list[str]:
         """The ``ssh`` argv that runs ``command`` on this host as root."""
@@ -505,6 +736,26 @@ class Host:
         return _run(self.ssh_command(command), check=check, timeout=timeout, input=input,
                     what=f"{self.name}: {command!r}")
 
+    def run_inside(
+        self, argv: Sequence[str], *, check: bool = False, timeout: float | None = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in the host's namespaces and root without SSH (nsenter).
+
+        For what SSH cannot reach: a host whose sshd is not up (yet).
+        """
+        if not self.alive:
+            raise SandboxError(f"{self.name}: not running")
+        return _run(
+            ["nsenter", "--target", str(self.pid1), "--mount", "--uts", "--ipc", "--pid",
+             "--root", "--wd", "--", *argv],
+            env=CHROOT_ENV, check=check, timeout=timeout, what=f"{self.name}: {list(argv)}",
+        )
+
+    def system_state(self) -> str:
+        """``systemctl is-system-running`` inside the host ("" if it does not answer)."""
+        res = self.run_inside(["systemctl", "is-system-running"], timeout=30)
+        return res.stdout.strip()
+
     def ansible_vars(self) -> dict[str, str]:
         """Connection variables Ansible needs for this host."""
         return {
@@ -519,9 +770,9 @@ class Host:
 class Sandbox:
     """A set of sandbox hosts sharing a state directory and an SSH key.
 
-    Everything about a running host is in ``state_dir/hosts/<name>/`` (its
-    overlay layers, mount point, sshd log and ``state.json``), so a later
-    process — ``python -m tests.sandbox down`` after ``up`` — can tear it down.
+    Everything about a host is in ``state_dir/hosts/<name>/`` (its overlay
+    layers, mount point, console log and ``state.json``), so a later process
+    — ``python -m tests.sandbox down`` after ``up`` — can tear it down.
     """
 
     def __init__(
@@ -530,14 +781,25 @@ class Sandbox:
         cache_dir: str | os.PathLike[str] | None = None,
         log: Callable[[str], None] | None = None,
         overlay: bool | None = None,
+        init: str = INIT_SYSTEMD,
     ) -> None:
-        """``overlay=False`` (or env LEAM_SANDBOX_NO_OVERLAY=1) copies the root instead."""
+        """``overlay=False`` (or env LEAM_SANDBOX_NO_OVERLAY=1) copies the root instead.
+
+        ``init`` is the default of ``up``: "systemd" (systemd boots as PID 1,
+        like a real server) or "none" (sshd is PID 1, like a container).
+        """
         if overlay is None:
             overlay = os.environ.get("LEAM_SANDBOX_NO_OVERLAY", "") in ("", "0")
+        if init not in INITS:
+            raise SandboxError(f"init {init!r} not supported: one of {', '.join(INITS)}")
         self.overlay = overlay
+        self.init = init
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).absolute()
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).absolute()
         self.log = log or _default_log
+        # Sandboxes of other state directories may run hosts of the same
+        # names on this machine: cgroups and address picks are keyed by this.
+        self.tag = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]
         self._procs: dict[str, subprocess.Popen[bytes]] = {}  # unshare children we started
         self._lock = threading.Lock()
 
@@ -551,6 +813,10 @@ class Sandbox:
     def host_dir(self, name: str) -> Path:
         return self.state_dir / "hosts" / name
 
+    def cgroup_dir(self, name: str) -> Path:
+        """The systemd host's own cgroup, unique to this state directory and host."""
+        return CGROUP_ROOT / f"leam-sandbox-{self.tag}-{name}"
+
     def ensure_key(self) -> Path:
         """Make the sandbox's SSH key pair once."""
         key = self.key_file
@@ -562,9 +828,12 @@ class Sandbox:
                 )
         return key
 
-    def ensure_rootfs(self) -> Path:
-        """Return the cached root filesystem, building it if missing."""
-        return ensure_rootfs(self.cache_dir, self.log)
+    def ensure_rootfs(
+        self, suite: str = SUITE, init: str | None = None, include: Sequence[str] = ()
+    ) -> Path:
+        """Return the cached root filesystem of that variant, building it if missing."""
+        spec = RootfsSpec(suite, init or self.init, tuple(include))
+        return ensure_rootfs(self.cache_dir, self.log, spec)
 
     # -- state -------------------------------------------------------------
 
@@ -587,7 +856,6 @@ class Sandbox:
             root=Path(state["root"]),
             key_file=self.key_file,
             index=state["index"],
-            pid1=state.get("pid1"),
             state=state,
         )
 
@@ -609,13 +877,18 @@ class Sandbox:
         return self._host_from_state(state)
 
     def _pick_index(self, taken: set[int]) -> int:
-        """Lowest free last octet: not used here and with nothing on port 22.
+        """A free last octet: not used here and with nothing on port 22.
 
-        The port probe keeps two sandboxes (say a test run and a demo) from
-        picking the same address.
+        The search starts at an offset of this state directory's own, so
+        sandboxes of other state directories (a test run beside a demo, or
+        runs side by side on one machine) do not race for the same address
+        while their hosts boot.
         """
         used = taken | {h.index for h in self.hosts()}
-        for n in range(FIRST_OCTET, 255):
+        span = 255 - FIRST_OCTET
+        offset = int(self.tag, 16) % span
+        for i in range(span):
+            n = FIRST_OCTET + (offset + i) % span
             if n not in used and not _port_open(f"127.0.0.{n}", 22):
                 return n
         raise SandboxError("no free 127.0.0.N address left")
@@ -629,19 +902,30 @@ class Sandbox:
         jobdir_size: str | None = None,
         *,
         jobdir: str = DEFAULT_JOBDIR,
-        timeout: float = 30,
+        timeout: float | None = None,
+        init: str | None = None,
+        suite: str = SUITE,
+        include: Sequence[str] = (),
     ) -> Host:
-        """Start host ``name`` at 127.0.0.``index`` and wait until SSH works.
+        """Make host ``name`` at 127.0.0.``index``, boot it and wait until it serves.
 
         ``index`` is the last octet (>= 10); None picks a free one.
         ``jobdir_size`` (e.g. "40M") mounts a tmpfs of that size at ``jobdir``
         inside the host, so a free-space check can be made to fail there.
+        ``init``: "systemd" (default of the sandbox) or "none"; ``suite``:
+        bookworm or trixie; ``include``: more packages in the root filesystem
+        (a cached variant of its own). A systemd host is ready when SSH works
+        and ``systemctl is-system-running`` says running or degraded.
         On failure the host is torn down again before the error is raised.
         """
         _require_root()
         if not NAME_RE.match(name):
             raise SandboxError(f"bad host name {name!r}: use a-z, 0-9 and '-'")
-        lower = self.ensure_rootfs()
+        spec = RootfsSpec(suite, init or self.init, tuple(include))
+        if spec.init == INIT_SYSTEMD and not (CGROUP_ROOT / "cgroup.procs").exists():
+            raise SandboxError(f"systemd hosts need the cgroup v1 name=systemd hierarchy at "
+                               f"{CGROUP_ROOT}; use init='none' here")
+        lower = ensure_rootfs(self.cache_dir, self.log, spec)
         self.ensure_key()
         with _flock(self.state_dir / ".lock"):
             if self._read_state(name):
@@ -661,20 +945,30 @@ class Sandbox:
                 "index": index,
                 "address": f"127.0.0.{index}",
                 "root": str(hdir / "root"),
+                "init": spec.init,
+                "suite": spec.suite,
+                "include": list(spec.include),
+                "lower": str(lower),
+                "cgroup": str(self.cgroup_dir(name)) if spec.init == INIT_SYSTEMD else None,
                 "mounts": [],
                 "jobdir": jobdir if jobdir_size else None,
                 "jobdir_size": jobdir_size,
+                "boots": 0,
             }
             self._write_state(name, state)
         try:
-            return self._start(name, state, lower, timeout)
+            self._prepare(name, state, lower)
+            if spec.init == INIT_SYSTEMD:
+                return self._boot_systemd(name, state, timeout or BOOT_TIMEOUT)
+            return self._start_sshd(name, state, timeout or 30)
         except BaseException:
             self.log(f"{name}: start failed, tearing down")
             with contextlib.suppress(Exception):
                 self.down(name)
             raise
 
-    def _start(self, name: str, state: dict, lower: Path, timeout: float) -> Host:
+    def _prepare(self, name: str, state: dict, lower: Path) -> None:
+        """The host's disk: an overlay over the cache, its files, its job filesystem."""
         hdir = self.host_dir(name)
         root = Path(state["root"])
         address = state["address"]
@@ -709,12 +1003,14 @@ class Sandbox:
             state["mode"] = "copy"
         state["mounts"].append(str(root))
         self._write_state(name, state)
-        self.log(f"{name}: root ready ({state['mode']})")
+        self.log(f"{name}: root ready ({state['mode']}, {state['suite']}, init {state['init']})")
 
-        _run(["mount", "--bind", "/dev", root / "dev"])
-        state["mounts"].append(str(root / "dev"))
-        _run(["mount", "--bind", "/dev/pts", root / "dev/pts"])
-        state["mounts"].append(str(root / "dev/pts"))
+        if state["init"] == INIT_NONE:
+            # A systemd host mounts a private /dev of its own at each boot.
+            _run(["mount", "--bind", "/dev", root / "dev"])
+            state["mounts"].append(str(root / "dev"))
+            _run(["mount", "--bind", "/dev/pts", root / "dev/pts"])
+            state["mounts"].append(str(root / "dev/pts"))
         if state["jobdir_size"]:
             jd = root / state["jobdir"].lstrip("/")
             jd.mkdir(parents=True, exist_ok=True)
@@ -742,36 +1038,28 @@ class Sandbox:
         auth = ssh_dir / "authorized_keys"
         auth.write_text(self.key_file.with_suffix(".pub").read_text())
         auth.chmod(0o600)
-        (root / "run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
+        if state["init"] == INIT_SYSTEMD:
+            # sshd of each host on its own address: two on 127.0.0.1:22 fail.
+            conf = root / "etc/ssh/sshd_config.d/leam-sandbox.conf"
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text(f"ListenAddress {address}\n")
+            units = root / "etc/systemd/system"
+            units.mkdir(parents=True, exist_ok=True)
+            for unit in SYSTEMD_MASKED:
+                link = units / unit
+                if not link.is_symlink():
+                    link.unlink(missing_ok=True)
+                    link.symlink_to("/dev/null")
+        else:
+            (root / "run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
 
-        # In the new namespaces: hostname, /proc, then pivot_root into the host
-        # root and drop the old root, so the host sees only its own mounts and
-        # does not pin other hosts' mounts; sshd becomes PID 1.
-        script = (
-            'set -e; hostname "$1"; mount -t proc proc "$2/proc"; cd "$2"; '
-            "pivot_root . .; umount -l .; cd /; "
-            'exec /usr/sbin/sshd -D -e -o ListenAddress="$3" -o PidFile=none'
-        )
-        log_file = open(hdir / "sshd.log", "ab")  # noqa: SIM115 - handed to the child
+    def _spawn(self, name: str, state: dict, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start the host's unshare (its console to console.log) and record its PID 1."""
+        hdir = self.host_dir(name)
+        log_file = open(hdir / "console.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                [
-                    "unshare",
-                    "--uts",
-                    "--pid",
-                    "--mount",
-                    "--fork",
-                    "--kill-child",
-                    "--propagation",
-                    "private",
-                    "sh",
-                    "-c",
-                    script,
-                    "sh",
-                    name,
-                    str(root),
-                    address,
-                ],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -785,9 +1073,9 @@ class Sandbox:
             self._procs[name] = proc
         state["unshare_pid"] = proc.pid
         state["unshare_start"] = _proc_start_time(proc.pid)
+        state["pid1"] = state["pid1_start"] = None
         self._write_state(name, state)
-
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + 30
         pid1 = None
         while pid1 is None:
             kids = _children(proc.pid)
@@ -799,20 +1087,111 @@ class Sandbox:
                 time.sleep(0.005)
         state["pid1"] = pid1
         state["pid1_start"] = _proc_start_time(pid1)
+        state["boots"] = state.get("boots", 0) + 1
         self._write_state(name, state)
-        self.log(f"{name}: started, PID 1 of its namespace is pid {pid1}")
+        return proc
 
+    def _start_sshd(self, name: str, state: dict, timeout: float) -> Host:
+        """Init-less host: sshd as PID 1 of new UTS, PID and mount namespaces."""
+        deadline = time.monotonic() + timeout
+        # In the new namespaces: hostname, /proc, then pivot_root into the host
+        # root and drop the old root, so the host sees only its own mounts and
+        # does not pin other hosts' mounts; sshd becomes PID 1.
+        script = (
+            'set -e; hostname "$1"; mount -t proc proc "$2/proc"; cd "$2"; '
+            "pivot_root . .; umount -l .; cd /; "
+            'exec /usr/sbin/sshd -D -e -o ListenAddress="$3" -o PidFile=none'
+        )
+        proc = self._spawn(name, state, [
+            "unshare", "--uts", "--pid", "--mount", "--fork", "--kill-child",
+            "--propagation", "private", "sh", "-c", script, "sh",
+            name, state["root"], state["address"],
+        ])
+        self.log(f"{name}: started, PID 1 of its namespace is pid {state['pid1']}")
         host = self._host_from_state(state)
         self._wait_ssh(host, proc, deadline)
-        self.log(f"{name}: ssh root@{address} works")
+        self.log(f"{name}: ssh root@{host.address} works")
         state["started"] = time.time()
         self._write_state(name, state)
-        host.state = state
         return host
+
+    def _boot_systemd(self, name: str, state: dict, timeout: float) -> Host:
+        """Boot the host's disk with systemd as PID 1 of its own namespaces.
+
+        The host gets its own cgroup (below the machine's name=systemd
+        hierarchy) and cgroup namespace, so its systemd manages only its own
+        processes; /proc/sys and /sys are read-only inside, so it cannot
+        change the machine's kernel settings.
+        """
+        deadline = time.monotonic() + timeout
+        # Its own cgroup in every hierarchy, not only name=systemd: its
+        # systemd mounts the others too, and would otherwise make its
+        # slices at the root of the machine's.
+        cgroups = [h / Path(state["cgroup"]).name for h in _cgroup_hierarchies()]
+        state["cgroups"] = [str(c) for c in cgroups]
+        self._write_state(name, state)
+        for cgroup in cgroups:
+            _remove_cgroup(cgroup)  # sub-cgroups an earlier boot's systemd left
+            _make_cgroup(cgroup)
+        inner = (
+            'set -e; R="$1"; mount --make-rprivate /; '
+            'mount -t proc proc "$R/proc"; '
+            'mount --bind "$R/proc/sys" "$R/proc/sys"; '
+            'mount -o remount,bind,ro "$R/proc/sys"; '
+            'mount -t sysfs -o ro sysfs "$R/sys"; '
+            'mount -t tmpfs -o mode=0755 tmpfs "$R/sys/fs/cgroup"; '
+            'mkdir -p "$R/sys/fs/cgroup/systemd"; '
+            'mount -t cgroup -o none,name=systemd cgroup "$R/sys/fs/cgroup/systemd"; '
+            'mount -t tmpfs -o mode=0755 tmpfs "$R/run"; '
+            'mount -t tmpfs -o mode=0755 tmpfs "$R/dev"; '
+            "for d in null zero full random urandom tty; do "
+            'touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"; done; '
+            'mkdir -p "$R/dev/pts" "$R/dev/shm"; '
+            'mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"; '
+            'ln -sf pts/ptmx "$R/dev/ptmx"; '
+            'mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"; '
+            'exec chroot "$R" /usr/bin/env -i container=other '
+            "/lib/systemd/systemd --system " + SYSTEMD_ARGS
+        )
+        outer = (
+            'set -e; R="$1"; I="$2"; shift 2; for c in "$@"; do echo $$ > "$c/cgroup.procs"; done; '
+            'exec unshare --pid --mount --uts --ipc --cgroup --fork --kill-child sh -c "$I" sh "$R"'
+        )
+        old_boot = state.get("pid1_start")
+        proc = self._spawn(name, state, ["sh", "-c", outer, "sh", state["root"], inner,
+                                         *state["cgroups"]])
+        self.log(f"{name}: booting, systemd is pid {state['pid1']} (boot {state['boots']})")
+        host = self._host_from_state(state)
+        self._wait_ssh(host, proc, deadline)
+        self._wait_system_running(host, proc, deadline)
+        if host.read_boot_id() != host.boot_id or host.boot_id == str(old_boot):
+            raise SandboxError(f"{name}: SSH reached another boot than the one just started")
+        state["started"] = time.time()
+        self._write_state(name, state)
+        self.log(f"{name}: booted, ssh root@{host.address} works")
+        return host
+
+    def _wait_system_running(
+        self, host: Host, proc: subprocess.Popen[bytes], deadline: float
+    ) -> str:
+        """Poll ``systemctl is-system-running`` until running or degraded."""
+        while True:
+            if proc.poll() is not None or not host.alive:
+                raise SandboxError(f"{host.name}: systemd exited:\n{self._log_tail(host.name)}")
+            res = host.ssh("systemctl is-system-running", timeout=30)
+            status = res.stdout.strip()
+            if status in ("running", "degraded"):
+                if status == "degraded":
+                    failed = host.ssh("systemctl --failed --no-legend --plain").stdout
+                    self.log(f"{host.name}: degraded; failed units: {failed.strip()}")
+                return status
+            if time.monotonic() > deadline:
+                raise SandboxError(f"{host.name}: system {status!r}, not running in time")
+            time.sleep(0.2)
 
     def _log_tail(self, name: str) -> str:
         try:
-            return (self.host_dir(name) / "sshd.log").read_text()[-2000:]
+            return (self.host_dir(name) / "console.log").read_text(errors="replace")[-2000:]
         except OSError:
             return ""
 
@@ -820,7 +1199,7 @@ class Sandbox:
         """Poll until the port accepts, then until a real SSH login succeeds."""
         while not _port_open(host.address, 22):
             if proc.poll() is not None or not host.alive:
-                raise SandboxError(f"{host.name}: sshd died:\n{self._log_tail(host.name)}")
+                raise SandboxError(f"{host.name}: PID 1 died:\n{self._log_tail(host.name)}")
             if time.monotonic() > deadline:
                 raise SandboxError(f"{host.name}: sshd did not listen in time")
             time.sleep(0.02)
@@ -840,14 +1219,22 @@ class Sandbox:
         names: Sequence[str],
         jobdir_size: Mapping[str, str] | None = None,
         indexes: Mapping[str, int] | None = None,
+        *,
+        suites: Mapping[str, str] | None = None,
+        init: str | None = None,
+        include: Sequence[str] = (),
     ) -> list[Host]:
         """Start several hosts concurrently; returns them in the order given.
 
+        ``suites`` maps host names to a suite other than bookworm.
         Addresses are assigned up front so the threads never race for one.
         If any host fails, the error is raised after the others have finished
         starting; those stay up (the caller decides, see ``hosts_up``).
         """
-        self.ensure_rootfs()
+        suites = dict(suites or {})
+        # Each root filesystem variant once, before the threads need it.
+        for suite in sorted({suites.get(n, SUITE) for n in names}):
+            self.ensure_rootfs(suite, init, include)
         self.ensure_key()
         wanted = dict(indexes or {})
         taken = set(wanted.values())
@@ -857,7 +1244,11 @@ class Sandbox:
                 taken.add(wanted[name])
         sizes = dict(jobdir_size or {})
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
-            futures = [pool.submit(self.up, name, wanted[name], sizes.get(name)) for name in names]
+            futures = [
+                pool.submit(self.up, name, wanted[name], sizes.get(name), init=init,
+                            suite=suites.get(name, SUITE), include=include)
+                for name in names
+            ]
             errors = [f.exception() for f in futures]
         for err in errors:
             if err is not None:
@@ -870,16 +1261,109 @@ class Sandbox:
         names: Sequence[str],
         jobdir_size: Mapping[str, str] | None = None,
         indexes: Mapping[str, int] | None = None,
+        **options: object,
     ) -> Iterator[list[Host]]:
-        """Start ``names`` for the ``with`` block and always tear them down after."""
+        """Start ``names`` for the ``with`` block and always tear them down after.
+
+        ``options`` as for ``up_many`` (suites, init, include).
+        """
         try:
-            yield self.up_many(names, jobdir_size, indexes)
+            yield self.up_many(names, jobdir_size, indexes, **options)  # type: ignore[arg-type]
         finally:
             for name in names:
                 try:
                     self.down(name)
                 except Exception as exc:  # keep tearing down the others
                     self.log(f"{name}: teardown failed: {exc}")
+
+    # -- boots ---------------------------------------------------------------
+
+    def _systemd_host(self, host: Host | str) -> tuple[str, dict]:
+        name = host if isinstance(host, str) else host.name
+        state = self._read_state(name)
+        if not state:
+            raise SandboxError(f"no sandbox host named {name!r} in {self.state_dir}")
+        if state.get("init") != INIT_SYSTEMD:
+            raise SandboxError(f"{name}: boots, reboots and power cuts need a systemd host")
+        return name, state
+
+    def _follow(self, host: Host | str, state: dict) -> Host:
+        """Update a caller's Host in place (it follows its host across boots)."""
+        if isinstance(host, Host):
+            host.state.clear()
+            host.state.update(state)
+            return host
+        return self._host_from_state(state)
+
+    def wait_down(self, host: Host | str, timeout: float = 60) -> str:
+        """Wait until the host's PID 1 has ended; returns why, as far as is known.
+
+        "reboot" or "poweroff" when its systemd asked the kernel for that
+        (the namespace's init then exits on SIGHUP or SIGINT), "killed" after
+        SIGKILL, "gone" when this process did not start it.
+        """
+        name = host if isinstance(host, str) else host.name
+        state = self._read_state(name) or {}
+        pid1, start = state.get("pid1"), state.get("pid1_start")
+        if pid1 is not None and not _wait_gone(pid1, start, timeout):
+            raise SandboxError(f"{name}: still running after {timeout}s")
+        upid, ustart = state.get("unshare_pid"), state.get("unshare_start")
+        with self._lock:
+            proc = self._procs.pop(name, None)
+        reason = "gone"
+        if proc is not None:
+            rc = proc.wait(timeout=30)
+            reason = {-signal.SIGHUP: "reboot", -signal.SIGINT: "poweroff",
+                      -signal.SIGKILL: "killed"}.get(rc, f"exited {rc}")
+        elif upid is not None and not _wait_gone(upid, ustart, 30):
+            raise SandboxError(f"{name}: unshare pid {upid} did not exit")
+        for cgroup in state.get("cgroups", []):
+            _wait_cgroup_empty(Path(cgroup), 30)
+        return reason
+
+    def boot(self, host: Host | str, timeout: float = BOOT_TIMEOUT) -> Host:
+        """Boot a systemd host's disk again (after a reboot, poweroff or power cut)."""
+        name, state = self._systemd_host(host)
+        if _same_process(state.get("pid1"), state.get("pid1_start")):
+            raise SandboxError(f"{name}: already running")
+        self.wait_down(name, timeout=10)
+        self._boot_systemd(name, state, timeout)
+        return self._follow(host, state)
+
+    def reboot(self, host: Host | str, timeout: float = BOOT_TIMEOUT) -> Host:
+        """``systemctl reboot`` inside, wait until the namespace has ended, boot again.
+
+        Returns the host in its new boot (a Host passed in is updated): its
+        ``boot_id`` differs from before, and the host itself reports the new one.
+        """
+        name, state = self._systemd_host(host)
+        before = state.get("pid1_start")
+        self.log(f"{name}: systemctl reboot")
+        # The SSH session may be cut as the host goes down: its result says nothing.
+        _run(self._host_from_state(state).ssh_command("systemctl reboot"), check=False,
+             timeout=60)
+        reason = self.wait_down(name, timeout)
+        if reason not in ("reboot", "gone"):
+            raise SandboxError(f"{name}: asked to reboot, but its PID 1 {reason}")
+        self.log(f"{name}: went down ({reason}), booting the same disk")
+        self._boot_systemd(name, state, timeout)
+        if state["pid1_start"] == before:
+            raise SandboxError(f"{name}: boot id unchanged after the reboot")
+        return self._follow(host, state)
+
+    def power_cut(self, host: Host | str, timeout: float = 30) -> Host:
+        """SIGKILL to the host's systemd from outside: every process of it dies at once.
+
+        The host stays down (its disk kept) until ``boot``.
+        """
+        name, state = self._systemd_host(host)
+        pid1, start = state.get("pid1"), state.get("pid1_start")
+        if not _same_process(pid1, start):
+            raise SandboxError(f"{name}: not running")
+        self.log(f"{name}: power cut (SIGKILL to pid {pid1})")
+        os.kill(pid1, signal.SIGKILL)
+        self.wait_down(name, timeout)
+        return self._follow(host, state)
 
     # -- down ----------------------------------------------------------------
 
@@ -888,7 +1372,7 @@ class Sandbox:
 
         Idempotent and safe on a host that never fully started: every step
         checks what is actually there (pids by start time, mounts from
-        /proc/self/mountinfo). Returns False if there was nothing to do.
+        /proc/self/mountinfo, cgroups). Returns False if there was nothing to do.
         """
         hdir = self.host_dir(name)
         if not hdir.exists():
@@ -916,8 +1400,13 @@ class Sandbox:
         for pid, start in ((pid1, pid1_start), (upid, ustart)):
             if pid is not None and not _wait_gone(pid, start, 10):
                 raise SandboxError(f"{name}: pid {pid} did not exit")
+        cgroups = [Path(c) for c in state.get("cgroups", [])]
+        for cgroup in cgroups:
+            _wait_cgroup_empty(cgroup, 10)
         root = Path(state.get("root", hdir / "root"))
         unmounted = unmount_all_under(root)
+        for cgroup in cgroups:
+            _remove_cgroup(cgroup, keep_top=False)
         _remove_tree(hdir)
         self.log(f"{name}: down ({len(unmounted)} mounts released)")
         return True
@@ -1004,7 +1493,7 @@ def _parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.sandbox",
-        description="Sandbox test hosts (namespaces + sshd on 127.0.0.N) for LEAM roles.",
+        description="Sandbox test hosts (namespaces, systemd or sshd as PID 1, SSH on 127.0.0.N).",
     )
     parser.add_argument(
         "--state-dir",
@@ -1017,9 +1506,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="root filesystem cache (env LEAM_SANDBOX_CACHE)",
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("build", help="build the cached root filesystem if missing")
-    p_up = sub.add_parser("up", help="start hosts and wait until SSH works")
+
+    def variant(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--init", choices=INITS, default=INIT_SYSTEMD,
+                       help="PID 1 of the hosts: systemd (default) or none (sshd)")
+        p.add_argument("--suite", choices=SUITES, default=SUITE,
+                       help=f"Debian suite (default {SUITE})")
+        p.add_argument("--include", default="", metavar="PKG,PKG",
+                       help="more packages in the root filesystem (a cached variant)")
+
+    variant(sub.add_parser("build", help="build the cached root filesystem if missing"))
+    p_up = sub.add_parser("up", help="boot hosts and wait until SSH works")
     p_up.add_argument("names", nargs="+", metavar="NAME")
+    variant(p_up)
     p_up.add_argument(
         "--jobdir-size",
         action="append",
@@ -1038,6 +1537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_down.add_argument("names", nargs="*", metavar="NAME")
     p_down.add_argument("--all", action="store_true", help="every host in the state dir")
     sub.add_parser("status", help="list hosts")
+    for cmd, what in (("boot", "boot stopped systemd hosts again (same disk)"),
+                      ("reboot", "systemctl reboot inside, then boot the same disk"),
+                      ("power-cut", "SIGKILL the hosts' systemd; disk kept, host stays down")):
+        sub.add_parser(cmd, help=what).add_argument("names", nargs="+", metavar="NAME")
     p_inv = sub.add_parser("inventory", help="write an Ansible YAML inventory")
     p_inv.add_argument("path")
     p_inv.add_argument(
@@ -1054,12 +1557,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sb = Sandbox(args.state_dir, args.cache_dir)
     try:
+        include = [p for p in getattr(args, "include", "").split(",") if p]
         if args.cmd == "build":
-            sb.log(f"root filesystem: {sb.ensure_rootfs()}")
+            sb.log(f"root filesystem: {sb.ensure_rootfs(args.suite, args.init, include)}")
         elif args.cmd == "up":
             sizes = _parse_pairs(args.jobdir_size, "--jobdir-size")
             indexes = {k: int(v) for k, v in _parse_pairs(args.index, "--index").items()}
-            for host in sb.up_many(args.names, sizes, indexes):
+            hosts = sb.up_many(args.names, sizes, indexes, init=args.init,
+                               suites={n: args.suite for n in args.names}, include=include)
+            for host in hosts:
                 sb.log(f"{host.name}: up at {host.address} (root {host.root})")
             sb.log(f"ssh key: {sb.key_file}")
         elif args.cmd == "down":
@@ -1070,6 +1576,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in args.names:
                 if not sb.down(name):
                     sb.log(f"{name}: not found")
+        elif args.cmd in ("boot", "reboot", "power-cut"):
+            act = {"boot": sb.boot, "reboot": sb.reboot, "power-cut": sb.power_cut}[args.cmd]
+            for name in args.names:
+                host = act(name)
+                sb.log(f"{name}: {args.cmd} done, boot {host.boot_id if host.alive else '-'}")
         elif args.cmd == "status":
             for host in sb.hosts():
                 state = "running" if host.alive else "stopped"
@@ -1078,7 +1589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 print(
                     f"{host.name:20} {host.address:15} {state:8} pid1={host.pid1}"
-                    f" mode={host.state.get('mode')}{extra}"
+                    f" mode={host.state.get('mode')} init={host.init} suite={host.suite}"
+                    f" boots={host.state.get('boots', 1)}{extra}"
                 )
         elif args.cmd == "inventory":
             groups = None

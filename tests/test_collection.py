@@ -215,7 +215,7 @@ def test_installed_collection_converges_a_host_that_runs_jobs(converged, install
     shown = host.ssh("/usr/local/bin/leampoll --version").stdout.strip()
     assert shown == f"leampoll {__version__}"
     portal.queue("coll-job", "true")
-    portal.wait_for(lambda p: p.status.get("coll-job") == "success", timeout=60)
+    portal.wait_for(lambda p: p.status.get("coll-job") == "complete", timeout=60)
     # And the fleet's table, through the collection's status playbook, shows it.
     status = playbook.run(converged["inventory"], "leam.jobserver.status",
                           env=converged["env"], cwd=converged["work"], timeout=300)

@@ -14,7 +14,7 @@ import pytest
 
 from leampoll import __version__
 from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
-from tests.portal_standin import Canned
+from tests.portal_standin import MODES, Canned
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,6 +26,14 @@ def sh(script: str) -> str:
 
 def states(portal, *ids):
     return [portal.status.get(i) for i in ids]
+
+
+def ended_as(portal, outcome: str) -> str:
+    """The runstatus a job ends with: a real portal knows only 'complete'."""
+    return "error" if outcome == "error" and portal.mode == "extended" else "complete"
+
+
+both_modes = pytest.mark.parametrize("portal", MODES, indirect=True)
 
 
 # -- command line ---------------------------------------------------------------
@@ -52,7 +60,8 @@ def test_password_flag_still_works_and_env_password_never_logged(portal, start_p
     portal.queue("j1", sh("echo done"))
     p = start_poller("-i", "1")
     assert p.wait() == 0
-    assert [r.user for r in portal.reports("success")] == [USER]
+    assert portal.requests_of("pop")[0].user == USER
+    assert portal.outcome("j1") == "success" and portal.ending("j1").user == USER
     assert PASSWORD not in p.log
 
 
@@ -61,7 +70,7 @@ def test_once_runs_one_job_and_exits(portal, start_poller):
     portal.queue("b", "true")
     p = start_poller("--once", "--speed", "60")
     assert p.wait() == 0
-    assert states(portal, "a", "b") == ["success", "queued"]
+    assert states(portal, "a", "b") == ["complete", "queued"]
 
 
 def test_idle_exits_after_n_empty_polls(portal, start_poller):
@@ -77,6 +86,7 @@ def test_idle_does_not_count_errors(portal, start_poller):
     assert len(portal.requests_of("pop")) == 5  # 3 errors + 2 empty
 
 
+@both_modes
 def test_check_reports_each_item_and_pops_nothing(portal, workdir, env):
     portal.queue("j", "true")
     out = subprocess.run([*LEAMPOLL, "--check", "--workdir", str(workdir), "--min-free-disk",
@@ -88,6 +98,7 @@ def test_check_reports_each_item_and_pops_nothing(portal, workdir, env):
     assert not portal.requests_of("pop") and portal.status["j"] == "queued"
 
 
+@both_modes
 def test_check_fails_on_bad_credentials_and_short_memory(portal, workdir, env):
     env["PORTAL_PASSWORD"] = "wrong"
     out = subprocess.run([*LEAMPOLL, "--check", "--workdir", str(workdir),
@@ -134,7 +145,23 @@ def test_disk_guard_holds_then_releases_when_space_returns(portal, start_poller,
     assert "disk" in p.log and not portal.requests_of("pop")
     filler.unlink()
     p.wait_log("guard hold ended")
-    portal.wait_for(lambda pt: pt.status["j"] == "success")
+    portal.wait_for(lambda pt: pt.status["j"] == "complete")
+
+
+def test_job_filling_the_disk_is_ended_then_pops_hold_until_space_returns(
+        portal, start_poller, small_fs):
+    # The poller's own state lives on the job filesystem: its reserve lets it
+    # record the job's end although the job took every byte.
+    portal.queue("fill", "sh -c 'dd if=/dev/zero of=big bs=1M; exit 1'")
+    p = start_poller("--min-free-disk", "5M", wd=small_fs)
+    portal.wait_for(lambda pt: pt.status["fill"] == "complete")
+    assert "released the 1024 KiB reserve" in p.log
+    portal.queue("after", "true")
+    p.wait_log("guard hold, not popping: disk")
+    assert portal.status["after"] == "queued"
+    (small_fs / "fill" / "big").unlink()
+    portal.wait_for(lambda pt: pt.status["after"] == "complete")
+    assert (small_fs / ".leampoll" / "reserve").exists() and p.proc.poll() is None
 
 
 def test_inode_guard_holds(portal, start_poller, small_fs):
@@ -182,7 +209,7 @@ def test_hostile_answers_are_logged_and_survived(portal, start_poller):
     portal.script(*HOSTILE)
     portal.queue("real", sh("echo real job"))
     p = start_poller()
-    portal.wait_for(lambda pt: pt.status["real"] == "success", timeout=60)
+    portal.wait_for(lambda pt: pt.status["real"] == "complete", timeout=60)
     assert p.proc.poll() is None
     warnings = [line for line in p.log.splitlines() if "WARNING portal:" in line]
     assert len(warnings) >= len(HOSTILE) - 1  # the bad OK job is popped and reported instead
@@ -205,24 +232,25 @@ def test_hung_portal_times_out_instead_of_hanging(portal, start_poller):
     assert p.proc.poll() is None
 
 
+@both_modes
 def test_unrunnable_popped_job_is_reported_never_run(portal, start_poller, workdir):
     portal.queue("nocmd", "")
     p = start_poller("-i", "1")
     assert p.wait() == 0
-    (err,) = portal.reports("error")
-    assert "no cmdline" in err.form["message"]
-    assert portal.status["nocmd"] == "error"
+    assert portal.outcome("nocmd") == "error" and portal.ended_once("nocmd")
+    assert "no cmdline" in portal.ending("nocmd").form["message"]
+    assert portal.status["nocmd"] == ended_as(portal, "error")
     assert not (workdir / "nocmd").exists()
 
 
 def test_legacy_xml_job_gets_config_xml(portal, start_poller, workdir):
-    doc = (b"<?xml version='1.0'?><job><scenario><id>old-scenario</id><title>Old</title>"
-           b"<repository></repository></scenario></job>")
-    portal.script(Canned(200, doc, "application/xml"))
+    portal.legacy_xml = True  # Content-Type application/xml;;charset=UTF-8, as it was sent
+    portal.queue("old-scenario", "ignored", title="Old")
     p = start_poller("-i", "1")
     assert p.wait() == 0
-    assert (workdir / "old_scenario" / "config.xml").read_bytes() == doc
+    assert b"<id>old-scenario</id>" in (workdir / "old_scenario" / "config.xml").read_bytes()
     assert "legacy XML" in p.log and "no URL to report" in p.log
+    assert portal.status["old-scenario"] == "running"  # that answer gives nothing to end it
 
 
 # -- 5./6. run directory, checkout and run ---------------------------------------------
@@ -256,6 +284,7 @@ def test_git_checkout_into_rundir(portal, start_poller, workdir, tmp_path):
     assert (workdir / "scenario_1" / "result.txt").read_text() == "model ran\n"
 
 
+@pytest.mark.parametrize("portal", ["extended"], indirect=True)  # its 401 makes git ask
 def test_checkout_asking_for_a_password_fails_fast(portal, start_poller):
     # The stand-in answers 401 to git's smart-HTTP probe: git would prompt for a user.
     portal.queue("private", "true", repository=f"git clone {portal.url}/private.git")
@@ -269,8 +298,7 @@ def test_checkout_timeout(portal, start_poller):
     portal.queue("slow", "true", repository="sh -c 'sleep 30'")
     p = start_poller("-i", "1", "--checkout-timeout", "1")
     assert p.wait(30) == 0
-    (err,) = portal.reports("error")
-    assert "checkout failed: timed out" in err.form["message"]
+    assert "checkout failed: timed out" in portal.ending("slow").form["message"]
 
 
 def test_job_environment_and_log(portal, start_poller, workdir):
@@ -291,21 +319,24 @@ def test_job_timeout_kills_the_whole_group(portal, start_poller, workdir):
     assert p.wait(30) == 0
     child = int((workdir / "hog" / "child.pid").read_text())
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
-    (err,) = portal.reports("error")
-    assert "timed out" in err.form["message"]
+    assert "timed out" in portal.ending("hog").form["message"]
 
 
 # -- 7. reports ------------------------------------------------------------------------
 
 
+@both_modes
 def test_error_report_names_exit_code_and_log_tail(portal, start_poller):
     portal.queue("bad", sh("echo model exploded; exit 3"))
     p = start_poller("-i", "1")
     assert p.wait() == 0
-    msg = portal.reports("error")[0].form["message"]
+    assert portal.outcome("bad") == "error" and portal.ended_once("bad")
+    assert portal.status["bad"] == ended_as(portal, "error")
+    msg = portal.ending("bad").form["message"]
     assert "exit code 3" in msg and "model exploded" in msg
 
 
+@both_modes
 def test_undelivered_report_is_kept_and_delivered_before_next_pop(portal, start_poller,
                                                                   workdir):
     portal.report_status = 503
@@ -320,11 +351,13 @@ def test_undelivered_report_is_kept_and_delivered_before_next_pop(portal, start_
     time.sleep(1)
     assert len(portal.requests_of("pop")) == pops_while_refused == 1
     portal.report_status = 200
-    portal.wait_for(lambda pt: pt.status["second"] == "success", timeout=30)
-    kinds = [r.kind for r in portal.received if r.kind in ("pop", "success")]
-    assert kinds[:3] == ["pop", "success", "pop"]
+    portal.wait_for(lambda pt: pt.status["second"] == "complete", timeout=30)
+    pops = portal.requests_of("pop")
+    assert pops[1].at > portal.ending("first").at
+    assert portal.ended_once("first") and portal.ended_once("second")
 
 
+@both_modes
 def test_pending_report_survives_kill_9(portal, start_poller, workdir):
     portal.report_status = 503
     portal.queue("j", "true")
@@ -336,7 +369,7 @@ def test_pending_report_survives_kill_9(portal, start_poller, workdir):
     portal.report_status = 200
     p2 = start_poller("-i", "1")
     assert p2.wait(30) == 0
-    assert portal.status["j"] == "success"
+    assert portal.status["j"] == "complete" and portal.ended_once("j")
     assert not list(outbox.glob("*.json"))
 
 
@@ -348,7 +381,7 @@ def test_backlog_drains_back_to_back(portal, start_poller):
         portal.queue(f"b{i}", "true")
     p = start_poller("--speed", "30", "-i", "1", quick=False)
     # With a 30 s interval, 20 jobs within 30 s means no sleep between jobs.
-    portal.wait_for(lambda pt: len(pt.reports("success")) == 20, timeout=25)
+    portal.wait_for(lambda pt: list(pt.status.values()).count("complete") == 20, timeout=25)
     p.signal(signal.SIGTERM)
     assert p.wait() == 0
 
@@ -383,7 +416,7 @@ def test_sigterm_during_job_stops_it_and_requeues(portal, start_poller, workdir)
     assert p.wait(20) == 0
     assert not psutil.pid_exists(job_pid)
     assert [r.kind for r in portal.reports()] == ["requeue"]
-    assert portal.status["long"] == "queued"
+    assert portal.status["long"] == "queued" and portal.events("long") == ["pop 200", "requeue 200"]
 
 
 def test_sigterm_kills_a_job_that_ignores_term(portal, start_poller, workdir):
@@ -398,6 +431,7 @@ def test_sigterm_kills_a_job_that_ignores_term(portal, start_poller, workdir):
     assert portal.status["stubborn"] == "queued"
 
 
+@pytest.mark.parametrize("portal", ["extended"], indirect=True)
 def test_requeue_falls_back_to_on_error(portal, start_poller, workdir):
     job = portal.queue("x", sh("touch started; sleep 300"))
     job_url = job["url"]
@@ -417,7 +451,7 @@ def test_sigusr1_drains(portal, start_poller, workdir):
     wait_until((workdir / "current" / "started").exists, what="job start")
     p.signal(signal.SIGUSR1)
     assert p.wait(20) == 0
-    assert states(portal, "current", "next") == ["success", "queued"]
+    assert states(portal, "current", "next") == ["complete", "queued"]
     assert len(portal.requests_of("pop")) == 1
 
 
@@ -442,6 +476,10 @@ def test_kill_9_orphan_is_stopped_and_requeued_then_errored_the_second_time(
 
     def kill_poller_mid_job(p) -> int:
         pid = job_pid()
+        # The job can write its pid before the poller has recorded its process group.
+        current = workdir / ".leampoll" / "current.json"
+        wait_until(lambda: current.exists() and '"stage":"run"' in current.read_text(),
+                   what="the job's process group recorded")
         p.signal(signal.SIGKILL)
         p.wait()
         assert psutil.pid_exists(pid)  # its own session: the kill did not reach the job
@@ -460,9 +498,9 @@ def test_kill_9_orphan_is_stopped_and_requeued_then_errored_the_second_time(
     third = start_poller("-i", "1")
     assert third.wait(30) == 0
     assert not psutil.pid_exists(second) or psutil.Process(second).status() == "zombie"
-    assert [r.kind for r in portal.reports()] == ["requeue", "error"]
-    assert "died twice" in portal.reports("error")[0].form["message"]
-    assert portal.status["fragile"] == "error"
+    assert [r.kind for r in portal.reports()] == ["requeue", "error", "end_run"]
+    assert portal.outcome("fragile") == "error" and portal.status["fragile"] == "complete"
+    assert "died twice" in portal.ending("fragile").form["message"]
 
 
 # -- 11. retention ---------------------------------------------------------------------------

@@ -118,8 +118,21 @@ def test_converges_bare_hosts_and_pollers_run_jobs(fleet):
             portal.queue(f"{project}-first", 'sh -c \'test "$(id -un)" = leam\'')
     for project in [*PROJECTS["alpha"], *PROJECTS["beta"]]:
         fleet.portals[project].wait_for(
-            lambda p, j=f"{project}-first": p.status.get(j) == "success", timeout=60)
+            lambda p, j=f"{project}-first": p.status.get(j) == "complete", timeout=60)
+        assert fleet.portals[project].outcome(f"{project}-first") == "success"
     assert PASSWORD not in out
+
+
+def test_a_bare_subversion_url_is_checked_out_on_a_host(fleet):
+    # The role installed subversion: a repository on the host, given as a bare URL.
+    fleet.hosts["alpha"].ssh("svnadmin create /srv/model && mkdir -p /tmp/model"
+                             " && echo 'echo ran > out.txt' > /tmp/model/startup.sh"
+                             " && svn import -q -m m /tmp/model file:///srv/model/trunk",
+                             check=True)
+    portal = fleet.portals["chicago"]
+    portal.queue("svn-job", "sh startup.sh", repository="file:///srv/model/trunk")
+    portal.wait_for(lambda p: p.status.get("svn-job") == "complete", timeout=60)
+    assert portal.outcome("svn-job") == "success", portal.ending("svn-job")
 
 
 def test_program_file_keeps_secrets_off_the_command_line(fleet):
@@ -206,7 +219,7 @@ def test_settings_change_waits_for_running_job_and_spares_other_projects(fleet):
     out = fleet.play("--limit", "alpha")
     assert out.returncode == 0, out.stdout[-4000:]
     # The job was not killed: it finished and was reported before the new poller started.
-    assert portal.status["long-model"] == "success"
+    assert portal.status["long-model"] == "complete"
     state, new_pid = fleet.program("alpha", "chicago")
     assert state == "RUNNING" and new_pid != old_pid
     cmdline = fleet.hosts["alpha"].ssh(f"tr '\\0' ' ' < /proc/{new_pid}/cmdline").stdout
@@ -223,7 +236,7 @@ def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
     fleet.write(fleet.sandbox)
     out = fleet.play("--limit", "alpha")
     assert out.returncode == 0, out.stdout[-4000:]
-    assert portal.status["last-job"] == "success"
+    assert portal.status["last-job"] == "complete"
     alpha = fleet.hosts["alpha"]
     assert fleet.program("alpha", "peoria")[0] != "RUNNING"
     assert "peoria" not in alpha.ssh("supervisorctl status").stdout
@@ -302,7 +315,8 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
 
 def test_status_shows_a_running_job_and_a_guard_hold(fleet):
     chicago = fleet.portals["chicago"]
-    chicago.queue("status-long", "sleep 20")
+    # Runs until the test releases it: the plays below may take long on a busy machine.
+    chicago.queue("status-long", "sh -c 'until [ -e release ]; do sleep 0.2; done'")
     chicago.wait_for(lambda p: p.status.get("status-long") == "running", timeout=30)
     fleet.overrides["stlouis"] = {"min_free_disk": "1000T"}  # more than any disk here
     fleet.write(fleet.sandbox)
@@ -320,20 +334,19 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
         # --json agrees with what the portal saw.
         row = host_status(fleet, "alpha")["chicago"]
         assert row["job"]["id"] == "status-long"
-        assert row["totals"] == {"success": len(chicago.reports("success")),
-                                 "error": len(chicago.reports("error")),
-                                 "requeued": len(chicago.reports("requeue"))}
+        assert row["totals"] == chicago.told()
         assert f"/jobs/{row['last']['id']}/" in chicago.reports()[-1].path
     finally:
+        fleet.hosts["alpha"].ssh("touch /mnt/jobdir/chicago/status_long/release", check=True)
         fleet.overrides.pop("stlouis")
         fleet.write(fleet.sandbox)
         assert fleet.play("--limit", "beta").returncode == 0
-    chicago.wait_for(lambda p: p.status.get("status-long") == "success", timeout=60)
+    chicago.wait_for(lambda p: p.status.get("status-long") == "complete", timeout=60)
 
 
 def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
     portal = fleet.portals["chicago"]
-    portal.queue("drain-long", "sleep 6")
+    portal.queue("drain-long", "sleep 30")  # outlasts the play's way to its drain signal
     portal.wait_for(lambda p: p.status.get("drain-long") == "running", timeout=30)
     portal.queue("drain-queued", "true")
     _, stlouis_pid = fleet.program("beta", "stlouis")
@@ -343,7 +356,7 @@ def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
     assert out.returncode == 0, out.stdout[-4000:]
     assert recap(out.stdout)["tiny"]["failed"] == 0
     # The play returned after the job was done and reported, not killed.
-    assert portal.status["drain-long"] == "success"
+    assert portal.status["drain-long"] == "complete"
     assert fleet.program("alpha", "chicago")[0] == "EXITED"
     assert fleet.program("beta", "stlouis") == ("RUNNING", stlouis_pid)  # not chosen
     # The poller has exited: the queued job can no longer be popped.
@@ -355,7 +368,7 @@ def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
     assert {h: c["changed"] for h, c in recap(out.stdout).items()} == {"alpha": 1, "beta": 0,
                                                                         "tiny": 0}
     assert fleet.program("alpha", "chicago")[0] == "RUNNING"
-    portal.wait_for(lambda p: p.status.get("drain-queued") == "success", timeout=60)
+    portal.wait_for(lambda p: p.status.get("drain-queued") == "complete", timeout=60)
     out = ops_play(fleet, "resume.yml", "--limit", "alpha")
     assert recap(out.stdout)["alpha"]["changed"] == 0
 
@@ -388,7 +401,7 @@ def test_upgrade_leaves_a_host_whose_job_outlasts_the_bound(fleet):
     assert "beta" not in recap(out.stdout)  # the rollout stopped before beta's turn
     assert {h: installed_version(fleet, h) for h in ("alpha", "beta")} == before
     # The job was left to run: it ends and is reported, never handed back.
-    chicago.wait_for(lambda p: p.status.get("outlasts") == "success", timeout=60)
+    chicago.wait_for(lambda p: p.status.get("outlasts") == "complete", timeout=60)
     assert [r.kind for r in chicago.reports()].count("requeue") == 0
     out = ops_play(fleet, "resume.yml", "--limit", "alpha")
     assert out.returncode == 0 and fleet.program("alpha", "chicago")[0] == "RUNNING"
@@ -403,13 +416,13 @@ def test_upgrade_rolls_host_by_host_and_kills_no_job(fleet):
                    "-e", f"leampoll_source={source}", "-e", "leam_ops_wait_timeout=120")
     assert out.returncode == 0, out.stdout[-4000:]
     # The job ran to its end and was reported; nothing was handed back.
-    assert chicago.status["upgrade-long"] == "success"
+    assert chicago.status["upgrade-long"] == "complete"
     assert [r.kind for r in chicago.reports() + stlouis.reports()].count("requeue") == 0
     # One host at a time, alpha first: beta's poller was replaced only after
     # alpha's long job had been reported.
     batches = re.findall(r"^PLAY \[Upgrade the LEAM pollers\]", out.stdout, re.M)
     assert len(batches) == 2, out.stdout[-4000:]
-    finished = chicago.reports("success")[-1].at
+    finished = chicago.ending("upgrade-long").at
     new_pops = [r.at for r in stlouis.reports("pop") if "leampoll/3.99.0" in r.agent]
     assert new_pops and min(new_pops) > finished
     # Both hosts show the new version, every poller runs and polls again.
@@ -419,8 +432,8 @@ def test_upgrade_rolls_host_by_host_and_kills_no_job(fleet):
                                                          ("beta", "stlouis", "RUNNING", "3.99.0")]
     chicago.queue("after-upgrade-a", "true")
     stlouis.queue("after-upgrade-b", "true")
-    chicago.wait_for(lambda p: p.status.get("after-upgrade-a") == "success", timeout=60)
-    stlouis.wait_for(lambda p: p.status.get("after-upgrade-b") == "success", timeout=60)
+    chicago.wait_for(lambda p: p.status.get("after-upgrade-a") == "complete", timeout=60)
+    stlouis.wait_for(lambda p: p.status.get("after-upgrade-b") == "complete", timeout=60)
     # Nothing left to upgrade: a second rollout changes nothing.
     again = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
                      "-e", f"leampoll_source={source}")
@@ -460,13 +473,12 @@ def test_node_exporter_serves_the_pollers_series(fleet):
     fleet.portals["chicago"].queue("metrics-ok", "true")
     fleet.portals["chicago"].queue("metrics-fail", "exit 3")
     fleet.portals["stlouis"].queue("metrics-ok-b", "true")
-    fleet.portals["chicago"].wait_for(lambda p: p.status.get("metrics-fail") == "error", timeout=60)
-    fleet.portals["stlouis"].wait_for(lambda p: p.status.get("metrics-ok-b") == "success",
+    fleet.portals["chicago"].wait_for(lambda p: p.outcome("metrics-fail") == "error", timeout=60)
+    fleet.portals["stlouis"].wait_for(lambda p: p.status.get("metrics-ok-b") == "complete",
                                       timeout=60)
     for host, project in (("alpha", "chicago"), ("beta", "stlouis")):
         portal = fleet.portals[project]
-        seen = {"success": len(portal.reports("success")), "error": len(portal.reports("error")),
-                "requeued": len(portal.reports("requeue"))}
+        seen = portal.told()
         # Scraped over loopback from the host's own address; the poller
         # rewrites its file after every cycle.
         wait_until(lambda h=host, p=project, s=seen: jobs_total(scrape(addresses[h]), p) == s,

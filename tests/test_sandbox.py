@@ -1,8 +1,9 @@
 """The sandbox test hosts behave like separate servers and leave nothing behind.
 
-These start real hosts (namespaces + sshd on 127.0.0.N), so they need root,
-``debootstrap``/``unshare`` and, the first time, a minute to build the cached
-root filesystem. One pair of hosts is shared by the whole module to keep it fast.
+These start real hosts (namespaces, systemd or sshd as PID 1, SSH on
+127.0.0.N), so they need root, ``debootstrap``/``unshare`` and, the first
+time, a minute or two per root filesystem variant. One pair of systemd hosts
+is shared by most of the module to keep it fast.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import Host, Sandbox, _proc_start_time, mounts_under
+from tests.sandbox import (
+    CGROUP_ROOT,
+    SYSTEMD_MASKED,
+    TEST_STATE_DIR,
+    Host,
+    Sandbox,
+    _proc_start_time,
+    mounts_under,
+)
 
 pytestmark = [
     pytest.mark.sandbox,
@@ -26,29 +35,13 @@ pytestmark = [
     ),
 ]
 
-# A state directory of its own, so a demo sandbox on the default one is untouched.
-STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest"))
 ANSIBLE = Path(sys.executable).with_name("ansible")
 JOBDIR_SIZE = "40M"
 
 
-def _pids_in_namespace_of(pid1: int) -> list[tuple[int, int | None]]:
-    """Processes on the machine in the PID namespace of ``pid1``: all of a host's."""
-    ns = os.readlink(f"/proc/{pid1}/ns/pid")
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
-                    found.append((int(entry), _proc_start_time(int(entry))))
-            except OSError:
-                continue
-    return found
-
-
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    sb = Sandbox(STATE_DIR, log=lambda msg: print(msg, file=sys.stderr))
+    sb = Sandbox(TEST_STATE_DIR, log=lambda msg: print(msg, file=sys.stderr))
     sb.down_all()  # leftovers of an interrupted earlier run
     yield sb
     sb.down_all()
@@ -56,8 +49,15 @@ def sandbox() -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="module")
 def pair(sandbox: Sandbox) -> Iterator[tuple[Host, Host]]:
-    with sandbox.hosts_up(["sbx-a", "sbx-b"], jobdir_size={"sbx-b": JOBDIR_SIZE}) as hosts:
+    """A bookworm and a trixie host, both booted with systemd."""
+    with sandbox.hosts_up(["sbx-a", "sbx-b"], jobdir_size={"sbx-b": JOBDIR_SIZE},
+                          suites={"sbx-b": "trixie"}) as hosts:
         yield hosts[0], hosts[1]
+
+
+def _ps(host: Host) -> list[list[str]]:
+    res = host.ssh(["ps", "-e", "-o", "pid=,comm="], check=True)
+    return [line.split(None, 1) for line in res.stdout.strip().splitlines()]
 
 
 def test_each_host_has_its_own_hostname_and_address(pair: tuple[Host, Host]) -> None:
@@ -70,14 +70,45 @@ def test_each_host_has_its_own_hostname_and_address(pair: tuple[Host, Host]) -> 
         assert res.stdout.split() == [host.name, host.name]
 
 
-def test_each_host_sees_only_its_own_processes(pair: tuple[Host, Host]) -> None:
+def test_systemd_is_pid_1_and_the_system_is_running(pair: tuple[Host, Host]) -> None:
+    a, b = pair
     for host in pair:
-        res = host.ssh(["ps", "-e", "-o", "pid=,comm="], check=True)
-        procs = [line.split(None, 1) for line in res.stdout.strip().splitlines()]
-        # sshd (PID 1), the session's sshd, the shell/ps: a handful, not the machine's
-        assert len(procs) < 10, res.stdout
-        assert procs[0] == ["1", "sshd"]
-        assert not any(comm.strip() == "process_api" for _, comm in procs)
+        procs = _ps(host)
+        assert procs[0] == ["1", "systemd"]
+        assert host.ssh("systemctl is-system-running").stdout.strip() == "running"
+        # only the host's own processes, none of the machine's
+        assert len(procs) < 20, procs
+        # the units that would touch the machine's network or kernel are masked
+        masked = host.ssh(["systemctl", "is-enabled", *SYSTEMD_MASKED]).stdout.split()
+        assert masked == ["masked"] * len(SYSTEMD_MASKED)
+    assert a.ssh("cat /etc/debian_version").stdout.startswith("12.")
+    assert b.ssh("cat /etc/debian_version").stdout.startswith("13.")
+    # each host makes its own machine id
+    ids = {h.ssh("cat /etc/machine-id", check=True).stdout.strip() for h in pair}
+    assert len(ids) == 2 and "" not in ids
+
+
+def test_each_host_has_its_own_cgroup(sandbox: Sandbox, pair: tuple[Host, Host]) -> None:
+    for host in pair:
+        cgroup = Path(host.state["cgroup"])
+        assert cgroup.parent == CGROUP_ROOT and sandbox.tag in cgroup.name
+        # Inside, its systemd sees its own cgroup as the root of the hierarchy.
+        inside = host.ssh("cat /proc/1/cgroup", check=True).stdout
+        assert "name=systemd:/init.scope" in inside
+        # Outside, its processes are below the host's own cgroup in every
+        # hierarchy: none of its slices is at the root of the machine's.
+        for pid, _, _ in host.processes():
+            try:
+                lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+            except OSError:
+                continue  # ended meanwhile (an SSH session)
+            if _proc_start_time(pid) is None:
+                continue  # a zombie: out of every cgroup already
+            assert all(line.split(":", 2)[2].startswith(f"/{cgroup.name}") for line in lines), lines
+        outside = Path(f"/proc/{host.pid1}/cgroup").read_text()
+        assert f"name=systemd:/{cgroup.name}/init.scope" in outside
+    # the machine's own settings are read-only for the hosts
+    assert pair[0].ssh("touch /proc/sys/kernel/hostname").returncode != 0
 
 
 def test_hosts_are_isolated_from_each_other(pair: tuple[Host, Host]) -> None:
@@ -116,21 +147,68 @@ def test_ansible_ping_through_written_inventory(
         assert f"{host.name} | SUCCESS" in res.stdout
 
 
-def test_teardown_leaves_nothing(sandbox: Sandbox) -> None:
+def test_reboot_boots_the_same_disk_and_leaves_no_process(
+    sandbox: Sandbox, pair: tuple[Host, Host]
+) -> None:
+    a, _ = pair
+    a.ssh("echo kept > /root/disk-marker; nohup sleep 600 >/dev/null 2>&1 &", check=True)
+    before = a.processes()
+    old_boot = a.boot_id
+    assert any("sleep 600" in cmd for _, _, cmd in before)
+    sandbox.reboot(a)
+    assert a.alive and a.boot_id != old_boot
+    assert a.read_boot_id() == a.boot_id  # SSH reaches the new boot
+    assert a.ssh("cat /root/disk-marker").stdout == "kept\n"
+    assert a.ssh("systemctl is-system-running").stdout.strip() == "running"
+    survivors = {(pid, start) for pid, start, _ in before} & {
+        (pid, start) for pid, start, _ in a.processes()}
+    assert not survivors
+    assert a.state["boots"] == 2
+
+
+def test_power_cut_kills_every_process_at_once_and_keeps_the_disk(
+    sandbox: Sandbox, pair: tuple[Host, Host]
+) -> None:
+    _, b = pair
+    b.ssh("echo kept > /root/disk-marker; sync; nohup sleep 600 >/dev/null 2>&1 &", check=True)
+    before = b.processes()
+    sandbox.power_cut(b)
+    assert not b.alive
+    assert all(_proc_start_time(pid) != start for pid, start, _ in before)
+    assert not (Path(b.state["cgroup"]) / "init.scope").exists() or not any(
+        p.read_text().strip() for p in Path(b.state["cgroup"]).rglob("cgroup.procs"))
+    sandbox.boot(b)
+    assert b.alive and b.read_boot_id() == b.boot_id
+    assert b.ssh("cat /root/disk-marker").stdout == "kept\n"
+    assert b.ssh("cat /etc/debian_version").stdout.startswith("13.")
+
+
+def test_init_less_host_has_sshd_as_pid_1(sandbox: Sandbox) -> None:
+    with sandbox.hosts_up(["sbx-plain"], init="none") as (host,):
+        procs = _ps(host)
+        assert procs[0] == ["1", "sshd"]
+        assert len(procs) < 10, procs
+        assert host.init == "none" and host.state["cgroup"] is None
+
+
+@pytest.mark.parametrize("init", ["systemd", "none"])
+def test_teardown_leaves_nothing(sandbox: Sandbox, init: str) -> None:
     # A host of its own, so the shared pair stays up for the other tests.
-    host = sandbox.up("sbx-gone", jobdir_size="8M")
+    host = sandbox.up("sbx-gone", jobdir_size="8M", init=init)
     host.ssh("nohup sleep 300 >/dev/null 2>&1 &", check=True)  # a stray process inside
     root = host.root
-    inside = _pids_in_namespace_of(host.state["pid1"])
+    inside = [(pid, start) for pid, start, _ in host.processes()]
     assert host.state["pid1"] in [pid for pid, _ in inside]
-    assert len(inside) >= 2  # sshd and the sleep
+    assert len(inside) >= 2  # PID 1 and the sleep
     pids = [*inside, (host.state["unshare_pid"], host.state["unshare_start"])]
     assert mounts_under(root)
+    cgroup = host.state["cgroup"]
 
     assert sandbox.down("sbx-gone") is True
     for pid, start in pids:
         assert _proc_start_time(pid) != start, f"pid {pid} still alive"
     assert mounts_under(root) == []
+    assert cgroup is None or not Path(cgroup).exists()
     assert not sandbox.host_dir("sbx-gone").exists()
     assert "sbx-gone" not in [h.name for h in sandbox.hosts()]
     # idempotent

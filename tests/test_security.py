@@ -93,7 +93,7 @@ def test_report_url_on_remote_http_is_refused_before_anything_is_sent():
     client = PortalClient("http://127.0.0.1:9/portal", "http://127.0.0.1:9/portal/pop_queue",
                           USER, PASSWORD)
     with pytest.raises(ReportError, match="--allow-insecure-http") as err:
-        client.post("http://portal.example.org/portal/jobs/j/success", "done")
+        client.post("http://portal.example.org/portal/jobs/j/success", {"message": "done"})
     assert err.value.permanent
     client.close()
 
@@ -104,9 +104,9 @@ def test_poller_sets_aside_a_report_to_remote_http_and_says_why(portal, start_po
                  url=job_url)
     p = start_poller("-i", "2")
     assert p.wait(30) == 0
-    line = next(x for x in p.log.splitlines() if "report not delivered" in x)
+    line = next(x for x in p.log.splitlines() if "set aside as undeliverable" in x)
     assert "portal.example.org" in line and "--allow-insecure-http" in line
-    assert "undeliverable" in p.log and not portal.reports("success")
+    assert not portal.reports("success")
 
 
 # -- TLS always verified ---------------------------------------------------------
@@ -155,8 +155,9 @@ def test_ca_file_trusts_the_portal(tls_portal, start_poller, workdir, env):
     portal.queue("tls-ok", "true")
     p = start_poller("-i", "1", "--ca-file", ca, url=portal.url)
     assert p.wait(30) == 0
-    assert portal.status["tls-ok"] == "success"
-    assert [r.user for r in portal.reports()] == [USER]
+    # A real portal's end_run, reached over the same verified TLS as the pop.
+    assert portal.status["tls-ok"] == "complete" and portal.outcome("tls-ok") == "success"
+    assert [(r.kind, r.user) for r in portal.reports()] == [("success", USER), ("end_run", USER)]
 
 
 def test_requests_ca_bundle_trusts_the_portal(tls_portal, start_poller, env):
@@ -164,7 +165,8 @@ def test_requests_ca_bundle_trusts_the_portal(tls_portal, start_poller, env):
     tls_portal.portal.queue("tls-env", "true")
     p = start_poller("-i", "1", url=tls_portal.portal.url)
     assert p.wait(30) == 0
-    assert tls_portal.portal.status["tls-env"] == "success"
+    assert tls_portal.portal.status["tls-env"] == "complete"
+    assert tls_portal.portal.outcome("tls-env") == "success"
 
 
 def test_a_certificate_for_another_host_fails_even_with_its_ca(tmp_path, start_poller):

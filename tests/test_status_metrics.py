@@ -123,7 +123,7 @@ def test_state_series_idle_draining_then_stopped(portal, start_poller, workdir, 
     assert portal.status["drained-job"] == "running"
     (workdir / "drained_job" / "go").touch()
     assert p.wait() == 0
-    assert portal.status["drained-job"] == "success"
+    assert portal.status["drained-job"] == "complete"
     assert poller_state(metrics, "p") == ["stopped"]
 
 
