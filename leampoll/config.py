@@ -241,6 +241,11 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         TrustedOrigins.build(args.site, args.trusted_origin)
     except ValueError as exc:
         raise ConfigError(f"--trusted-origin: {exc}") from None
+    for origin in args.trusted_origin:
+        # A trusted origin receives the password too: the same http rule as the site.
+        insecure = security.insecure_http(origin.strip(), args.allow_insecure_http)
+        if insecure:
+            raise ConfigError(f"--trusted-origin {origin}: {insecure}")
     return Config(
         site=args.site.rstrip("/"),
         user=user,

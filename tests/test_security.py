@@ -29,6 +29,7 @@ import yaml
 
 from leampoll import security
 from leampoll.config import ConfigError, load
+from leampoll.origins import TrustedOrigins
 from leampoll.portal import PortalClient, ReportError
 from tests import playbook
 from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
@@ -87,6 +88,37 @@ def test_allow_insecure_http_lets_a_remote_http_portal_through():
     config = load(["--allow-insecure-http", "http://10.1.2.3/portal"], CREDS)
     assert config.allow_insecure_http and config.site == "http://10.1.2.3/portal"
     assert load(["http://[::1]:8080/portal"], CREDS).site == "http://[::1]:8080/portal"
+
+
+@pytest.mark.parametrize("origin", ["http://portal.example.org", "http://10.0.0.5:8080",
+                                    "HTTP://[fe80::1]"])
+def test_trusted_origin_on_remote_http_needs_allow_insecure_http(origin):
+    site = "https://portal.example.org/portal"
+    with pytest.raises(ConfigError, match="--allow-insecure-http") as err:
+        load(["--trusted-origin", origin, site], CREDS)
+    assert "--trusted-origin" in str(err.value) and PASSWORD not in str(err.value)
+    config = load(["--allow-insecure-http", "--trusted-origin", origin, site], CREDS)
+    assert config.trusted_origins == (origin,)
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.2:8080", "http://localhost",
+                                    "https://portal.example.org"])
+def test_trusted_origin_on_loopback_or_https_needs_nothing(origin):
+    config = load(["--trusted-origin", origin, "http://127.0.0.1/portal"], CREDS)
+    assert config.trusted.allows(origin + "/portal/jobs/j/end_run")
+
+
+def test_trusted_remote_http_report_url_is_still_refused_by_the_client():
+    client = PortalClient("http://127.0.0.1:9/portal", "http://127.0.0.1:9/portal/pop_queue",
+                          USER, PASSWORD,
+                          trusted=TrustedOrigins.build("http://127.0.0.1:9/portal",
+                                                       ["http://portal.example.org"]))
+    with pytest.raises(ReportError, match="--allow-insecure-http") as err:
+        client.post("http://portal.example.org/portal/jobs/j/end_run", {"message": "done"})
+    assert err.value.permanent
+    with pytest.raises(ValueError, match="--allow-insecure-http"):
+        client.probe("http://portal.example.org/portal/portal_membership/isAnonymousUser")
+    client.close()
 
 
 def test_report_url_on_remote_http_is_refused_before_anything_is_sent():
@@ -218,6 +250,28 @@ def test_role_rejects_remote_http_naming_host_and_project(tmp_path):
 def test_role_accepts_remote_http_with_allow_insecure_http(tmp_path):
     out = _validate(tmp_path, _remote_project(allow_insecure_http=True, ca_file="/etc/ca.pem"))
     # Validation passed; the next play then finds the host unreachable.
+    assert "plain http://" not in out.stdout, out.stdout[-3000:]
+    rc = recap(out.stdout)["jobserver-a"]
+    assert rc["failed"] == 0 and rc["unreachable"] == 1, out.stdout[-3000:]
+
+
+def test_role_rejects_a_remote_http_trusted_origin_naming_host_and_project(tmp_path):
+    project = _remote_project(portal_url="https://portal.example.org/remote",
+                              trusted_origins=["https://www.example.org", "http://10.0.0.5:8080"])
+    out = _validate(tmp_path, project)
+    assert out.returncode != 0
+    line = next(x for x in out.stdout.splitlines() if "trusted_origins has a plain http://" in x)
+    assert "jobserver-a" in line and "project remote" in line and "allow_insecure_http" in line
+    assert PASSWORD not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("extra", [
+    {"trusted_origins": ["http://10.0.0.5:8080"], "allow_insecure_http": True},
+    {"trusted_origins": ["http://127.0.0.2:8080", "http://localhost", "https://www.example.org"]},
+])
+def test_role_accepts_trusted_origins_by_the_http_rule(tmp_path, extra):
+    out = _validate(tmp_path, _remote_project(portal_url="https://portal.example.org/remote",
+                                              **extra))
     assert "plain http://" not in out.stdout, out.stdout[-3000:]
     rc = recap(out.stdout)["jobserver-a"]
     assert rc["failed"] == 0 and rc["unreachable"] == 1, out.stdout[-3000:]
