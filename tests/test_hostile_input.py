@@ -27,11 +27,15 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import requests
+import urllib3
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from leampoll.checkout import SVN_SCHEMES, is_git_url, plan
 from leampoll.executor import MAX_NAME, Executor, Outcome, rundir_name
 from leampoll.lifecycle import Lifecycle
+from leampoll.origins import DEFAULT_PORTS, TrustedOrigins, origin_of
 from leampoll.portal import Empty, Job, Refused, parse_answer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +170,8 @@ def test_a_job_answer_keeps_its_fields_or_says_what_is_missing(job, ascii_only):
                                                                  ascii_only))
     assert isinstance(answer, Job)
     for name in FIELDS:  # every usable field exactly as sent, every other one dropped
-        sent = job[name]
+        # An escaped surrogate pair (\ud800\udcff) is one character to JSON.
+        sent = json.loads(json.dumps(job[name])) if ascii_only else job[name]
         usable = _encodable(sent) and len(sent) <= 64 * 1024
         assert getattr(answer, name) == (sent if usable else "")
     runnable = answer.id.strip() and answer.cmdline.strip()
@@ -289,6 +294,86 @@ def test_legacy_xml_repository_stays_one_argument(repo):
         checkout = [argv for stage, argv, _, _ in ex.calls if stage == "checkout"]
         sent = repo.replace("\r\n", "\n").replace("\r", "\n")  # XML's own line-end rule
         assert checkout and sent in checkout[0]
+
+
+# -- repository values that are URLs (leampoll/checkout.py) ---------------------------
+
+URL_HEADS = [*SVN_SCHEMES, "HTTPS://", "Svn://", "git://", "git@host:", "git@", "GIT://", "-",
+             "--config-option=", "-o", "ext::sh -c", "--upload-pack=touch pwned "]
+url_like = st.builds(lambda head, rest, tail: head + rest + tail, st.sampled_from(URL_HEADS),
+                     hostile_text, st.sampled_from(["", ".git", "/", ".git/", " ", "\n"]))
+FIXED_WORDS = {"svn": ["svn", "checkout", "--non-interactive"], "git": ["git", "clone", "--quiet"]}
+
+
+@given(value=st.one_of(url_like, hostile_text), pad=st.sampled_from(["", " ", "\t", "\n "]))
+def test_a_repository_url_is_one_argument_and_never_an_option(value, pad):
+    rundir = Path("/srv/leam/work/run_1")
+    try:
+        checkout = plan(pad + value + pad, rundir)
+    except ValueError:
+        return  # a command shlex cannot split: the job fails with that reason
+    argv = checkout.argv
+    assert argv[-1] == str(rundir) and all(isinstance(a, str) for a in argv)
+    word = value.strip()
+    if checkout.kind == "command":
+        # Only what the portal wrote, split as a shell would, plus at most svn's fixed option.
+        words, given_words = argv[:-1], shlex.split(word)
+        if len(words) == len(given_words) + 1:
+            words = [*words[:words.index("--non-interactive")],
+                     *words[words.index("--non-interactive") + 1:]]
+        assert words == given_words
+        return
+    # A bare URL: the tool's fixed words, the URL verbatim as one argument, the run directory.
+    assert argv == [*FIXED_WORDS[checkout.kind], word, str(rundir)]
+    assert not word.startswith("-") and not any(c.isspace() for c in word)
+    assert checkout.kind == ("git" if is_git_url(word) else "svn")
+
+
+# -- origins that may receive the credentials (leampoll/origins.py) -------------------
+
+SITE_HOST = "portal.example.org"
+AROUND = ["", "@", "\\@", ":443@", ".", "..", "%2e", "#", "?", "/", "\\", ":", ":0", ":65536",
+          ":443", ":80", "%00", "\x00", " ", "\t", "\n", "[", "]", "@evil.example",
+          "evil.example@", "user:pw@", "\u3002", "\uff0e", "\uff30\uff2f\uff32\uff34\uff21\uff2c"]
+around = st.one_of(st.just(""), st.sampled_from(AROUND), hostile_text)
+url_near_site = st.builds(lambda scheme, before, after: f"{scheme}{before}{SITE_HOST}{after}",
+                          st.sampled_from(["https://", "http://", "HTTPS://", "https:/", "https:",
+                                           "//", "https:\\\\", " https://"]),
+                          around, around)
+
+
+def _connects_to(url: str) -> tuple[str, str, int] | None:
+    """Where requests itself would send the request: its own URL preparation and urllib3."""
+    try:
+        prepared = requests.Request("POST", url).prepare().url or ""
+        parts = urllib3.util.parse_url(prepared)
+    except (requests.RequestException, ValueError, urllib3.exceptions.HTTPError):
+        return None
+    scheme = (parts.scheme or "").lower()
+    port = parts.port or DEFAULT_PORTS.get(scheme, 0)
+    return scheme, (parts.host or "").lower().strip("[]").rstrip("."), port
+
+
+@given(url=st.one_of(url_near_site, hostile_text))
+def test_origin_normalisation_never_raises_and_is_stable(url):
+    origin = origin_of(url)
+    if origin is None:
+        return
+    assert origin.scheme in DEFAULT_PORTS and 0 <= origin.port <= 65535
+    assert origin.host and origin.host == origin.host.lower() and not origin.host.endswith(".")
+    assert origin_of(str(origin)) == origin  # normalising twice changes nothing
+
+
+@given(url=url_near_site)
+def test_a_trusted_url_is_sent_where_the_origin_check_says(url):
+    trusted = TrustedOrigins.build(f"https://{SITE_HOST}/portal")
+    if not trusted.allows(url):
+        return
+    # The check and the HTTP library agree on the host: credentials go to the portal only
+    # (or nowhere: a URL requests cannot prepare is a failed report, kept for a retry).
+    target = _connects_to(url)
+    event("allowed, sent" if target else "allowed, requests refuses it")
+    assert target in (None, ("https", SITE_HOST, 443)), url
 
 
 # -- the real spawn: the words arrive as they were sent ----------------------------
