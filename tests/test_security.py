@@ -36,6 +36,7 @@ from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
 from tests.playbook import recap
 from tests.portal_standin import PortalStandin
 from tests.sandbox import Host, Sandbox
+from tests.test_status_metrics import samples
 from tests.tls import ServerCert, private_ca, self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,14 +159,18 @@ def tls_portal(request, tmp_path) -> Iterator[TLSPortal]:
 
 
 def test_untrusted_certificate_fails_with_a_clear_line_and_pops_nothing(tls_portal,
-                                                                        start_poller):
+                                                                        start_poller, tmp_path):
     portal = tls_portal.portal
     portal.queue("tls-job", "true")
-    p = start_poller("--once", url=portal.url)
+    metrics = tmp_path / "m.prom"
+    p = start_poller("--once", "--metrics-file", str(metrics), "--project", "p", url=portal.url)
     assert p.wait(30) == 1
     line = next(x for x in p.log.splitlines() if "TLS certificate" in x)
     assert "not trusted" in line and "--ca-file" in line, line
     assert portal.status["tls-job"] == "queued" and not portal.received  # no request got through
+    # Its own reason in the metrics, not "unreachable".
+    assert samples(metrics).get(
+        ("leampoll_portal_errors_total", ("project", "p"), ("reason", "tls"))) == 1
 
 
 def test_check_fails_on_an_untrusted_certificate(tls_portal, workdir, env):
