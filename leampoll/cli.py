@@ -26,6 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from leampoll import status
 
         return status.main(args[1:])
+    if args[:1] == ["retire"]:
+        from leampoll import retire
+
+        setup_logging("--debug" in args)
+        return retire.main([a for a in args[1:] if a != "--debug"])
     try:
         config = load(args)
     except ConfigError as exc:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from leampoll import supervisor
 from leampoll.config import human
 from leampoll.state import read_json
 
@@ -44,19 +43,7 @@ def _ago(seconds: float | None) -> str:
 
 def supervisor_states() -> dict[str, str]:
     """Program name -> Supervisor state; empty when supervisorctl is not usable here."""
-    exe = shutil.which("supervisorctl")
-    if not exe:
-        return {}
-    try:
-        out = subprocess.run([exe, "status"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isupper():
-            states[parts[0]] = parts[1]
-    return states
+    return supervisor.states()
 
 
 def deployed() -> list[dict]:
@@ -111,6 +98,8 @@ def row(project: dict, programs: dict[str, str], now: float) -> dict:
         "inodes": inodes,
         "memory_available": psutil.virtual_memory().available,
         "last_poll_ago": now - status["last_poll"] if status.get("last_poll") else None,
+        # How long the queue has been found empty without a break (retire --when-idle).
+        "idle_for": now - status["idle_since"] if alive and status.get("idle_since") else None,
         "failing": failing,
         "log": log,
         "workdir": str(workdir),

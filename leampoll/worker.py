@@ -101,6 +101,8 @@ class Worker:
     def cycle(self) -> None:
         """One round: deliver reports, check guards, pop, and run what was popped."""
         once = self.config.once
+        idle_since = self.status["idle_since"]
+        self.status["idle_since"] = None  # unless this cycle finds the queue empty
         if not self.flush_reports():
             self.exit_code = 1 if once else 0
             self.wait(0 if once else self.report_backoff.next(), "backoff")
@@ -122,6 +124,8 @@ class Worker:
                          ended.last)
             self.status["portal_error"] = None
         if isinstance(answer, Empty):
+            # For `leampoll retire --when-idle`: since when the queue is found empty.
+            self.status["idle_since"] = idle_since or time.time()
             self.empties += 1
             log.debug("queue empty (%d in a row)", self.empties)
             if self.config.idle and self.empties >= self.config.idle:
@@ -337,6 +341,7 @@ class Worker:
             "portal_error": None,
             "portal_errors_total": {k: int(v) for k, v in (
                 previous.get("portal_errors_total") or {}).items() if isinstance(v, int)},
+            "idle_since": None,
         }
 
     def _status_key(self) -> tuple:
@@ -344,7 +349,8 @@ class Worker:
         s = self.status
         return (s["state"], s["pid"], s["current"], s["last"], tuple(s["counts"].values()),
                 tuple(s["guard"]["holding"]), s["reports_pending"], s["last_poll"] is None,
-                s["auth"] is None, (s["portal_error"] or {}).get("reason"))
+                s["auth"] is None, (s["portal_error"] or {}).get("reason"),
+                s["idle_since"] is None)
 
     def publish(self) -> None:
         """Write status.json (and metrics) for readers; never fatal."""

@@ -237,6 +237,8 @@ def leftovers() -> int:
                 found.append(f"process {proc.name}: {cmdline.replace(bytes(1), b' ').decode()}")
     found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
               if line.split()[1].startswith(str(STATE))]
+    tag = Sandbox(STATE / "sandbox", log=lambda m: None).tag
+    found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"*/leam-sandbox-{tag}-*")]
     for project, port in PORTS.items():
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
             found.append(f"port 127.0.0.1:{port} ({project}'s portal stand-in) still open")

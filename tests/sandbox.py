@@ -906,6 +906,7 @@ class Sandbox:
         init: str | None = None,
         suite: str = SUITE,
         include: Sequence[str] = (),
+        files: Mapping[str, tuple[str | bytes | Path, int]] | None = None,
     ) -> Host:
         """Make host ``name`` at 127.0.0.``index``, boot it and wait until it serves.
 
@@ -914,8 +915,11 @@ class Sandbox:
         inside the host, so a free-space check can be made to fail there.
         ``init``: "systemd" (default of the sandbox) or "none"; ``suite``:
         bookworm or trixie; ``include``: more packages in the root filesystem
-        (a cached variant of its own). A systemd host is ready when SSH works
-        and ``systemctl is-system-running`` says running or degraded.
+        (a cached variant of its own). ``files``: absolute path -> (content,
+        mode) written into the host's disk before its first boot (a cloud-init
+        seed, say); a Path as content is copied (a folder with what is in it).
+        A systemd host is ready when SSH works and ``systemctl
+        is-system-running`` says running or degraded.
         On failure the host is torn down again before the error is raised.
         """
         _require_root()
@@ -958,6 +962,16 @@ class Sandbox:
             self._write_state(name, state)
         try:
             self._prepare(name, state, lower)
+            for path, (content, mode) in (files or {}).items():
+                target = Path(state["root"]) / path.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, Path):
+                    _run(["cp", "-a", content, target])
+                elif isinstance(content, bytes):
+                    target.write_bytes(content)
+                else:
+                    target.write_text(content)
+                target.chmod(mode)
             if spec.init == INIT_SYSTEMD:
                 return self._boot_systemd(name, state, timeout or BOOT_TIMEOUT)
             return self._start_sshd(name, state, timeout or 30)
@@ -1340,9 +1354,14 @@ class Sandbox:
         before = state.get("pid1_start")
         self.log(f"{name}: systemctl reboot")
         # The SSH session may be cut as the host goes down: its result says nothing.
-        _run(self._host_from_state(state).ssh_command("systemctl reboot"), check=False,
-             timeout=60)
-        reason = self.wait_down(name, timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _run(self._host_from_state(state).ssh_command("systemctl reboot"), check=False,
+                 timeout=60)
+        try:
+            reason = self.wait_down(name, timeout)
+        except SandboxError as exc:
+            report = self._shutdown_report(state)
+            raise SandboxError(f"{exc}; what it waits for:\n{report}") from exc
         if reason not in ("reboot", "gone"):
             raise SandboxError(f"{name}: asked to reboot, but its PID 1 {reason}")
         self.log(f"{name}: went down ({reason}), booting the same disk")
@@ -1350,6 +1369,16 @@ class Sandbox:
         if state["pid1_start"] == before:
             raise SandboxError(f"{name}: boot id unchanged after the reboot")
         return self._follow(host, state)
+
+    def _shutdown_report(self, state: dict) -> str:
+        """systemd's pending jobs and the processes left, read from outside (nsenter)."""
+        host = self._host_from_state(state)
+        out = []
+        for argv in (["systemctl", "list-jobs", "--no-pager"], ["ps", "-ef"]):
+            with contextlib.suppress(Exception):
+                res = host.run_inside(argv, timeout=20)
+                out.append(res.stdout + res.stderr)
+        return "\n".join(out)
 
     def power_cut(self, host: Host | str, timeout: float = 30) -> Host:
         """SIGKILL to the host's systemd from outside: every process of it dies at once.

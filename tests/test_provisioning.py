@@ -1,6 +1,7 @@
 """`ansible-playbook site.yml` over real SSH to real sandbox hosts, with real pollers.
 
-Three hosts: `alpha` (two projects) and `beta` (one project) converge; `tiny`
+Three systemd hosts: `alpha` (bookworm, two projects) and `beta` (trixie, one
+project) converge; `tiny`
 has a 40 MB job filesystem and must fail the free-space check without
 stopping the others. Each project has its own portal stand-in on 127.0.0.1,
 which the hosts reach because they share the machine's network.
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,10 +27,10 @@ from tests import playbook
 from tests.conftest import wait_until
 from tests.playbook import recap
 from tests.portal_standin import PortalStandin
-from tests.sandbox import Host, Sandbox
+from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest"))
+STATE_DIR = TEST_STATE_DIR
 PASSWORD = 'p@ss "w%rd\\ 1'  # supervisor specials: quotes, %, backslash, space
 
 pytestmark = [
@@ -92,7 +94,9 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
     names = [*PROJECTS["alpha"], *PROJECTS["beta"], "tinyproj"]
     portals = {n: PortalStandin("poller", PASSWORD, base_path=f"/{n}").start() for n in names}
     try:
-        with sandbox.hosts_up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"}) as hosts:
+        # systemd hosts, beta on Debian 13 beside the bookworm ones
+        with sandbox.hosts_up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"},
+                              suites={"beta": "trixie"}) as hosts:
             f = Fleet({h.name: h for h in hosts}, portals, tmp_path_factory.mktemp("fleet"))
             f.write(sandbox)
             f.sandbox = sandbox
@@ -245,6 +249,16 @@ def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
     wait_until(lambda: fleet.program("alpha", "chicago")[0] == "RUNNING", 10, "chicago runs")
 
 
+def held_job(name: str) -> str:
+    """A job that runs until the test releases it (`release`), at most 10 minutes."""
+    return (f"sh -c 'for i in $(seq 1200); do test -e /var/tmp/release-{name} && exit 0; "
+            f"sleep 0.5; done; exit 1'")
+
+
+def release(fleet, host: str, name: str) -> None:
+    fleet.hosts[host].ssh(f"touch /var/tmp/release-{name}", check=True)
+
+
 def ops_play(fleet, name: str, *args: str, inventory: Path | None = None,
              ) -> subprocess.CompletedProcess:
     """Run one of playbooks/ against the fleet (or another inventory)."""
@@ -315,8 +329,7 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
 
 def test_status_shows_a_running_job_and_a_guard_hold(fleet):
     chicago = fleet.portals["chicago"]
-    # Runs until the test releases it: the plays below may take long on a busy machine.
-    chicago.queue("status-long", "sh -c 'until [ -e release ]; do sleep 0.2; done'")
+    chicago.queue("status-long", held_job("status-long"))  # runs until released below
     chicago.wait_for(lambda p: p.status.get("status-long") == "running", timeout=30)
     fleet.overrides["stlouis"] = {"min_free_disk": "1000T"}  # more than any disk here
     fleet.write(fleet.sandbox)
@@ -337,7 +350,7 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
         assert row["totals"] == chicago.told()
         assert f"/jobs/{row['last']['id']}/" in chicago.reports()[-1].path
     finally:
-        fleet.hosts["alpha"].ssh("touch /mnt/jobdir/chicago/status_long/release", check=True)
+        release(fleet, "alpha", "status-long")
         fleet.overrides.pop("stlouis")
         fleet.write(fleet.sandbox)
         assert fleet.play("--limit", "beta").returncode == 0
@@ -346,13 +359,24 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
 
 def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
     portal = fleet.portals["chicago"]
-    portal.queue("drain-long", "sleep 30")  # outlasts the play's way to its drain signal
+    portal.queue("drain-long", held_job("drain-long"))
     portal.wait_for(lambda p: p.status.get("drain-long") == "running", timeout=30)
     portal.queue("drain-queued", "true")
     _, stlouis_pid = fleet.program("beta", "stlouis")
-    out = ops_play(fleet, "drain.yml",  # all hosts: tiny, without Supervisor, has nothing to drain
-                   "-e", '{"leam_ops_projects": ["chicago"]}',
-                   "-e", "leam_ops_wait_timeout=120")
+
+    def drains() -> int:  # the poller's log says so once per SIGUSR1
+        log = fleet.hosts["alpha"].ssh("cat /var/log/supervisor/leampoll-chicago.log").stdout
+        return log.count("SIGUSR1: draining")
+
+    before = drains()
+    with ThreadPoolExecutor(1) as pool:
+        play = pool.submit(ops_play, fleet, "drain.yml",  # all hosts: tiny has nothing to drain
+                           "-e", '{"leam_ops_projects": ["chicago"]}',
+                           "-e", "leam_ops_wait_timeout=120")
+        # The job ends only once its poller is draining.
+        wait_until(lambda: drains() > before or play.done(), 120, "chicago's poller draining")
+        release(fleet, "alpha", "drain-long")
+        out = play.result()
     assert out.returncode == 0, out.stdout[-4000:]
     assert recap(out.stdout)["tiny"]["failed"] == 0
     # The play returned after the job was done and reported, not killed.
@@ -390,11 +414,13 @@ def newer_source(fleet, version: str) -> Path:
 def test_upgrade_leaves_a_host_whose_job_outlasts_the_bound(fleet):
     chicago = fleet.portals["chicago"]
     before = {h: installed_version(fleet, h) for h in ("alpha", "beta")}
-    chicago.queue("outlasts", "sleep 25")
+    # Runs until the test releases it: the play may take long on a busy machine.
+    chicago.queue("outlasts", "sh -c 'until [ -e release ]; do sleep 0.2; done'")
     chicago.wait_for(lambda p: p.status.get("outlasts") == "running", timeout=30)
     source = newer_source(fleet, "3.98.0")
     out = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
                    "-e", f"leampoll_source={source}", "-e", "leam_ops_wait_timeout=1")
+    fleet.hosts["alpha"].ssh("touch /mnt/jobdir/chicago/outlasts/release", check=True)
     assert out.returncode != 0
     assert "leampoll-chicago still running a job" in out.stdout, out.stdout[-4000:]
     assert "upgrade to 3.98.0 postponed" in out.stdout

@@ -14,7 +14,8 @@ is renamed into place, so two runs at once never see half a build.
         DIR/wheelhouse.tar: the wheel and its dependencies (with EXTRAS,
         e.g. "[metrics]"), one archive for one transfer per host; collected
         once per build, so the hosts get the same dependencies until the
-        sources change (or the cache is removed)
+        sources change (or the cache is removed); beside a wheel built for
+        this Python only, its pure-Python wheel, for hosts of another Python
 
 Where this Python has a setuptools that pyproject.toml accepts, the build
 calls it directly (PEP 517 hook); otherwise pip builds in an isolated
@@ -35,6 +36,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+# Marks a wheelhouse.tar that holds the portable wheels too (see add_portable_wheels).
+PORTABLE_STAMP = ".wheelhouse-portable"
 # pyproject.toml's [build-system] requires setuptools>=68.
 SETUPTOOLS_MAJOR = 68
 DIRECT_BUILD = (
@@ -124,18 +127,43 @@ def wheel(args: argparse.Namespace) -> None:
                       "sha256": hashlib.sha256(built.read_bytes()).hexdigest()}))
 
 
+def add_portable_wheels(scratch: Path) -> None:
+    """Beside each wheel built for this Python only, its pure-Python wheel, where one exists.
+
+    The hosts may run another Python than the controller (a bookworm
+    controller's 3.11, trixie hosts' 3.13): their pip then picks the
+    portable wheel. A dependency without one needs the same Python on both.
+    """
+    for path in sorted(scratch.glob("*.whl")):
+        name, version, *_, abi, _platform = path.stem.split("-")
+        if abi in ("none", "abi3"):
+            continue
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+             "--no-deps", "--only-binary=:all:", "--platform", "any", "--implementation", "py",
+             "--abi", "none", "--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}",
+             "--dest", str(scratch), f"{name}=={version}"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"{path.name}: no pure-Python wheel; hosts need Python "
+                  f"{sys.version_info[0]}.{sys.version_info[1]}", file=sys.stderr)
+
+
 def wheelhouse(args: argparse.Namespace) -> None:
-    if (args.dir / "wheelhouse.tar").is_file():  # collected once per build
+    # Collected once per build (the stamp: with the portable wheels).
+    if (args.dir / "wheelhouse.tar").is_file() and (args.dir / PORTABLE_STAMP).is_file():
         return
     scratch = Path(tempfile.mkdtemp(prefix=".wheelhouse-", dir=args.dir))
     try:
         run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--quiet",
              "--wheel-dir", str(scratch), f"{the_wheel(args.dir)}{args.extras}"],
             dict(os.environ))
+        add_portable_wheels(scratch)
         with tarfile.open(scratch / "wheelhouse.tar", "w") as tar:
             for path in sorted(scratch.glob("*.whl")):
                 tar.add(path, arcname=path.name)
         (scratch / "wheelhouse.tar").rename(args.dir / "wheelhouse.tar")
+        (args.dir / PORTABLE_STAMP).touch()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
