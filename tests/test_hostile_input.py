@@ -223,7 +223,8 @@ def _check_commands(ex: RecordingExecutor, job: Job, outside: Path) -> None:
     for stage, argv, cwd, env in ex.calls:
         assert isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-        text = job.repository if stage == "checkout" else job.cmdline
+        # A checkout's value is taken without white space at its ends (Unicode's too).
+        text = job.repository.strip() if stage == "checkout" else job.cmdline
         try:
             words = shlex.split(text)
         except ValueError:  # not a command line; a checkout may take it as one URL
