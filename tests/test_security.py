@@ -409,8 +409,8 @@ def test_pollers_and_jobs_run_as_leam_and_no_argv_holds_the_password(audit):
     argv = audit.ssh(r"cat /proc/[0-9]*/cmdline | tr '\0' '\n'")
     assert "/usr/local/bin/leampoll" in argv
     _no_secret(argv)
-    plain.wait_for(lambda p: p.status.get("audit-long") == "success", timeout=60)
-    tlsca.wait_for(lambda p: p.status.get("audit-tls") == "success", timeout=60)
+    plain.wait_for(lambda p: p.outcome("audit-long") == "success", timeout=60)
+    tlsca.wait_for(lambda p: p.outcome("audit-tls") == "success", timeout=60)
 
 
 @on_sandbox
@@ -442,7 +442,7 @@ def test_program_files_root_only_and_leam_cannot_change_code_or_programs(audit):
 @on_sandbox
 def test_password_only_in_the_root_only_program_files(audit):
     # After jobs ran and logs were written: the poller's, Supervisor's, the jobs'.
-    audit.portals["plain"].wait_for(lambda p: p.status.get("audit-long") == "success", 60)
+    audit.portals["plain"].wait_for(lambda p: p.outcome("audit-long") == "success", 60)
     logs = audit.ssh("ls /var/log/supervisor/").split()
     assert {"leampoll-plain.log", "leampoll-tlsca.log", "supervisord.log"} <= set(logs), logs
     assert audit.ssh("ls /mnt/jobdir/plain/").count(".log")  # job logs are kept
