@@ -16,6 +16,7 @@ from leampoll import __version__, guards
 from leampoll.auth import CHECK_PATH, Verdict, classify
 from leampoll.config import Config
 from leampoll.portal import PortalClient
+from leampoll.security import tls_problem
 
 
 def run(config: Config, out: TextIO = sys.stdout) -> int:
@@ -38,7 +39,8 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
             line("FAIL" if reading.holds else "ok", reading.guard, str(reading))
 
     client = PortalClient(config.site, config.pop_url, config.user, config.password,
-                          config.connect_timeout, min(config.read_timeout, 30), config.trusted)
+                          config.connect_timeout, min(config.read_timeout, 30), config.trusted,
+                          config.ca_file, config.allow_insecure_http)
     try:
         answer = client.probe(config.site)
         if answer.status >= 500:
@@ -51,6 +53,8 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
                 result.verdict, "cannot be verified")
             line(status, "login", f"credentials of {config.user!r} {word} by {config.site} "
                                   f"({result.detail})")
+    except requests.exceptions.SSLError as exc:
+        line("FAIL", "tls", f"{config.site}: {tls_problem(exc)}")
     except requests.RequestException as exc:
         line("FAIL", "portal", f"{config.site} unreachable: {exc.__class__.__name__}")
     finally:

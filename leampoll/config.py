@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leampoll import __version__, sources
+from leampoll import __version__, security, sources
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.origins import TrustedOrigins
 
@@ -103,6 +103,8 @@ class Config:
     keep_failed_running: bool = False
     trusted_origins: tuple[str, ...] = ()
     password_file: Path | None = None  # re-read on SIGHUP
+    allow_insecure_http: bool = False
+    ca_file: Path | None = None
 
     @property
     def pop_url(self) -> str:
@@ -243,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted-origin", action="append", default=[], metavar="URL",
                    help="another origin (scheme://host[:port]) of this portal that may receive "
                         "reports and credentials, e.g. its public name; repeatable")
+    p.add_argument(security.INSECURE_OPTION, action="store_true",
+                   help="allow plain http:// to a portal that is not on loopback "
+                        "(the password then crosses the network unencrypted)")
+    p.add_argument(security.CA_OPTION, type=Path, default=None, metavar="PATH",
+                   help="CA certificate(s) (PEM) to verify the portal's TLS certificate with")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true",
                       help="at most one guard/pop/run/report cycle, then exit")
@@ -277,6 +284,12 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError(f"portal URL must be http(s)://host/...: {args.site!r}")
     if parts.username or parts.password:
         raise ConfigError("put credentials in PORTAL_USER/PORTAL_PASSWORD, not in the URL")
+    insecure = security.insecure_http(args.site, args.allow_insecure_http)
+    if insecure:
+        raise ConfigError(f"portal URL {args.site}: {insecure}")
+    if args.ca_file is not None and not (args.ca_file.is_file()
+                                         and os.access(args.ca_file, os.R_OK)):
+        raise ConfigError(f"{security.CA_OPTION} {args.ca_file}: not a readable file")
     user = args.user or ""
     password = args.password or ""
     if password and args.password_file:
@@ -297,6 +310,11 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         TrustedOrigins.build(args.site, args.trusted_origin)
     except ValueError as exc:
         raise ConfigError(f"--trusted-origin: {exc}") from None
+    for origin in args.trusted_origin:
+        # A trusted origin receives the password too: the same http rule as the site.
+        insecure = security.insecure_http(origin.strip(), args.allow_insecure_http)
+        if insecure:
+            raise ConfigError(f"--trusted-origin {origin}: {insecure}")
     return Config(
         site=args.site.rstrip("/"),
         user=user,
@@ -325,4 +343,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         keep_failed_running=args.keep_failed_running,
         trusted_origins=tuple(args.trusted_origin),
         password_file=args.password_file.absolute() if args.password_file else None,
+        allow_insecure_http=args.allow_insecure_http,
+        ca_file=args.ca_file.absolute() if args.ca_file else None,
     )

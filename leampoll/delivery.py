@@ -23,6 +23,7 @@ from pathlib import Path
 
 from leampoll.origins import origin_of
 from leampoll.portal import PortalClient, ReportError
+from leampoll.security import insecure_http
 from leampoll.state import Report, read_json, write_json
 
 log = logging.getLogger("leampoll")
@@ -110,11 +111,18 @@ class Deliverer:
         chain = attempts(report, self.memory.end_run, self.keep_failed_running)
         missing: list[tuple[str, int]] = []  # (endpoint, status) of the 404/405s
         for attempt in chain:
+            insecure = insecure_http(attempt.url, self.portal.allow_insecure_http)
+            if insecure:
+                # Checked before the origin: even a trusted origin gets no password in clear.
+                return Delivery("undeliverable", attempt.endpoint,
+                                f"{attempt.endpoint} URL {attempt.url} refused: {insecure}")
             if not self.portal.trusted.allows(attempt.url):
                 return self._untrusted(report, attempt)
             try:
                 answer = self.portal.post(attempt.url, attempt.fields)
             except ReportError as exc:
+                if exc.permanent:
+                    return Delivery("undeliverable", attempt.endpoint, str(exc))
                 log.warning("job %s: %s report not delivered to %s: %s; kept for a retry",
                             report.job_id, report.kind, attempt.endpoint, exc)
                 return Delivery("retry", attempt.endpoint, str(exc))

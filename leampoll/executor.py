@@ -160,6 +160,8 @@ class Executor:
             argv = shlex.split(job.cmdline)
         except ValueError as exc:
             return Outcome(False, "run", detail=f"bad command line: {exc}")
+        if not argv:
+            return Outcome(False, "run", detail="empty command line")
         env = {**os.environ, **job_env, "LEAM_RUNDIR": str(rundir)}
         return self.run_group("run", argv, rundir, env, log, self.job_timeout)
 
@@ -174,6 +176,8 @@ class Executor:
                                     start_new_session=True, close_fds=True)
         except OSError as exc:
             return Outcome(False, stage, detail=f"cannot start {argv[0]!r}: {exc.strerror}")
+        except ValueError as exc:  # a NUL or an unencodable character: no exec can take it
+            return Outcome(False, stage, detail=f"cannot start {argv[0]!r}: {exc}")
         self.on_start(stage, proc.pid)
         deadline = start + timeout if timeout else None
         kill_at: float | None = None

@@ -42,8 +42,10 @@ def origin_of(url: str) -> Origin | None:
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS or not parts.hostname or parts.username or parts.password:
         return None
-    return Origin(scheme, parts.hostname.lower().rstrip("."),
-                  port if port is not None else DEFAULT_PORTS[scheme])
+    host = parts.hostname.lower().rstrip(".")
+    if not host or any(c.isspace() or not c.isprintable() for c in host):
+        return None  # no host has these; such a "host" would not compare stably
+    return Origin(scheme, host, port if port is not None else DEFAULT_PORTS[scheme])
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -23,6 +24,7 @@ from urllib3.util.retry import Retry
 
 from leampoll import __version__
 from leampoll.origins import TrustedOrigins
+from leampoll.security import insecure_http, tls_problem
 
 log = logging.getLogger("leampoll")
 
@@ -88,15 +90,21 @@ class Refused:
 
 # The fixed set of Refused.kind values.
 REFUSED_KINDS = ("http_5xx", "http_4xx", "redirect", "login_redirect", "unreachable",
-                 "malformed", "unexpected_type", "too_large", "portal_error")
+                 "malformed", "unexpected_type", "too_large", "portal_error", "tls")
 
 
 Answer = Job | Empty | Refused
 
 
 def _text(data: dict, key: str) -> str:
+    """A field as text, or "" when it cannot be one: too long, NUL, or not encodable
+    (a lone surrogate from a JSON escape would crash the exec of a command or env)."""
     value = data.get(key)
     if isinstance(value, str) and len(value) <= _FIELD_MAX and "\x00" not in value:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ""
         return value
     return ""
 
@@ -148,7 +156,8 @@ def parse_answer(status: int, content_type: str, body: bytes,
                  retry_after: str | None = None, location: str = "") -> Answer:
     """Turn one pop_queue answer into a Job, Empty or Refused. Never raises."""
     wait = _retry_after(retry_after)
-    ctype = (content_type or "").split(";")[0].strip().lower()
+    # Whitespace folded: a header is the portal's text, and a log line stays one line.
+    ctype = re.sub(r"\s+", " ", (content_type or "").split(";")[0]).strip().lower()
     if 300 <= status < 400:
         where = location[:200] or "no Location"
         if is_login_url(location):
@@ -229,7 +238,7 @@ def _parse_xml(body: bytes) -> Answer:
     return Job(
         id=job_id,
         cmdline=LEGACY_CMDLINE,
-        repository=f"svn co {repo}" if repo else "",
+        repository=shlex.join(["svn", "co", repo]) if repo else "",  # the URL stays one word
         title=(root.findtext("scenario/title") or "").strip(),
         legacy_xml=body,
     )
@@ -261,11 +270,15 @@ class PortalClient:
 
     def __init__(self, site: str, pop_url: str, user: str, password: str,
                  connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 trusted: TrustedOrigins | None = None) -> None:
+                 trusted: TrustedOrigins | None = None, ca_file: str | None = None,
+                 allow_insecure_http: bool = False) -> None:
         self.site = site
         self.pop_url = pop_url
         self.timeout = (connect_timeout, read_timeout)
         self.trusted = trusted or TrustedOrigins.build(site)
+        # None: requests' own choice (REQUESTS_CA_BUNDLE, else its bundle); a path wins over it.
+        self.verify = str(ca_file) if ca_file else None
+        self.allow_insecure_http = allow_insecure_http
         agent = f"leampoll/{__version__} (+LEAM job server)"
         # A pop may only be retried when the request never left: connect errors.
         self._pop = _session((user, password), agent,
@@ -282,22 +295,40 @@ class PortalClient:
         """One pop. Network failures come back as Refused, never as exceptions."""
         try:
             with self._pop.get(self.pop_url, timeout=self.timeout, stream=True,
-                               allow_redirects=False) as r:
+                               allow_redirects=False, verify=self.verify) as r:
                 body = _read_capped(r)
                 if body is None:
                     return Refused("answer larger than 1 MiB", kind="too_large")
                 return parse_answer(r.status_code, r.headers.get("Content-Type", ""), body,
                                     r.headers.get("Retry-After"), r.headers.get("Location", ""))
+        except requests.exceptions.SSLError as exc:
+            return Refused(tls_problem(exc), kind="tls")
         except requests.RequestException as exc:
             return Refused(f"portal unreachable: {_why(exc)}", kind="unreachable")
 
+    def refusal(self, url: str) -> str:
+        """Why `url` may not receive the credentials, or "" when it may.
+
+        The http rule comes first: a trusted origin on plain http is still refused.
+        """
+        insecure = insecure_http(url, self.allow_insecure_http)
+        if insecure:
+            return f"refused: {insecure}"
+        if not self.trusted.allows(url):
+            return "is not on a trusted origin"
+        return ""
+
     def post(self, url: str, fields: dict[str, str]) -> Answered:
         """POST a form; the answer whatever its status. ReportError when none came."""
-        if not self.trusted.allows(url):
+        refused = self.refusal(url)
+        if refused:
+            # Credentials only ever go to the portal they belong to, and never in clear.
+            raise ReportError(f"report URL {url!r} {refused}", permanent=True)
             # Credentials only ever go to the portal they belong to.
             raise ReportError(f"report URL {url!r} is not on a trusted origin", permanent=True)
         try:
-            r = self._report.post(url, data=fields, timeout=self.timeout, allow_redirects=False)
+            r = self._report.post(url, data=fields, timeout=self.timeout, allow_redirects=False,
+                                  verify=self.verify)
         except requests.RequestException as exc:
             raise ReportError(f"{url}: {_why(exc)}") from None
         return Answered(r.status_code, r.text[:200], r.headers.get("Location", ""))
@@ -305,11 +336,13 @@ class PortalClient:
     def probe(self, url: str) -> Answered:
         """A GET with credentials on the portal's own origin, redirects not followed.
 
-        Network failures raise requests.RequestException.
+        Network failures raise requests.RequestException (TLS ones requests' SSLError).
         """
-        if not self.trusted.allows(url):
-            raise ValueError(f"{url!r} is not on a trusted origin")
-        r = self._report.get(url, timeout=self.timeout, allow_redirects=False)
+        refused = self.refusal(url)
+        if refused:
+            raise ValueError(f"{url!r} {refused}")
+        r = self._report.get(url, timeout=self.timeout, allow_redirects=False,
+                             verify=self.verify)
         return Answered(r.status_code, r.text[:400], r.headers.get("Location", ""))
 
     def set_credentials(self, user: str, password: str) -> None:
@@ -344,5 +377,7 @@ def _read_capped(r: requests.Response) -> bytes | None:
 
 def _why(exc: Exception) -> str:
     """A one-line reason without URLs' query strings or credentials."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return tls_problem(exc)
     text = str(exc.__context__ or exc) if isinstance(exc, requests.ConnectionError) else str(exc)
     return re.sub(r"\s+", " ", text)[:160]

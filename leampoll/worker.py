@@ -49,7 +49,8 @@ class Worker:
         self.config = config
         self.life = Lifecycle()
         self.portal = PortalClient(config.site, config.pop_url, config.user, config.password,
-                                   config.connect_timeout, config.read_timeout, config.trusted)
+                                   config.connect_timeout, config.read_timeout, config.trusted,
+                                   config.ca_file, config.allow_insecure_http)
         self.state = State(config.state_dir)
         self.deliverer = Deliverer(self.portal, EndpointMemory(self.state.endpoints_path,
                                                                config.site),

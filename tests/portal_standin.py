@@ -48,6 +48,7 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -124,7 +125,9 @@ class PortalStandin:
         private: bool = False,
         public_url: str | None = None,
         legacy_xml: bool = False,
+        tls: tuple[str, str] | None = None,
     ) -> None:
+        """`tls=(certfile, keyfile)` serves https:// with that certificate."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.user = user
@@ -149,6 +152,12 @@ class PortalStandin:
         self.fault_hook: Callable[[Received], Canned | None] | None = None
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -156,7 +165,7 @@ class PortalStandin:
     @property
     def root(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     @property
     def port(self) -> int:

@@ -319,3 +319,38 @@ def test_password_file_first_line_is_the_password(tmp_path):
                   {"PORTAL_USER": "u", "LEAMPOLL_PASSWORD_FILE": str(path)})
     assert config.password == "first line \twith spaces" and config.password_file == path
     assert "first line" not in repr(config)
+
+
+# The http rule and the CA check hold whatever source the settings come from.
+CREDENTIALS = {"PORTAL_USER": "u", "PORTAL_PASSWORD": "p"}
+
+
+def test_plain_http_portal_from_environment_or_file_is_refused_off_loopback(tmp_path):
+    with pytest.raises(ConfigError, match="--allow-insecure-http"):
+        load([], {**CREDENTIALS, "LEAMPOLL_SITE": "http://portal.example/p"})
+    config = tmp_path / "leampoll.toml"
+    config.write_text('site = "http://portal.example/p"\n')
+    with pytest.raises(ConfigError, match="--allow-insecure-http"):
+        load([], {**CREDENTIALS, "LEAMPOLL_CONFIG": str(config)})
+    config.write_text('site = "http://portal.example/p"\nallow_insecure_http = true\n')
+    assert load([], {**CREDENTIALS, "LEAMPOLL_CONFIG": str(config)}).allow_insecure_http
+    assert load([], {**CREDENTIALS, "LEAMPOLL_SITE": "http://portal.example/p",
+                     "LEAMPOLL_ALLOW_INSECURE_HTTP": "yes"}).allow_insecure_http
+
+
+def test_plain_http_trusted_origin_from_environment_is_refused_off_loopback():
+    with pytest.raises(ConfigError, match="--allow-insecure-http"):
+        load(["https://portal.example/p"],
+             {**CREDENTIALS, "LEAMPOLL_TRUSTED_ORIGIN": "http://reports.example"})
+
+
+def test_ca_file_from_environment_or_file_must_be_readable(tmp_path):
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(ConfigError, match=f"--ca-file {missing}: not a readable file"):
+        load(["https://portal.example/p"], {**CREDENTIALS, "LEAMPOLL_CA_FILE": str(missing)})
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    config = tmp_path / "leampoll.toml"
+    config.write_text(f'ca_file = "{ca}"\n')
+    assert load(["https://portal.example/p"],
+                {**CREDENTIALS, "LEAMPOLL_CONFIG": str(config)}).ca_file == ca

@@ -224,7 +224,7 @@ def test_load_rejects_credentials_in_url(url):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://portal.example.org", "https://portal.example.org", "HTTPS://portal.example.org",
+    ["http://localhost:8080/portal", "https://portal.example.org", "HTTPS://portal.example.org",
      "https://portal.example.org:8443/region", "http://127.0.0.1:8080/"],
 )
 def test_load_accepts_http_urls(url):
