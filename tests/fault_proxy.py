@@ -261,6 +261,12 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _handle(self) -> None:
             fault, slow, retry_after, spare_jobs = proxy._current()
+            if fault == "down":
+                # Read on a kept-alive connection before it was cut, handled after:
+                # a portal that is down never hears it (a pop forwarded now could
+                # hand out a job whose answer the poller never gets).
+                self.close_connection = True
+                return
             if fault == "storm":
                 proxy._count(fault)
                 extra = [("Retry-After", str(retry_after))] if retry_after is not None else []

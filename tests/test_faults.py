@@ -2,8 +2,9 @@
 
 Three hosts with four projects each (twelve pollers) poll one portal stand-in
 through the fault proxy; host `fa` also runs a `solo` project on a portal of its
-own, the one-poller baseline of the load case, and a `tight` project on a small
-job filesystem for the disk case. Every case queues its own jobs (the job writes
+own, the one-poller baseline of the load case, on a small job filesystem for the
+disk case; the memory case adds two projects to `fa` on a third portal. Every
+case queues its own jobs (the job writes
 a ledger beside its run directory) and then checks the promise: every job ended
 exactly once, none ran twice at the same time, no job process left on a host,
 nothing written outside the job tree. Figures go to RELIABILITY.md (`make faults`).
@@ -11,7 +12,9 @@ nothing written outside the job tree. Figures go to RELIABILITY.md (`make faults
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -19,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import playbook
 from tests.conftest import wait_until
@@ -27,15 +32,17 @@ from tests.ledger import Runs, job_cmdline
 from tests.playbook import recap
 from tests.portal_standin import REPORT_KINDS, PortalStandin
 from tests.reliability import Case
-from tests.sandbox import Host, Sandbox
+from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
-STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest")).with_name(
-    Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest")).name + "-faults")
+# Beside the other suites' hosts of the same state dir (LEAM_SANDBOX_STATE), never another's.
+STATE_DIR = TEST_STATE_DIR.with_name(TEST_STATE_DIR.name + "-faults")
 PASSWORD = "fault-suite-Pa55"
 HOSTS = ["fa", "fb", "fc"]
 PROJECTS = ["p1", "p2", "p3", "p4"]
 LOAD_JOBS = int(os.environ.get("LEAM_FAULTS_LOAD_JOBS", "1000"))
 SOLO_JOBS = max(20, LOAD_JOBS // 10)
+GUARDED = ["m1", "m2"]  # the memory case's projects on fa
+GIB = 2**30
 
 pytestmark = [
     pytest.mark.faults,
@@ -83,12 +90,14 @@ class FaultFleet:
     """The hosts, the portal behind its proxy, and what each case needs to check."""
 
     def __init__(self, sandbox: Sandbox, hosts: dict[str, Host], portal: PortalStandin,
-                 proxy: FaultProxy, solo: PortalStandin, workdir: Path) -> None:
+                 proxy: FaultProxy, solo: PortalStandin, mem: PortalStandin,
+                 workdir: Path) -> None:
         self.sandbox = sandbox
         self.hosts = hosts
         self.portal = portal
         self.proxy = proxy
         self.solo = solo
+        self.mem = mem
         self.dir = workdir
         self.inventory = workdir / "inventory.yml"
 
@@ -97,19 +106,30 @@ class FaultFleet:
                 "portal_password": PASSWORD, "speed": 1, "min_free_disk": "10M",
                 "min_free_mem": "10M", **settings}
 
-    def converge(self) -> None:
+    def converge(self, extra: dict[str, list[dict]] | None = None, *args: str) -> None:
+        """Run site.yml; ``extra``: more projects by host, ``args``: for ansible-playbook."""
         host_vars = {h: {"leam_projects": [self.project(p, self.proxy.url) for p in PROJECTS]}
                      for h in HOSTS}
         host_vars["fa"]["leam_projects"] += [
             self.project("solo", self.solo.url),
         ]
+        # Metrics on fa, served on its own address (127.0.0.1:9100 may be taken here).
+        host_vars["fa"].update(leampoll_metrics=True,
+                               leampoll_node_exporter_listen_address=self.metrics_address)
+        for host, projects in (extra or {}).items():
+            host_vars[host]["leam_projects"] += projects
         group_vars = {"leam_jobservers": {
             "leampoll_install_mode": "wheelhouse", "leam_jobdir_min_free": "20M",
             "leampoll_drain_timeout": 120,
             "leampoll_extra_args": ["--max-backoff", "4", "--timeout", "3"]}}
         self.sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars=group_vars)
-        out = playbook.run(self.inventory, "site.yml", log_dir=self.dir)
+        out = playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
+        assert out.returncode == 0, out.stdout[-4000:]
         assert all(r["failed"] == 0 for r in recap(out.stdout).values()), out.stdout[-4000:]
+
+    @property
+    def metrics_address(self) -> str:
+        return f"{self.hosts['fa'].address}:9100"
 
     # -- what the hosts saw ------------------------------------------------------
 
@@ -154,8 +174,22 @@ class FaultFleet:
                 found[name] = out.stdout.strip()
         return found
 
-    def settle(self, jobs: list[str], timeout: float) -> None:
-        wait_until(lambda: all(ended(self.portal, j) for j in jobs), timeout,
+    def pollers(self, host: str) -> dict[str, dict]:
+        """`leampoll status --json` on ``host``, by project."""
+        out = self.hosts[host].ssh("leampoll status --json", check=True)
+        return {row["project"]: row for row in json.loads(out.stdout)}
+
+    def guard_series(self, guard: str) -> dict[str, float]:
+        """``leampoll_guard_hold{guard=...}`` by project, as fa's node_exporter serves it."""
+        text = requests.get(f"http://{self.metrics_address}/metrics", timeout=10).text
+        return {s.labels["project"]: s.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "leampoll_guard_hold"
+                for s in family.samples if s.labels.get("guard") == guard}
+
+    def settle(self, jobs: list[str], timeout: float, portal: PortalStandin | None = None) -> None:
+        portal = portal or self.portal
+        wait_until(lambda: all(ended(portal, j) for j in jobs), timeout,
                    f"all {len(jobs)} jobs ended in the portal")
         wait_until(lambda: not self.job_processes(), 30,
                    f"no job process left on the hosts ({self.job_processes()})")
@@ -167,9 +201,10 @@ def fleet(tmp_path_factory) -> Iterator[FaultFleet]:
     sandbox.down_all()
     with PortalStandin("poller", PASSWORD) as portal, \
             PortalStandin("poller", PASSWORD, base_path="/solo") as solo, \
+            PortalStandin("poller", PASSWORD, base_path="/mem") as mem, \
             FaultProxy(portal.root, site_path=portal.base_path) as proxy, \
             sandbox.hosts_up(HOSTS, jobdir_size={"fa": "64M"}) as hosts:
-        f = FaultFleet(sandbox, {h.name: h for h in hosts}, portal, proxy, solo,
+        f = FaultFleet(sandbox, {h.name: h for h in hosts}, portal, proxy, solo, mem,
                        tmp_path_factory.mktemp("faults"))
         f.converge()
         yield f
@@ -183,11 +218,13 @@ def case(fleet, reliability):
 
     def finish(name: str, jobs: list[str], note: str = "", runs_expected: int | None = 1,
                since: float | None = None, portal: PortalStandin | None = None,
-               cuts: dict[str, float] | None = None) -> Case:
+               cuts: dict[str, float] | None = None, quiet_since: float | None = None) -> Case:
         """Check the promise for ``jobs`` and keep the case's figures.
 
         ``runs_expected``: completed runs each job's ledger must show (None: the
-        jobs keep no ledger); ``cuts``: hosts that lost power during the case.
+        jobs keep no ledger); ``cuts``: hosts that lost power during the case;
+        ``quiet_since``: wall-clock time from which nothing may be written outside
+        the job tree (after a converge the case itself ran).
         """
         portal = portal or fleet.portal
         runs = fleet.runs(cuts)
@@ -207,7 +244,7 @@ def case(fleet, reliability):
             assert {j: runs.completed(j) for j in jobs
                     if runs.completed(j) != runs_expected} == {}
         assert result.lost == 0
-        assert fleet.written_outside(wall) == {}
+        assert fleet.written_outside(quiet_since or wall) == {}
         return result
 
     return finish
@@ -333,3 +370,94 @@ def test_disk_fills_during_a_job(fleet, case):
     assert fleet.program_states("fa")["leampoll-solo"] == "RUNNING"
     case("disk fills during a job", ["fill", "after-fill"], portal=fleet.solo,
          runs_expected=None, note="job ended; pops held until space returned")
+
+
+def hog_cmdline(size: int, limit: float = 300) -> str:
+    """A job that takes ``size`` bytes of memory (written, so the kernel really
+    gives them) and keeps them until a file `release` appears in its run
+    directory, or for ``limit`` seconds at most; says `allocated` when it has them."""
+    script = (f"import os, time; hog = b'x' * {size}; open('allocated', 'w').close(); "
+              f"any(os.path.exists('release') or time.sleep(0.2) for _ in range({int(limit * 5)}))")
+    return "python3 -c " + json.dumps(script)
+
+
+def test_memory_pressure_holds_pops_until_memory_returns(fleet, case):
+    """A job on fa's solo poller takes several GB; fa's pollers m1 and m2, whose
+    memory guard sits between the memory available before and during that job
+    (the hosts share the machine's memory), hold their pops while it runs and
+    take their jobs once it has ended; the pollers live through it."""
+    fa = fleet.hosts["fa"]
+    available = fleet.pollers("fa")["solo"]["memory_available"]
+    # Bounded: the machine is shared with other suites; a third of what is free at most.
+    hog = min(6 * GIB, available // 3)
+    if hog < GIB:
+        pytest.skip(f"only {available / GIB:.1f} GB available: too little to press on")
+    need = available - hog // 2  # a margin of hog/2 either side of the guard
+    # Set the guard the way a user would: inventory, then converge (fa only).
+    fleet.converge({"fa": [fleet.project(m, fleet.mem.url, min_free_mem=f"{need >> 20}M")
+                           for m in GUARDED]}, "--limit", "fa")
+    quiet, t0 = time.time(), time.monotonic()
+    everyone = [*PROJECTS, "solo", *GUARDED]  # fa's pollers
+
+    def holding() -> list[str]:
+        rows = fleet.pollers("fa")
+        return [m for m in GUARDED if "memory" in rows[m]["guard"]["holding"]]
+
+    def prom_written() -> dict[str, float]:
+        out = fa.ssh("stat -c '%n %.3Y' /var/lib/leampoll/metrics/leampoll-m?.prom", check=True)
+        return {Path(n).stem.removeprefix("leampoll-"): float(t)
+                for n, t in (line.split() for line in out.stdout.splitlines())}
+
+    def logs() -> dict[str, str]:
+        return {m: fa.ssh(f"cat /var/log/supervisor/leampoll-{m}.log").stdout for m in GUARDED}
+
+    wait_until(lambda: all(fleet.pollers("fa")[m]["last_poll_ago"] is not None
+                           for m in GUARDED), 60, "m1 and m2 polling")
+    assert {m: fleet.pollers("fa")[m]["guard"]["holding"] for m in GUARDED} == {
+        m: [] for m in GUARDED}
+    assert fleet.guard_series("memory") == dict.fromkeys(everyone, 0.0)
+
+    pids = {m: fleet.pollers("fa")[m]["pid"] for m in ["solo", *GUARDED]}
+    fleet.solo.queue("mem-hog", hog_cmdline(hog))
+    rundir = "/mnt/jobdir/solo/mem_hog"
+    try:
+        wait_until(lambda: fa.ssh(f"test -e {rundir}/allocated").returncode == 0, 120,
+                   f"the job holding {hog / GIB:.1f} GB")
+        wait_until(lambda: holding() == GUARDED, 30, "m1 and m2 holding on memory")
+        held_at = time.time()
+        pops_before = len(fleet.mem.requests_of("pop"))
+        jobs = [fleet.mem.queue(f"mem-{i}", job_cmdline())["id"] for i in range(4)]
+        queued_at = time.time()
+        # Each holding cycle rewrites its metrics file: a few cycles with the jobs queued.
+        wait_until(lambda: all(t > queued_at + 3 for t in prom_written().values()), 30,
+                   "m1 and m2 checking their guards with jobs queued")
+        assert holding() == GUARDED
+        assert fleet.mem.requests_of("pop")[pops_before:] == []  # not one pop while held
+        assert [fleet.mem.status[j] for j in jobs] == ["queued"] * len(jobs)
+        during = fleet.pollers("fa")["m1"]["memory_available"]
+        assert {m: v for m, v in fleet.guard_series("memory").items() if m in GUARDED} == \
+            dict.fromkeys(GUARDED, 1.0)
+        table = fa.ssh("leampoll status", check=True).stdout
+        assert all(re.search(rf"^{m} .* memory \S+<\S+", table, re.M) for m in GUARDED), table
+        assert all("guard hold, not popping: memory" in t for t in logs().values()), logs()
+    finally:
+        released = time.time()  # the job lets its memory go after this, not before
+        fa.ssh(f"touch {rundir}/release", check=True)
+    fleet.solo.wait_for(lambda p: ended(p, "mem-hog"), timeout=60)
+    wait_until(lambda: holding() == [], 60, "the memory holds ended")
+    fleet.settle(jobs, 60, portal=fleet.mem)
+    assert fleet.guard_series("memory") == dict.fromkeys(everyone, 0.0)
+    assert all("guard hold ended" in text for text in logs().values()), logs()
+    popped = [r for r in fleet.mem.requests_of("pop") if r.job_id in jobs]
+    assert popped and min(r.at for r in popped) > released
+    assert reports_per_pop(fleet.solo, "mem-hog") == [1]
+    assert fleet.solo.outcome("mem-hog") == "success"
+    # The pollers lived through it: the same processes, still RUNNING.
+    assert {m: fleet.pollers("fa")[m]["pid"] for m in pids} == pids
+    states = fleet.program_states("fa")
+    assert {m: states[f"leampoll-{m}"] for m in pids} == dict.fromkeys(pids, "RUNNING")
+    case("memory pressure during a job (2 guarded pollers)", jobs, portal=fleet.mem, since=t0,
+         quiet_since=quiet,
+         note=f"a {hog / GIB:.1f} GB job on the host; guard {need / GIB:.1f} GB, available "
+              f"{available / GIB:.1f} GB before, {during / GIB:.1f} GB during; pops held "
+              f"{released - held_at:.0f} s, none while held; the job ended once")
