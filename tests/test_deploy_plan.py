@@ -297,8 +297,12 @@ def test_the_filter_reads_the_ops_playbooks_choices():
     assert chosen["drain"] == ["chicago"] and chosen["wait"] == []
     named = dp.leampoll_plan({"states": STATUS}, {"chosen": ["peoria"]}, "drain")
     assert named["drain"] == []
+    listed = dp.leampoll_plan({"states": STATUS}, {"chosen": "peoria, chicago"}, "drain")
+    assert listed["drain"] == ["chicago"]
     with pytest.raises(ValueError, match="action must be one of deploy, drain, resume"):
         dp.leampoll_plan({}, {}, "restart")
+    with pytest.raises(ValueError, match="leam_projects must be a list of projects"):
+        dp.leampoll_plan({}, {"projects": "[]"}, "resume")
     with pytest.raises(ValueError, match="timeout must be a number"):
         dp.leampoll_plan({}, {"timeout": "soon"}, "drain")
 

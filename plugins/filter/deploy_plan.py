@@ -280,6 +280,11 @@ def busy(value: Any) -> list[str]:
 
 
 def projects(items: Iterable[Mapping]) -> list[Project]:
+    if isinstance(items, (str, Mapping)) or not all(
+            isinstance(p, Mapping) and "name" in p for p in items):
+        # Never the value: a project holds its portal password.
+        raise ValueError("leampoll_plan: leam_projects must be a list of projects, each with "
+                         f"a name (got a {type(items).__name__})")
     return [Project(str(p["name"]), str(p.get("state") or "present")) for p in items]
 
 
