@@ -450,7 +450,8 @@ def test_the_scan_finds_shell_uses():
 
 @pytest.mark.parametrize("path", sorted([*ROOT.glob("leampoll/*.py"),
                                          *ROOT.glob("roles/*/files/*.py"),
-                                         *ROOT.glob("roles/*/filter_plugins/*.py")]),
+                                         *ROOT.glob("plugins/*/*.py"),
+                                         *ROOT.glob("playbooks/filter_plugins/*.py")]),
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_shell_in_shipped_code(path):
     assert shell_uses(path.read_text(), str(path.relative_to(ROOT))) == []
