@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from tests import playbook
+from testing import playbook
+from testing.fault_proxy import FaultProxy
+from testing.ledger import Runs, job_cmdline
+from testing.playbook import recap
+from testing.portal_standin import REPORT_KINDS, PortalStandin
+from testing.reliability import Case
+from testing.sandbox import Host, Sandbox
 from tests.conftest import wait_until
-from tests.fault_proxy import FaultProxy
-from tests.ledger import Runs, job_cmdline
-from tests.playbook import recap
-from tests.portal_standin import REPORT_KINDS, PortalStandin
-from tests.reliability import Case
-from tests.sandbox import Host, Sandbox
 
 STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest")).with_name(
     Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest")).name + "-faults")

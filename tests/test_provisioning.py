@@ -23,11 +23,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import playbook
+from testing import playbook
+from testing.fleet import stand
+from testing.playbook import recap
+from testing.portal_standin import PortalStandin
+from testing.sandbox import TEST_STATE_DIR, Host, Sandbox
 from tests.conftest import wait_until
-from tests.playbook import recap
-from tests.portal_standin import PortalStandin
-from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = TEST_STATE_DIR
@@ -89,22 +90,15 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
-    sandbox = Sandbox(STATE_DIR)
-    sandbox.down_all()  # leftovers of an interrupted earlier run
     names = [*PROJECTS["alpha"], *PROJECTS["beta"], "tinyproj"]
-    portals = {n: PortalStandin("poller", PASSWORD, base_path=f"/{n}").start() for n in names}
-    try:
+    with stand(STATE_DIR, names, PASSWORD) as s:
         # systemd hosts, beta on Debian 13 beside the bookworm ones
-        with sandbox.hosts_up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"},
-                              suites={"beta": "trixie"}) as hosts:
-            f = Fleet({h.name: h for h in hosts}, portals, tmp_path_factory.mktemp("fleet"))
-            f.write(sandbox)
-            f.sandbox = sandbox
-            f.first = f.play()
-            yield f
-    finally:
-        for p in portals.values():
-            p.stop()
+        s.up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"}, suites={"beta": "trixie"})
+        f = Fleet(s.hosts, s.portals, tmp_path_factory.mktemp("fleet"))
+        f.write(s.sandbox)
+        f.sandbox = s.sandbox
+        f.first = f.play()
+        yield f
 
 
 def test_converges_bare_hosts_and_pollers_run_jobs(fleet):

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import (
+from testing.sandbox import (
     CGROUP_ROOT,
     SYSTEMD_MASKED,
     TEST_STATE_DIR,
     Host,
     Sandbox,
-    _proc_start_time,
     mounts_under,
 )
+from testing.sandbox.system import _proc_start_time
 
 pytestmark = [
     pytest.mark.sandbox,

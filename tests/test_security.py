@@ -31,13 +31,13 @@ from leampoll import security
 from leampoll.config import ConfigError, load
 from leampoll.origins import TrustedOrigins
 from leampoll.portal import PortalClient, ReportError
-from tests import playbook
+from testing import playbook
+from testing.playbook import recap
+from testing.portal_standin import PortalStandin
+from testing.sandbox import Host, Sandbox
+from testing.tls import ServerCert, private_ca, self_signed
 from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
-from tests.playbook import recap
-from tests.portal_standin import PortalStandin
-from tests.sandbox import Host, Sandbox
 from tests.test_status_metrics import samples
-from tests.tls import ServerCert, private_ca, self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDS = {"PORTAL_USER": USER, "PORTAL_PASSWORD": PASSWORD}

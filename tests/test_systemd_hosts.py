@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import playbook
+from testing import playbook
+from testing.fleet import Stand, stand
+from testing.playbook import recap
+from testing.portal_standin import PortalStandin
+from testing.sandbox import TEST_STATE_DIR, Host
 from tests.conftest import wait_until
-from tests.playbook import recap
-from tests.portal_standin import PortalStandin
-from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
 PASSWORD = "s3cret-for-boots"
 ANSIBLE = Path(sys.executable).with_name("ansible")
@@ -46,11 +47,11 @@ pytestmark = [
 class Fleet:
     """The hosts, a portal stand-in per project and the inventory."""
 
-    def __init__(self, sandbox: Sandbox, hosts: dict[str, Host],
-                 portals: dict[str, PortalStandin], workdir: Path) -> None:
-        self.sandbox = sandbox
-        self.hosts = hosts
-        self.portals = portals
+    def __init__(self, stand: Stand, workdir: Path) -> None:
+        self.stand = stand
+        self.sandbox = stand.sandbox
+        self.hosts = stand.hosts
+        self.portals = stand.portals
         self.dir = workdir
         self.inventory = workdir / "inventory.yml"
         self.projects = {h: list(p) for h, p in PROJECTS.items()}
@@ -105,21 +106,14 @@ def started(portal: PortalStandin, job: str, host: Host, marker: str) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
-    sandbox = Sandbox(TEST_STATE_DIR)
-    sandbox.down_all()  # leftovers of an interrupted earlier run
     names = [p for projects in PROJECTS.values() for p in projects]
-    portals = {n: PortalStandin("poller", PASSWORD, base_path=f"/{n}").start() for n in names}
-    try:
-        with sandbox.hosts_up(["sys-a", "sys-b"], suites={"sys-b": "trixie"}) as hosts, \
-                sandbox.hosts_up(["sys-box"], init="none") as (box,):
-            f = Fleet(sandbox, {h.name: h for h in [*hosts, box]}, portals,
-                      tmp_path_factory.mktemp("systemd-fleet"))
-            f.write()
-            f.first = f.play()
-            yield f
-    finally:
-        for p in portals.values():
-            p.stop()
+    with stand(TEST_STATE_DIR, names, PASSWORD) as s:
+        s.up(["sys-a", "sys-b"], suites={"sys-b": "trixie"})
+        s.up(["sys-box"], init="none")
+        f = Fleet(s, tmp_path_factory.mktemp("systemd-fleet"))
+        f.write()
+        f.first = f.play()
+        yield f
 
 
 def test_bare_hosts_converge_and_every_poller_runs_a_job(fleet):
@@ -177,7 +171,7 @@ def test_second_run_changes_nothing(fleet):
 def test_stop_timeout_follows_the_programs_with_a_daemon_reload(fleet):
     b = fleet.hosts["sys-b"]
     fleet.projects["sys-b"] = ["quito", "cusco"]
-    fleet.portals["cusco"] = PortalStandin("poller", PASSWORD, base_path="/cusco").start()
+    fleet.stand.portal("cusco")
     fleet.write()
     out = fleet.play("--limit", "sys-b")
     assert out.returncode == 0, out.stdout[-4000:]
