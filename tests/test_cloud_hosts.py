@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ import yaml
 
 from testing import cloud_init, playbook
 from testing.fleet import stand
+from testing.marks import sandbox_hosts
 from testing.outcomes import job_state, report_kinds, wait_job_state
 from testing.playbook import ROOT, recap
 from testing.portal_standin import PortalStandin
@@ -60,14 +60,7 @@ ssh_deletekeys: false
 """
 PROVISION_TIMEOUT = 1200
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.timeout(2400),
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("debootstrap"),
-        reason="sandbox hosts need root, unshare and debootstrap",
-    ),
-]
+pytestmark = sandbox_hosts(2400)
 
 
 def wheelhouse(dest: Path) -> Path:
