@@ -23,7 +23,7 @@ test: $(STAMP)
 FAULTS_JSON := .build/reliability.json
 faults: $(STAMP)
 	LEAM_RELIABILITY_JSON=$(FAULTS_JSON) $(BIN)/pytest -q -m faults
-	$(BIN)/python -m tests.reliability render $(FAULTS_JSON) --out RELIABILITY.md
+	$(BIN)/python -m testing.reliability render $(FAULTS_JSON) --out RELIABILITY.md
 
 faults-quick: $(STAMP)
 	LEAM_FAULTS_LOAD_JOBS=300 LEAM_FAULTS_OUTAGE=20 LEAM_FAULTS_FLAP_MINUTES=0.75 \
@@ -55,10 +55,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 demo: $(STAMP)
-	$(BIN)/python -m tests.demo up
+	$(BIN)/python -m testing.demo up
 
 demo-clean: $(STAMP)
-	$(BIN)/python -m tests.demo clean
+	$(BIN)/python -m testing.demo clean
 
 clean:
 	rm -rf $(VENV) build dist .build *.egg-info

@@ -17,10 +17,10 @@ from typing import Any
 
 from bench.report import ROOT
 
-if str(ROOT) not in sys.path:  # the stand-in lives in the project's tests/
+if str(ROOT) not in sys.path:  # the stand-in lives in the project's testing/
     sys.path.insert(0, str(ROOT))
 
-from tests.portal_standin import PortalStandin, Received
+from testing.portal_standin import PortalStandin, Received
 
 USER, PASSWORD = "poller", "bench-Pa55word"
 BASELINE = Path(__file__).with_name("baseline_poller.py")

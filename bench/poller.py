@@ -531,7 +531,7 @@ for this benchmark (not its code): a plain `requests.get` per poll without a ses
 (a new TCP connection each time), the job in a subprocess, a plain `requests.post` of
 the outcome, and a fixed `time.sleep(speed)` after every job and after every empty
 poll. Both pollers run as separate processes with the same interpreter against their
-own portal stand-in (`tests.portal_standin`, real HTTP on 127.0.0.1) inside the bench
+own portal stand-in (`testing.portal_standin`, real HTTP on 127.0.0.1) inside the bench
 process. All times come from the stand-in's records (`Received.at`, `time.time()` on
 arrival of each request) and, for job start and end, from the job itself.
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from bench import Row, Section, suite
 from bench.common import PASSWORD, USER, log, ratio, secs
 from bench.report import machine, now
-from tests import playbook
-from tests.portal_standin import PortalStandin
-from tests.sandbox import Sandbox
+from testing import playbook
+from testing.portal_standin import PortalStandin
+from testing.sandbox import Sandbox
 
 STATE_DIR = Path(os.environ.get("LEAM_BENCH_SANDBOX", "/run/leam-bench-sandbox"))
 PROJECTS = ("north", "south", "east")
@@ -142,7 +142,7 @@ def provisioning(options) -> Section:
     elapsed = time.monotonic() - started
     header = (f"Machine: {machine()}.  \nDate: {now()}; this suite ran {elapsed:.0f} s "
               f"(`python -m bench provisioning`); load average (1 min) "
-              f"{os.getloadavg()[0]:.2f} after.  \nSandbox hosts (`tests/sandbox.py`): "
+              f"{os.getloadavg()[0]:.2f} after.  \nSandbox hosts (`testing/sandbox/`): "
               "Debian 12 root filesystems, each its own sshd on 127.0.0.N; wheelhouse mode.")
     return Section("provisioning", "Provisioning (`python -m bench provisioning`)",
                    rows(res), header, NOTES, subjects=("measured", "baseline"))

@@ -7,31 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.portal_standin import PortalStandin
-from tests.reliability import Run
+from testing.portal_standin import PortalStandin
+from testing.reliability import Run
+from testing.wait import wait_until
 
 LEAMPOLL = [sys.executable, "-m", "leampoll"]
 USER, PASSWORD = "poller", "s3cret-Pa55word"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
-               what: str = "condition") -> object:
-    """Poll predicate until truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Poller:

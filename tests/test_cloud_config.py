@@ -1,6 +1,6 @@
 """playbooks/userdata.yml and its filter plugin: host variables -> #cloud-config.
 
-The documents are checked with Debian's own `cloud-init schema` (tests/cloud_init.py)
+The documents are checked with Debian's own `cloud-init schema` (testing/cloud_init.py)
 and decrypted back with ansible-vault: no secret in clear, nothing lost.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import cloud_init
-from tests.playbook import ROOT
+from testing import cloud_init
+from testing.playbook import ROOT
 
 pytestmark = pytest.mark.timeout(300)
 

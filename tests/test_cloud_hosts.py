@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,12 +30,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import cloud_init, playbook
+from testing import cloud_init, playbook
+from testing.fleet import stand
+from testing.marks import sandbox_hosts
+from testing.outcomes import job_state, report_kinds, wait_job_state
+from testing.playbook import ROOT, recap
+from testing.portal_standin import PortalStandin
+from testing.sandbox import TEST_STATE_DIR, Host, Sandbox
 from tests.conftest import wait_until
-from tests.outcomes import job_state, report_kinds, wait_job_state
-from tests.playbook import ROOT, recap
-from tests.portal_standin import PortalStandin
-from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
 PASSWORD = "cl0ud p@ss%word"
 VAULT_PASSWORD = "fleet-vault-password"
@@ -59,14 +60,7 @@ ssh_deletekeys: false
 """
 PROVISION_TIMEOUT = 1200
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.timeout(2400),
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("debootstrap"),
-        reason="sandbox hosts need root, unshare and debootstrap",
-    ),
-]
+pytestmark = sandbox_hosts(2400)
 
 
 def wheelhouse(dest: Path) -> Path:
@@ -180,10 +174,8 @@ class Cloud:
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cloud")
-    sandbox = Sandbox(Path(f"{TEST_STATE_DIR}-cloud"))
-    sandbox.down_all()  # leftovers of an interrupted earlier run
-    portal = PortalStandin("poller", PASSWORD, base_path=f"/{PROJECT}").start()
-    try:
+    with stand(Path(f"{TEST_STATE_DIR}-cloud"), [PROJECT], PASSWORD) as s:
+        portal = s.portals[PROJECT]
         user_data = render_user_data(tmp, portal)
         seed = {
             "/var/lib/cloud/seed/nocloud/user-data": (user_data, 0o600),
@@ -195,13 +187,11 @@ def cloud(tmp_path_factory):
             WHEELHOUSE: (wheelhouse(tmp / "wheelhouse"), 0o755),
             "/srv/leam.git": (bare_repository(tmp / "leam.git"), 0o755),
         }
-        host = sandbox.up(HOST, include=IMAGE_PACKAGES, files=seed, timeout=PROVISION_TIMEOUT)
-        c = Cloud(sandbox, host, portal, tmp, user_data)
+        host = s.sandbox.up(HOST, include=IMAGE_PACKAGES, files=seed,
+                            timeout=PROVISION_TIMEOUT)
+        c = Cloud(s.sandbox, host, portal, tmp, user_data)
         c.write_inventory()
         yield c
-    finally:
-        sandbox.down_all()
-        portal.stop()
 
 
 def cloud_init_output(c: Cloud) -> str:

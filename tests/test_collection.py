@@ -23,11 +23,11 @@ import pytest
 import yaml
 
 from leampoll import __version__
-from tests import playbook
+from testing import playbook
+from testing.playbook import recap
+from testing.portal_standin import PortalStandin
+from testing.sandbox import Sandbox
 from tests.conftest import LEAMPOLL
-from tests.playbook import recap
-from tests.portal_standin import PortalStandin
-from tests.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = [sys.executable, str(ROOT / "tools" / "release.py")]
@@ -131,7 +131,8 @@ def test_tarball_holds_every_role_and_playbook_and_the_poller_source(tarball):
     assert {"pyproject.toml", "README.md", "CHANGELOG.md", "meta/runtime.yml",
             "man/leampoll.1"} <= names  # the leampoll role installs the man page from it
     leaked = [n for n in names
-              if n.split("/")[0] in {"tests", "bench", "tools", ".venv", ".ci", "dist", "build"}
+              if n.split("/")[0] in {"tests", "testing", "bench", "tools", ".venv", ".ci", "dist",
+                                     "build"}
               or "__pycache__" in n or n.endswith(".pyc")
               or n in {"site.yml", "ansible.cfg", "Makefile", "requirements-dev.txt"}
               or n.startswith(("monitoring/tests", "."))]

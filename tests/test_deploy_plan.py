@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.playbook import ROOT
+from testing.playbook import ROOT
 
 _spec = importlib.util.spec_from_file_location(
     "deploy_plan", ROOT / "plugins" / "filter" / "deploy_plan.py")

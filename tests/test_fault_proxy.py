@@ -7,9 +7,9 @@ import json
 import pytest
 import requests
 
+from testing.fault_proxy import FaultProxy
+from testing.portal_standin import PortalStandin
 from tests.conftest import PASSWORD, USER
-from tests.fault_proxy import FaultProxy
-from tests.portal_standin import PortalStandin
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,14 +25,14 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import playbook
+from testing import playbook
+from testing.fault_proxy import FaultProxy
+from testing.ledger import Runs, job_cmdline
+from testing.playbook import recap
+from testing.portal_standin import REPORT_KINDS, PortalStandin
+from testing.reliability import Case
+from testing.sandbox import TEST_STATE_DIR, Host, Sandbox
 from tests.conftest import wait_until
-from tests.fault_proxy import FaultProxy
-from tests.ledger import Runs, job_cmdline
-from tests.playbook import recap
-from tests.portal_standin import REPORT_KINDS, PortalStandin
-from tests.reliability import Case
-from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
 # Beside the other suites' hosts of the same state dir (LEAM_SANDBOX_STATE), never another's.
 STATE_DIR = TEST_STATE_DIR.with_name(TEST_STATE_DIR.name + "-faults")

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
+from testing.fault_proxy import FaultProxy
+from testing.ledger import Runs, job_cmdline
+from testing.reliability import Case
 from tests.conftest import wait_until
-from tests.fault_proxy import FaultProxy
-from tests.ledger import Runs, job_cmdline
-from tests.reliability import Case
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

@@ -101,8 +101,8 @@ def test_selector_parsing_finds_names_and_matcher_labels():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, set[str]]:
     """Series name -> label names, as the real poller writes its metrics file."""
+    from testing.portal_standin import PortalStandin
     from tests.conftest import LEAMPOLL, PASSWORD, USER
-    from tests.portal_standin import PortalStandin
 
     tmp = tmp_path_factory.mktemp("exported")
     metrics, workdir = tmp / "leampoll-chicago.prom", tmp / "jobdir"

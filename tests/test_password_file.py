@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import playbook
-from tests.playbook import recap
-from tests.portal_standin import PortalStandin
-from tests.sandbox import Host, Sandbox
+from testing import playbook
+from testing.playbook import recap
+from testing.portal_standin import PortalStandin
+from testing.sandbox import Host, Sandbox
 from tests.test_provisioning import STATE_DIR, pytestmark  # noqa: F401 - the same hosts' needs
 
 OLD, NEW = 'old p@ss "w%rd\\ 1', "n3w 'pa%ss w0rd"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from testing.portal_standin import Canned, Received
 from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
-from tests.portal_standin import Canned, Received
 from tests.test_poller import both_modes, sh, workdir_status
 from tests.test_status_metrics import samples, status_json
 
@@ -152,7 +152,7 @@ def test_credential_hold_ends_when_the_portal_accepts_them(portal, start_poller,
 
 
 def test_private_site_login_redirect_is_a_credential_problem(start_poller, env, workdir):
-    from tests.portal_standin import PortalStandin
+    from testing.portal_standin import PortalStandin
 
     with PortalStandin(USER, PASSWORD, private=True) as portal:
         portal.queue("j", "true")

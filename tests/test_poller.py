@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from leampoll import __version__
+from testing.portal_standin import MODES, Canned
 from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
-from tests.portal_standin import MODES, Canned
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,6 @@ which the hosts reach because they share the machine's network.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,24 +22,19 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import playbook
+from testing import playbook
+from testing.fleet import stand
+from testing.marks import sandbox_hosts
+from testing.playbook import recap
+from testing.portal_standin import PortalStandin
+from testing.sandbox import TEST_STATE_DIR, Host, Sandbox
 from tests.conftest import wait_until
-from tests.playbook import recap
-from tests.portal_standin import PortalStandin
-from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = TEST_STATE_DIR
 PASSWORD = 'p@ss "w%rd\\ 1'  # supervisor specials: quotes, %, backslash, space
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.timeout(1500),
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("debootstrap"),
-        reason="sandbox hosts need root, unshare and debootstrap",
-    ),
-]
+pytestmark = sandbox_hosts(1500)
 
 PROJECTS = {"alpha": ["chicago", "peoria"], "beta": ["stlouis"]}
 
@@ -55,6 +49,31 @@ class Fleet:
         self.dir = workdir
         self.inventory = workdir / "inventory.yml"
         self.overrides: dict[str, dict[str, dict]] = {}
+        self.upgraded = False  # a build other than the checkout's is installed
+
+    def ensure(self, project: str, state: str) -> None:
+        """Bring an alpha project to `present` or `absent` unless it is so already.
+
+        Tests that need one or the other ask for it, so each runs alone or in
+        any order; in file order this converges nothing (the absent test
+        itself makes peoria absent for the ones after it).
+        """
+        settings = self.overrides.get(project, {})
+        if settings.get("state", "present") == state:
+            return
+        settings = {k: v for k, v in settings.items() if k != "state"}
+        self.overrides[project] = settings if state == "present" else {**settings,
+                                                                        "state": state}
+        self.write(self.sandbox)
+        out = self.play("--limit", "alpha")
+        assert out.returncode == 0, out.stdout[-4000:]
+
+    def as_checkout(self) -> None:
+        """The checkout's build on alpha and beta again, after an upgrade test."""
+        if self.upgraded:
+            out = self.play("--limit", "alpha,beta")
+            assert out.returncode == 0, out.stdout[-4000:]
+            self.upgraded = False
 
     def project(self, name: str, **settings) -> dict:
         return {"name": name, "portal_url": self.portals[name].url, "portal_user": "poller",
@@ -89,24 +108,45 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
-    sandbox = Sandbox(STATE_DIR)
-    sandbox.down_all()  # leftovers of an interrupted earlier run
     names = [*PROJECTS["alpha"], *PROJECTS["beta"], "tinyproj"]
-    portals = {n: PortalStandin("poller", PASSWORD, base_path=f"/{n}").start() for n in names}
-    try:
+    with stand(STATE_DIR, names, PASSWORD) as s:
         # systemd hosts, beta on Debian 13 beside the bookworm ones
-        with sandbox.hosts_up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"},
-                              suites={"beta": "trixie"}) as hosts:
-            f = Fleet({h.name: h for h in hosts}, portals, tmp_path_factory.mktemp("fleet"))
-            f.write(sandbox)
-            f.sandbox = sandbox
-            f.first = f.play()
-            yield f
-    finally:
-        for p in portals.values():
-            p.stop()
+        s.up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"}, suites={"beta": "trixie"})
+        f = Fleet(s.hosts, s.portals, tmp_path_factory.mktemp("fleet"))
+        f.write(s.sandbox)
+        f.sandbox = s.sandbox
+        f.first = f.play()
+        yield f
 
 
+@pytest.fixture
+def peoria_present(fleet) -> None:
+    fleet.ensure("peoria", "present")
+
+
+@pytest.fixture
+def peoria_absent(fleet) -> None:
+    fleet.ensure("peoria", "absent")
+
+
+@pytest.fixture
+def own_inventory(fleet) -> Iterator[Fleet]:
+    """For a test that plays an inventory of its own: the one the other tests write and
+    play is back afterwards, and the hosts converged to it."""
+    deployed = fleet.inventory
+    yield fleet
+    if fleet.inventory != deployed:
+        fleet.inventory = deployed
+        out = fleet.play("--limit", "alpha,beta")
+        assert out.returncode == 0, out.stdout[-4000:]
+
+
+@pytest.fixture
+def checkout_build(fleet) -> None:
+    fleet.as_checkout()
+
+
+@pytest.mark.usefixtures("peoria_present")
 def test_converges_bare_hosts_and_pollers_run_jobs(fleet):
     out = fleet.first.stdout
     rc = recap(out)
@@ -162,6 +202,7 @@ def test_tiny_host_fails_free_space_check_with_one_clear_message(fleet):
     assert state != "RUNNING"
 
 
+@pytest.mark.usefixtures("checkout_build")
 def test_second_run_changes_nothing_and_check_diff_is_clean(fleet):
     out = fleet.play("--limit", "alpha,beta")
     rc = recap(out.stdout)
@@ -172,6 +213,70 @@ def test_second_run_changes_nothing_and_check_diff_is_clean(fleet):
     assert check.returncode == 0, check.stdout[-4000:]
     assert rc["alpha"]["changed"] == 0 and rc["alpha"]["failed"] == 0
     assert PASSWORD not in check.stdout and "p@ss" not in check.stdout
+
+
+# The roles as a playbook of someone else's would use them: no validation play
+# before them, so each role checks its variables itself.
+ROLES_ALONE = """\
+- name: The job server roles without site.yml's validation play
+  hosts: leam_jobservers
+  become: true
+  gather_facts: true
+  gather_subset: ["!all", "!min", "service_mgr"]
+  roles:
+    - role: jobdir
+    - role: supervisor
+      vars:
+        supervisor_programs_stopwaitsecs: "{{ __leampoll_programs_stopwaitsecs }}"
+    - role: leampoll
+"""
+ROLE_ALONE = """\
+- name: The {role} role alone
+  hosts: leam_jobservers
+  become: true
+  gather_facts: true
+  gather_subset: ["!all", "!min", "service_mgr"]
+  roles:
+    - role: {role}
+"""
+
+
+def roles_play(fleet, text: str, *args: str) -> subprocess.CompletedProcess:
+    path = fleet.dir / f"roles-{len(list(fleet.dir.glob('roles-*.yml')))}.yml"
+    path.write_text(text)
+    return playbook.run(fleet.inventory, str(path), *args, log_dir=fleet.dir)
+
+
+@pytest.mark.usefixtures("checkout_build")
+def test_roles_alone_check_their_own_variables_and_change_nothing(fleet):
+    out = roles_play(fleet, ROLES_ALONE, "--limit", "alpha,beta")
+    assert out.returncode == 0, out.stdout[-4000:]
+    for role in ("jobdir", "supervisor", "leampoll"):
+        assert f"roles/{role}/tasks/validate.yml for alpha, beta" in out.stdout, role
+    rc = recap(out.stdout)
+    assert rc["alpha"]["changed"] == 0 and rc["beta"]["changed"] == 0, out.stdout[-4000:]
+    assert PASSWORD not in out.stdout
+
+
+ALONE_BAD = [
+    ("jobdir", "leam_user=root", "alpha: leam_user must be a user name"),
+    ("supervisor", "supervisor_conf=etc/supervisor/supervisord.conf",
+     "alpha: supervisor_packages must not be empty, and supervisor_conf"),
+    ("leampoll", "leampoll_speed=0", "alpha: leampoll_speed must be a number of seconds"),
+]
+
+
+@pytest.mark.parametrize("role,extra,message", ALONE_BAD, ids=[b[0] for b in ALONE_BAD])
+def test_a_role_alone_stops_a_bad_variable_before_any_change(fleet, role, extra, message):
+    before = fleet.hosts["alpha"].ssh("md5sum /etc/supervisor/conf.d/*.conf").stdout
+    out = roles_play(fleet, ROLE_ALONE.format(role=role), "--limit", "alpha", "-e", extra)
+    assert out.returncode != 0
+    assert f"roles/{role}/tasks/validate.yml for alpha" in out.stdout, out.stdout[-3000:]
+    assert message in out.stdout, out.stdout[-3000:]
+    rc = recap(out.stdout)["alpha"]
+    assert rc["changed"] == 0 and rc["failed"] == 1, out.stdout[-3000:]
+    assert fleet.hosts["alpha"].ssh("md5sum /etc/supervisor/conf.d/*.conf").stdout == before
+    assert PASSWORD not in out.stdout
 
 
 BAD = [
@@ -212,6 +317,7 @@ def test_duplicate_project_name_and_bad_jobdir_size_fail(fleet):
     assert recap(out.stdout)["alpha"]["changed"] == 0
 
 
+@pytest.mark.usefixtures("peoria_present")
 def test_settings_change_waits_for_running_job_and_spares_other_projects(fleet):
     portal = fleet.portals["chicago"]
     portal.queue("long-model", "sleep 8")
@@ -232,6 +338,7 @@ def test_settings_change_waits_for_running_job_and_spares_other_projects(fleet):
     assert [r.kind for r in portal.reports()].count("requeue") == 0
 
 
+@pytest.mark.usefixtures("peoria_present")
 def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
     portal = fleet.portals["peoria"]
     portal.queue("last-job", "sleep 3")
@@ -277,8 +384,9 @@ def installed_version(fleet, host: str) -> str:
     return fleet.hosts[host].ssh("/usr/local/bin/leampoll --version").stdout.split()[-1]
 
 
-# From here on peoria is absent (the test above); chicago and stlouis run.
+# The status tables below list chicago and stlouis only: they ask for peoria absent.
 
+@pytest.mark.usefixtures("peoria_absent")
 def test_status_without_arguments_lists_the_deployed_projects(fleet):
     alpha = fleet.hosts["alpha"]
     listed = json.loads(alpha.ssh("cat /etc/leampoll/projects.json").stdout)
@@ -301,6 +409,7 @@ def table_rows(output: str) -> list[list[str]]:
             if re.match(r'^\s*"(alpha|beta|tiny|ghost)\s', line)]
 
 
+@pytest.mark.usefixtures("peoria_absent")
 def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
     version = installed_version(fleet, "alpha")
     out = ops_play(fleet, "status.yml")
@@ -411,6 +520,7 @@ def newer_source(fleet, version: str) -> Path:
     return tree
 
 
+@pytest.mark.usefixtures("checkout_build")
 def test_upgrade_leaves_a_host_whose_job_outlasts_the_bound(fleet):
     chicago = fleet.portals["chicago"]
     before = {h: installed_version(fleet, h) for h in ("alpha", "beta")}
@@ -433,11 +543,13 @@ def test_upgrade_leaves_a_host_whose_job_outlasts_the_bound(fleet):
     assert out.returncode == 0 and fleet.program("alpha", "chicago")[0] == "RUNNING"
 
 
+@pytest.mark.usefixtures("peoria_absent", "checkout_build")
 def test_upgrade_rolls_host_by_host_and_kills_no_job(fleet):
     chicago, stlouis = fleet.portals["chicago"], fleet.portals["stlouis"]
     chicago.queue("upgrade-long", "sleep 8")
     chicago.wait_for(lambda p: p.status.get("upgrade-long") == "running", timeout=30)
     source = newer_source(fleet, "3.99.0")
+    fleet.upgraded = True
     out = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
                    "-e", f"leampoll_source={source}", "-e", "leam_ops_wait_timeout=120")
     assert out.returncode == 0, out.stdout[-4000:]
@@ -483,6 +595,7 @@ def jobs_total(series: dict, project: str) -> dict[str, float]:
             if name == "leampoll_jobs_total" and dict(labels).get("project") == project}
 
 
+@pytest.mark.usefixtures("own_inventory")
 def test_node_exporter_serves_the_pollers_series(fleet):
     inventory = yaml.safe_load(fleet.inventory.read_text())
     inventory["all"]["children"]["leam_jobservers"]["vars"]["leampoll_metrics"] = True

@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from testing.outcomes import job_state, report_kinds, wait_job_state
+from testing.portal_standin import PortalStandin
+from testing.supervisord import Supervisord
 from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
-from tests.outcomes import job_state, report_kinds, wait_job_state
-from tests.portal_standin import PortalStandin
-from tests.supervisord import Supervisord
 from tests.test_poller import sh
 
 pytestmark = pytest.mark.timeout(180)

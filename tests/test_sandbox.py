@@ -9,7 +9,6 @@ is shared by most of the module to keep it fast.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,23 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import (
+from testing.marks import sandbox_hosts
+from testing.sandbox import (
     CGROUP_ROOT,
     SYSTEMD_MASKED,
     TEST_STATE_DIR,
     Host,
     Sandbox,
-    _proc_start_time,
     mounts_under,
 )
+from testing.sandbox.system import _proc_start_time
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("debootstrap"),
-        reason="sandbox hosts need root, unshare and debootstrap",
-    ),
-]
+pytestmark = sandbox_hosts()
 
 ANSIBLE = Path(sys.executable).with_name("ansible")
 JOBDIR_SIZE = "40M"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,45 +21,44 @@ from pathlib import Path
 
 import pytest
 
-from tests import playbook
+from testing import playbook
+from testing.fleet import Stand, stand
+from testing.marks import sandbox_hosts
+from testing.playbook import recap
+from testing.portal_standin import PortalStandin
+from testing.sandbox import TEST_STATE_DIR, Host
 from tests.conftest import wait_until
-from tests.playbook import recap
-from tests.portal_standin import PortalStandin
-from tests.sandbox import TEST_STATE_DIR, Host, Sandbox
 
 PASSWORD = "s3cret-for-boots"
 ANSIBLE = Path(sys.executable).with_name("ansible")
 PROJECTS = {"sys-a": ["rio", "lima"], "sys-b": ["quito"], "sys-box": ["bogota"]}
 GRACE_A = 95  # above the 90 s Debian's supervisor.service waits by default
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.timeout(1500),
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("debootstrap"),
-        reason="sandbox hosts need root, unshare and debootstrap",
-    ),
-]
+pytestmark = sandbox_hosts(1500)
 
 
 class Fleet:
     """The hosts, a portal stand-in per project and the inventory."""
 
-    def __init__(self, sandbox: Sandbox, hosts: dict[str, Host],
-                 portals: dict[str, PortalStandin], workdir: Path) -> None:
-        self.sandbox = sandbox
-        self.hosts = hosts
-        self.portals = portals
+    def __init__(self, stand: Stand, workdir: Path) -> None:
+        self.stand = stand
+        self.sandbox = stand.sandbox
+        self.hosts = stand.hosts
+        self.portals = stand.portals
         self.dir = workdir
         self.inventory = workdir / "inventory.yml"
         self.projects = {h: list(p) for h, p in PROJECTS.items()}
+        self.absent: dict[str, list[str]] = {h: [] for h in PROJECTS}  # removed by ensure()
 
     def write(self) -> None:
         host_vars: dict[str, dict] = {
             host: {"leam_projects": [
                 {"name": p, "portal_url": self.portals[p].url, "portal_user": "poller",
                  "portal_password": PASSWORD, "speed": 1, "min_free_disk": "10M",
-                 "min_free_mem": "10M"} for p in projects]}
+                 "min_free_mem": "10M"} for p in projects] + [
+                {"name": p, "portal_url": f"http://127.0.0.1:9/{p}", "portal_user": "poller",
+                 "portal_password": PASSWORD, "state": "absent"}
+                for p in self.absent[host] if p not in projects]}
             for host, projects in self.projects.items()}
         host_vars["sys-a"]["leampoll_grace"] = GRACE_A
         self.sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars={
@@ -69,6 +67,25 @@ class Fleet:
 
     def play(self, *args: str) -> subprocess.CompletedProcess:
         return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
+
+    def ensure(self, host: str, projects: list[str]) -> None:
+        """Converge a host to serve `projects` (those it loses absent) unless it does already.
+
+        Tests that need a project, or its absence, ask for it, so each runs
+        alone or in any order; in file order this converges nothing.
+        """
+        if self.projects[host] == projects:
+            return
+        for gone in set(self.projects[host]) - set(projects):
+            self.absent[host].append(gone)
+            self.portals.pop(gone).stop()
+        for new in set(projects) - set(self.portals):
+            self.stand.portal(new)
+        self.projects[host] = list(projects)
+        self.write()
+        out = self.play("--limit", host)
+        assert out.returncode == 0, out.stdout[-4000:]
+        wait_until(lambda: self.all_running(host), 30, f"the pollers of {host} run")
 
     def states(self, host: str) -> dict[str, str]:
         """Supervisor state of every program on a host."""
@@ -105,23 +122,27 @@ def started(portal: PortalStandin, job: str, host: Host, marker: str) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
-    sandbox = Sandbox(TEST_STATE_DIR)
-    sandbox.down_all()  # leftovers of an interrupted earlier run
     names = [p for projects in PROJECTS.values() for p in projects]
-    portals = {n: PortalStandin("poller", PASSWORD, base_path=f"/{n}").start() for n in names}
-    try:
-        with sandbox.hosts_up(["sys-a", "sys-b"], suites={"sys-b": "trixie"}) as hosts, \
-                sandbox.hosts_up(["sys-box"], init="none") as (box,):
-            f = Fleet(sandbox, {h.name: h for h in [*hosts, box]}, portals,
-                      tmp_path_factory.mktemp("systemd-fleet"))
-            f.write()
-            f.first = f.play()
-            yield f
-    finally:
-        for p in portals.values():
-            p.stop()
+    with stand(TEST_STATE_DIR, names, PASSWORD) as s:
+        s.up(["sys-a", "sys-b"], suites={"sys-b": "trixie"})
+        s.up(["sys-box"], init="none")
+        f = Fleet(s, tmp_path_factory.mktemp("systemd-fleet"))
+        f.write()
+        f.first = f.play()
+        yield f
 
 
+@pytest.fixture
+def sys_b_as_deployed(fleet) -> None:
+    fleet.ensure("sys-b", PROJECTS["sys-b"])
+
+
+@pytest.fixture
+def sys_b_with_cusco(fleet) -> None:
+    fleet.ensure("sys-b", [*PROJECTS["sys-b"], "cusco"])
+
+
+@pytest.mark.usefixtures("sys_b_as_deployed")
 def test_bare_hosts_converge_and_every_poller_runs_a_job(fleet):
     out = fleet.first.stdout
     assert fleet.first.returncode == 0, out[-4000:]
@@ -148,6 +169,7 @@ def test_service_manager_fact_is_systemd_where_systemd_boots(fleet):
     assert facts["sys-box"] != "systemd"
 
 
+@pytest.mark.usefixtures("sys_b_as_deployed")
 def test_supervisor_starts_at_boot_with_a_stop_timeout_covering_its_pollers(fleet):
     a, b, box = (fleet.hosts[h] for h in ("sys-a", "sys-b", "sys-box"))
     for host in (a, b):
@@ -174,10 +196,11 @@ def test_second_run_changes_nothing(fleet):
         "sys-a": 0, "sys-b": 0, "sys-box": 0}, out.stdout[-4000:]
 
 
+@pytest.mark.usefixtures("sys_b_as_deployed")
 def test_stop_timeout_follows_the_programs_with_a_daemon_reload(fleet):
     b = fleet.hosts["sys-b"]
     fleet.projects["sys-b"] = ["quito", "cusco"]
-    fleet.portals["cusco"] = PortalStandin("poller", PASSWORD, base_path="/cusco").start()
+    fleet.stand.portal("cusco")
     fleet.write()
     out = fleet.play("--limit", "sys-b")
     assert out.returncode == 0, out.stdout[-4000:]
@@ -248,6 +271,7 @@ def test_reboot_hands_the_job_back_once_and_the_pollers_run_it_after_the_boot(fl
     assert all(start >= int(a.boot_id) for _, start, _ in a.processes())
 
 
+@pytest.mark.usefixtures("sys_b_with_cusco")
 def test_power_cut_orphan_is_requeued_once_at_the_next_boot_and_run(fleet):
     b, cusco = fleet.hosts["sys-b"], fleet.portals["cusco"]
     cusco.queue("power-cut", once("cut-ran"))

@@ -20,7 +20,7 @@ from leampoll.origins import TrustedOrigins, origin_of
 from leampoll.portal import Answered, Empty, Job, Refused, error_page_summary, parse_answer
 from leampoll.portal_health import PortalHealth
 from leampoll.state import Report
-from tests.portal_standin import LEGACY_XML_TYPE, TRACEBACK_PAGE
+from testing.portal_standin import LEGACY_XML_TYPE, TRACEBACK_PAGE
 
 SITE = "https://portal.example.org/luc"
 CREDS = {"PORTAL_USER": "poller", "PORTAL_PASSWORD": "s3cret"}

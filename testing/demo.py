@@ -5,10 +5,10 @@ real `site.yml` with a demo inventory (two hosts, three projects), then the
 jobs are popped, run and reported, and the fleet's status is shown.
 `make demo-clean` ends every process, host and mount the demo started.
 
-    python -m tests.demo up      # idempotent: a second run reuses what is there
-    python -m tests.demo queue chicago ID 'CMDLINE'
-    python -m tests.demo clean
-    python -m tests.demo leftovers   # exit 1 if anything the demo started is left
+    python -m testing.demo up      # idempotent: a second run reuses what is there
+    python -m testing.demo queue chicago ID 'CMDLINE'
+    python -m testing.demo clean
+    python -m testing.demo leftovers   # exit 1 if anything the demo started is left
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.playbook import ANSIBLE_PLAYBOOK, ROOT
-from tests.sandbox import Sandbox
+from testing.playbook import ANSIBLE_PLAYBOOK, ROOT
+from testing.sandbox import Sandbox
 
 STATE = Path(os.environ.get("LEAM_DEMO_STATE", "/run/leam-demo"))
 PORT0 = int(os.environ.get("LEAM_DEMO_PORT", "8780"))
@@ -78,7 +78,7 @@ def start_portals() -> None:
             continue
         log = open(STATE / f"portal-{project}.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.portal_standin", "serve", "--mode", "plone",
+            [sys.executable, "-m", "testing.portal_standin", "serve", "--mode", "plone",
              "--port", str(port), "--base-path", f"/{project}"], env=env, stdout=log, stderr=log,
             stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
         pidfile.write_text(str(proc.pid))
@@ -100,7 +100,7 @@ def _state(project: str) -> dict | None:
 
 
 def queue(project: str, job_id: str, cmdline: str) -> None:
-    subprocess.run([sys.executable, "-m", "tests.portal_standin", "queue", "--url",
+    subprocess.run([sys.executable, "-m", "testing.portal_standin", "queue", "--url",
                     portal_url(project, True), "--id", job_id, "--cmdline", cmdline],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
@@ -182,7 +182,7 @@ def up() -> int:
         for line in _scrape(address):
             if line.startswith("leampoll_jobs_total"):
                 print(f"  {line}")
-    say("queue more with: python -m tests.demo queue chicago my-job 'sleep 5'")
+    say("queue more with: python -m testing.demo queue chicago my-job 'sleep 5'")
     say("tear down with: make demo-clean")
     return 0 if done == wanted else 1
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import wait_until
+from testing.wait import wait_until
 
 BIN = Path(sys.executable).parent
 

@@ -3,7 +3,7 @@
 Each fault case adds one `Case` (jobs queued, faults injected, jobs lost, jobs
 run twice, throughput) through the `reliability` fixture; at the end of the
 session the cases are written as JSON to ``$LEAM_RELIABILITY_JSON`` when it is
-set. ``python -m tests.reliability render FILE`` turns that file into
+set. ``python -m testing.reliability render FILE`` turns that file into
 RELIABILITY.md, so the document always carries the figures of one real run.
 """
 
@@ -102,7 +102,7 @@ def render(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.reliability")
+    parser = argparse.ArgumentParser(prog="python -m testing.reliability")
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="write RELIABILITY.md from a run's JSON")
     r.add_argument("json")

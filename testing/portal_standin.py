@@ -33,9 +33,9 @@ delay, a truncated body or a reset connection) to serve instead.
 
 Command line (for the demo and for people)::
 
-    PORTAL_PASSWORD=pw python -m tests.portal_standin serve --port 8780 --user poller
-    python -m tests.portal_standin queue --url http://127.0.0.1:8780 --id j1 --cmdline 'true'
-    python -m tests.portal_standin received --url http://127.0.0.1:8780
+    PORTAL_PASSWORD=pw python -m testing.portal_standin serve --port 8780 --user poller
+    python -m testing.portal_standin queue --url http://127.0.0.1:8780 --id j1 --cmdline 'true'
+    python -m testing.portal_standin received --url http://127.0.0.1:8780
 """
 
 from __future__ import annotations
@@ -614,7 +614,7 @@ def _root_of(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.portal_standin",
+    parser = argparse.ArgumentParser(prog="python -m testing.portal_standin",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser("serve", help="run the stand-in until interrupted")

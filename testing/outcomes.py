@@ -7,7 +7,7 @@ ended) is adapted here once.
 
 from __future__ import annotations
 
-from tests.portal_standin import REPORT_KINDS, PortalStandin
+from testing.portal_standin import REPORT_KINDS, PortalStandin
 
 
 def _said(kind: str, form: dict[str, str]) -> str:
