@@ -109,7 +109,7 @@ class Last:
     portal: str | None = None  # the endpoint that took it, or the delivery's state
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = dict(vars(self))
         if self.portal is None:
             del data["portal"]  # absent until the report is delivered, as readers expect
         return data
@@ -161,7 +161,12 @@ class Status:
     idle_since: float | None = None  # the queue is found empty since (retire --when-idle)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The content of status.json. Shallow (json.dump copies it at once): asdict's
+        deep copy would cost several times the dump on every write."""
+        data = dict(vars(self))
+        for key in ("current", "guard", "auth", "portal_error"):
+            if data[key] is not None:
+                data[key] = dict(vars(data[key]))
         data["last"] = self.last.to_json() if self.last else None
         return data
 
