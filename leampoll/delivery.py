@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from leampoll.jobs import Report
 from leampoll.origins import origin_of
 from leampoll.portal import PortalClient, ReportError
 from leampoll.security import insecure_http
-from leampoll.state import Report, read_json, write_json
+from leampoll.state import read_json, write_json
 
 log = logging.getLogger("leampoll")
 

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from leampoll.checkout import plan as plan_checkout
+from leampoll.jobs import Job
 from leampoll.lifecycle import COLD, Lifecycle
-from leampoll.portal import Job
 
 MAX_NAME = 100
 TAIL_LINES = 20
@@ -98,6 +99,14 @@ def _signame(num: int) -> str:
         return f"signal {num}"
 
 
+# Told each process group of a job as it starts: (stage, pgid).
+OnStart = Callable[[str, int], None]
+
+
+def _started(stage: str, pgid: int) -> None:
+    """No one to tell."""
+
+
 @dataclass
 class Executor:
     """Runs one job in a fresh run directory inside `workdir`."""
@@ -107,7 +116,6 @@ class Executor:
     grace: float = 10.0
     checkout_timeout: float = 900.0
     job_timeout: float = 0.0
-    on_start: Callable[[str, int], None] = lambda stage, pgid: None
     # Called whenever the wait for a running job wakes (a signal, or at least
     # every `wake_every` seconds): the worker shows a drain at once and keeps
     # its status and metrics fresh during long jobs.
@@ -118,8 +126,13 @@ class Executor:
         name = rundir_name(job.id)
         return self.workdir / name, self.workdir / f"{name}.log"
 
-    def execute(self, job: Job, job_env: Mapping[str, str]) -> Outcome:
-        """Prepare, check out and run; every failure becomes an Outcome."""
+    def execute(self, job: Job, job_env: Mapping[str, str],
+                on_start: OnStart = _started) -> Outcome:
+        """Prepare, check out and run; every failure becomes an Outcome.
+
+        `on_start(stage, pgid)` is called as each of the job's process groups
+        starts, so the state folder can record it before anything else happens.
+        """
         rundir, logpath = self.paths(job)
         start = time.monotonic()
         try:
@@ -128,15 +141,16 @@ class Executor:
         except OSError as exc:
             return Outcome(False, "setup", detail=f"cannot prepare {rundir}: {exc}")
         with log:
-            result = self._checkout(job, rundir, log)
+            result = self._checkout(job, rundir, log, on_start)
             if result is None:
-                result = self._run(job, rundir, log, job_env)
+                result = self._run(job, rundir, log, job_env, on_start)
         result.duration = time.monotonic() - start
         if not result.ok:
             result.tail = tail(logpath)
         return result
 
-    def _checkout(self, job: Job, rundir: Path, log) -> Outcome | None:
+    def _checkout(self, job: Job, rundir: Path, log: IO[bytes],
+                  on_start: OnStart) -> Outcome | None:
         if job.repository.strip():
             try:
                 checkout = plan_checkout(job.repository, rundir)
@@ -148,14 +162,15 @@ class Executor:
                    if k not in CHECKOUT_DROP}
             env.update(CHECKOUT_ENV)
             result = self.run_group("checkout", checkout.argv, self.workdir, env, log,
-                                    self.checkout_timeout)
+                                    self.checkout_timeout, on_start=on_start)
             if not result.ok:
                 return result
         if job.legacy_xml is not None:
             (rundir / "config.xml").write_bytes(job.legacy_xml)
         return None
 
-    def _run(self, job: Job, rundir: Path, log, job_env: Mapping[str, str]) -> Outcome:
+    def _run(self, job: Job, rundir: Path, log: IO[bytes], job_env: Mapping[str, str],
+             on_start: OnStart) -> Outcome:
         try:
             argv = shlex.split(job.cmdline)
         except ValueError as exc:
@@ -163,10 +178,11 @@ class Executor:
         if not argv:
             return Outcome(False, "run", detail="empty command line")
         env = {**os.environ, **job_env, "LEAM_RUNDIR": str(rundir)}
-        return self.run_group("run", argv, rundir, env, log, self.job_timeout)
+        return self.run_group("run", argv, rundir, env, log, self.job_timeout,
+                              on_start=on_start)
 
     def run_group(self, stage: str, argv: list[str], cwd: Path, env: Mapping[str, str],
-                  log, timeout: float) -> Outcome:
+                  log: IO[bytes], timeout: float, on_start: OnStart = _started) -> Outcome:
         """Run argv in its own session; stop its whole group on timeout or cold stop."""
         log.flush()
         start = time.monotonic()
@@ -178,7 +194,7 @@ class Executor:
             return Outcome(False, stage, detail=f"cannot start {argv[0]!r}: {exc.strerror}")
         except ValueError as exc:  # a NUL or an unencodable character: no exec can take it
             return Outcome(False, stage, detail=f"cannot start {argv[0]!r}: {exc}")
-        self.on_start(stage, proc.pid)
+        on_start(stage, proc.pid)
         deadline = start + timeout if timeout else None
         kill_at: float | None = None
         timed_out = interrupted = False
@@ -220,7 +236,7 @@ def _fresh_dir(path: Path) -> None:
     path.mkdir(mode=0o755)
 
 
-def _open_log(path: Path):
+def _open_log(path: Path) -> IO[bytes]:
     if path.is_symlink():
         path.unlink()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,

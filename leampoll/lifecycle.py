@@ -18,11 +18,16 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 log = logging.getLogger("leampoll")
 
 WARM = "warm"
 COLD = "cold"
+# What signal.signal takes and hands back (the previous handler, restored on uninstall).
+Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class Lifecycle:
@@ -32,7 +37,7 @@ class Lifecycle:
         self.stop: str | None = None
         self.reload = False  # SIGHUP: read the password file again
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Handler] = {}
 
     def install(self) -> None:
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)

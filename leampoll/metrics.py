@@ -14,6 +14,7 @@ from leampoll import __version__
 from leampoll.config import Config
 from leampoll.executor import Outcome
 from leampoll.portal import REFUSED_KINDS
+from leampoll.state import Status
 
 GUARDS = ("disk", "inodes", "memory", "auth")
 # Why pops failed (portal.REFUSED_KINDS) and reports set aside: a fixed set of labels.
@@ -29,7 +30,7 @@ BUCKETS = (1, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float
 class Metrics:
     """The poller's series, each labelled with its project."""
 
-    def __init__(self, config: Config, status: dict) -> None:
+    def __init__(self, config: Config, status: Status) -> None:
         self.path = str(config.metrics_file)
         p = config.project
         reg = self.registry = CollectorRegistry()
@@ -72,31 +73,31 @@ class Metrics:
     def job_done(self, outcome: Outcome) -> None:
         self.duration.observe(outcome.duration)
 
-    def _sync_counts(self, status: dict) -> None:
-        for outcome, total in status.get("counts", {}).items():
+    def _sync_counts(self, status: Status) -> None:
+        for outcome, total in status.counts.items():
             delta = int(total) - self._counted.get(outcome, 0)
             if delta > 0:
                 self.jobs.labels(self.project, outcome).inc(delta)
                 self._counted[outcome] = int(total)
 
-    def _sync_errors(self, status: dict) -> None:
-        for reason, total in (status.get("portal_errors_total") or {}).items():
+    def _sync_errors(self, status: Status) -> None:
+        for reason, total in status.portal_errors_total.items():
             delta = int(total) - self._errors_counted.get(reason, 0)
             if reason in self._errors_counted and delta > 0:
                 self.portal_errors.labels(self.project, reason).inc(delta)
                 self._errors_counted[reason] = int(total)
 
-    def write(self, status: dict) -> None:
+    def write(self, status: Status) -> None:
         self._sync_counts(status)
         self._sync_errors(status)
-        current = status.get("current")
+        current = status.current
         self.running.set(1 if current else 0)
-        self.started.set(current["started_at"] if current else 0)
-        self.last_poll.set(status.get("last_poll") or 0)
-        holding = set(status.get("guard", {}).get("holding", []))
+        self.started.set(current.started_at if current else 0)
+        self.last_poll.set(status.last_poll or 0)
+        holding = set(status.guard.holding)
         for guard in GUARDS:
             self.guard.labels(self.project, guard).set(1 if guard in holding else 0)
-        self.pending.set(status.get("reports_pending", 0))
+        self.pending.set(status.reports_pending)
         for state in STATES:
-            self.state.labels(self.project, state).set(1 if state == status.get("state") else 0)
+            self.state.labels(self.project, state).set(1 if state == status.state else 0)
         write_to_textfile(self.path, self.registry)

@@ -17,12 +17,14 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from leampoll import __version__
+from leampoll.jobs import Job
 from leampoll.origins import TrustedOrigins
 from leampoll.security import insecure_http, tls_problem
 
@@ -31,38 +33,6 @@ log = logging.getLogger("leampoll")
 MAX_BODY = 1024 * 1024  # a job description is a few hundred bytes
 _FIELD_MAX = 64 * 1024
 LEGACY_CMDLINE = "python startup.py -c config.xml"
-
-
-@dataclass(frozen=True)
-class Job:
-    """A popped job. `legacy_xml` is set for the deprecated XML answer."""
-
-    id: str
-    cmdline: str
-    repository: str = ""
-    title: str = ""
-    url: str = ""
-    on_success: str = ""
-    on_error: str = ""
-    legacy_xml: bytes | None = None
-    problem: str = ""  # why this popped job cannot run; it is reported, never executed
-
-    @property
-    def requeue_url(self) -> str:
-        return self.url.rstrip("/") + "/requeue" if self.url else ""
-
-    def to_dict(self) -> dict:
-        data = {k: v for k, v in self.__dict__.items() if k != "legacy_xml"}
-        if self.legacy_xml is not None:
-            data["legacy_xml"] = self.legacy_xml.decode("utf-8", "replace")
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Job:
-        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if isinstance(fields.get("legacy_xml"), str):
-            fields["legacy_xml"] = fields["legacy_xml"].encode()
-        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -270,7 +240,7 @@ class PortalClient:
 
     def __init__(self, site: str, pop_url: str, user: str, password: str,
                  connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 trusted: TrustedOrigins | None = None, ca_file: str | None = None,
+                 trusted: TrustedOrigins | None = None, ca_file: str | Path | None = None,
                  allow_insecure_http: bool = False) -> None:
         self.site = site
         self.pop_url = pop_url

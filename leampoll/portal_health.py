@@ -10,7 +10,8 @@ set of labels: `portal.REFUSED_KINDS`).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 
 @dataclass
@@ -48,5 +49,10 @@ class PortalHealth:
         ended, self.trouble = self.trouble, None
         return ended
 
-    def as_status(self) -> dict | None:
-        return asdict(self.trouble) if self.trouble else None
+    def snapshot(self) -> Trouble | None:
+        """A copy of the trouble going on, for the status (the trouble itself changes)."""
+        return replace(self.trouble) if self.trouble else None
+
+    def as_status(self) -> dict[str, Any] | None:
+        trouble = self.snapshot()
+        return asdict(trouble) if trouble else None

@@ -138,12 +138,11 @@ def summary(pollers: list[Poller]) -> int:
     """Log each poller's last outcome; the number of reports not delivered."""
     undelivered = 0
     for p in pollers:
-        data = State(p.workdir / ".leampoll").load_status()
-        last = data.get("last") or {}
+        last = State(p.workdir / ".leampoll").load_status().last
         pending = p.pending_reports()
         undelivered += pending
-        log.info("retire: %s: last job %s %s%s", p.project, last.get("id", "-"),
-                 last.get("outcome", "-"),
+        log.info("retire: %s: last job %s %s%s", p.project, last.id if last else "-",
+                 last.outcome if last else "-",
                  f"; {pending} report(s) NOT delivered, kept in {p.workdir}/.leampoll/outbox"
                  if pending else "")
     return undelivered

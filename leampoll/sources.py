@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +206,8 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any,
     return _one(parser, action, raw, fail)
 
 
-def _one(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any, fail) -> Any:
+def _one(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any,
+         fail: Callable[[str], None]) -> Any:
     if isinstance(raw, (bool, dict, list)) or not isinstance(raw, (str, int, float)):
         fail(f"expects a value as {_flag(action)} takes it, got {raw!r}")
     text = str(raw)

@@ -6,7 +6,9 @@
 - `outbox/`: reports not yet delivered, one file each, delivered in order.
 - `orphans.json`: how often a job was orphaned, so a job that kills its own
   poller is reported as an error the second time instead of looping forever.
-- `status.json`: what `leampoll status` and the metrics show.
+- `status.json`: what `leampoll status` and the metrics show (`Status`).
+- `failed.json`: the run directories of failed jobs kept for a person, oldest
+  first, at most `--keep-failed` of them.
 - `endpoints.json`: that this portal ends jobs through `end_run` (delivery.py).
 - `reserve`: a little space held on the job filesystem. A job that fills the
   disk must not stop the poller from recording how it ended: when a write
@@ -24,14 +26,16 @@ import errno
 import json
 import logging
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
-from leampoll.portal import Job
+from leampoll.jobs import Job, Report
+from leampoll.portal_health import Trouble
 
 MAX_ORPHANS_KEPT = 200
 RESERVE_BYTES = 1024 * 1024  # a job's end needs a few KiB: the outbox, the record, the status
@@ -62,17 +66,130 @@ def read_json(path: Path) -> Any:
         return None
 
 
-@dataclass
-class Report:
-    """An outcome on its way to the portal."""
+_T = TypeVar("_T")
 
-    kind: str  # success, error, requeue
-    url: str
-    message: str
-    job_id: str
-    fallback: str = ""  # where to send it if `url` refuses (requeue -> on_error)
-    created: float = 0.0
-    job_url: str = ""  # the job's own URL, for <url>/end_run
+
+def _record(cls: type[_T], data: Any) -> _T | None:
+    """A record of status.json as `cls`, or None when it is missing or not one.
+
+    Unknown keys are left out: a file written by another version stays readable.
+    """
+    if not isinstance(data, dict):
+        return None
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError:
+        return None
+
+
+def _counts(data: Any) -> dict[str, int]:
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class Current:
+    """The job being run. Frozen, so the worker replaces it and a change is seen."""
+
+    id: str
+    title: str
+    started_at: float
+    rundir: str
+    log: str
+
+
+@dataclass(frozen=True)
+class Last:
+    """How the last job ended; `portal` once its report left the outbox."""
+
+    id: str = ""
+    outcome: str = ""  # success, error, requeued
+    at: float = 0.0
+    message: str = ""
+    portal: str | None = None  # the endpoint that took it, or the delivery's state
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(vars(self))
+        if self.portal is None:
+            del data["portal"]  # absent until the report is delivered, as readers expect
+        return data
+
+
+@dataclass
+class Guard:
+    """The guards holding popping, and each local guard's [free, total, required]."""
+
+    holding: list[str] = field(default_factory=list)
+    readings: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthHold:
+    """The portal rejects the poller's credentials: whose, since when, its answer."""
+
+    user: str
+    since: float | None
+    detail: str
+
+
+@dataclass
+class Status:
+    """What the poller is doing, for `leampoll status`, the metrics and the fleet table.
+
+    status.json is `to_json()`; its keys and their order are what those readers
+    and older pollers' files use. Read back, every field has the value a missing
+    key means to a reader (None, zero, empty).
+    """
+
+    project: str | None = None
+    version: str | None = None
+    pid: int | None = None
+    site: str | None = None
+    workdir: str | None = None
+    started_at: float | None = None
+    state: str | None = None  # metrics.STATES
+    current: Current | None = None
+    last: Last | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # outcomes, across restarts
+    session: dict[str, int] = field(default_factory=dict)  # outcomes since this start
+    guard: Guard = field(default_factory=Guard)
+    last_poll: float | None = None  # wall clock of the portal's last real answer
+    reports_pending: int = 0
+    auth: AuthHold | None = None
+    portal_error: Trouble | None = None  # failed pops going on now
+    portal_errors_total: dict[str, int] = field(default_factory=dict)
+    idle_since: float | None = None  # the queue is found empty since (retire --when-idle)
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of status.json. Shallow (json.dump copies it at once): asdict's
+        deep copy would cost several times the dump on every write."""
+        data = dict(vars(self))
+        for key in ("current", "guard", "auth", "portal_error"):
+            if data[key] is not None:
+                data[key] = dict(vars(data[key]))
+        data["last"] = self.last.to_json() if self.last else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Status:
+        """The status in a status.json's content; empty when there is none."""
+        if not isinstance(data, dict):
+            return cls()
+        guard = data.get("guard")
+        guard = guard if isinstance(guard, dict) else {}
+        return cls(
+            **{k: data.get(k) for k in ("project", "version", "pid", "site", "workdir",
+                                        "started_at", "state", "last_poll", "idle_since")},
+            current=_record(Current, data.get("current")),
+            last=_record(Last, data.get("last")),
+            counts=_counts(data.get("counts")),
+            session=_counts(data.get("session")),
+            guard=Guard(guard.get("holding", []), guard.get("readings", {})),
+            reports_pending=data.get("reports_pending", 0),
+            auth=_record(AuthHold, data.get("auth")),
+            portal_error=_record(Trouble, data.get("portal_error")),
+            portal_errors_total=_counts(data.get("portal_errors_total")),
+        )
 
 
 class State:
@@ -86,6 +203,7 @@ class State:
         self.status_path = directory / "status.json"
         self.endpoints_path = directory / "endpoints.json"
         self.reserve_path = directory / "reserve"
+        self.failed_path = directory / "failed.json"
         self._seq = 0
 
     def ensure(self) -> None:
@@ -126,13 +244,14 @@ class State:
 
     # -- the current job ---------------------------------------------------
 
-    def begin(self, job: Job, rundir: Path) -> dict:
-        record = {"job": job.to_dict(), "rundir": str(rundir), "poller_pid": os.getpid(),
-                  "started": time.time(), "groups": []}
+    def begin(self, job: Job, rundir: Path) -> dict[str, Any]:
+        record: dict[str, Any] = {"job": job.to_dict(), "rundir": str(rundir),
+                                  "poller_pid": os.getpid(), "started": time.time(),
+                                  "groups": []}
         self.write(self.current_path, record)
         return record
 
-    def add_group(self, record: dict, stage: str, pgid: int) -> None:
+    def add_group(self, record: dict[str, Any], stage: str, pgid: int) -> None:
         """Remember a job's process group, so a restarted poller can stop it."""
         try:
             created = psutil.Process(pgid).create_time()
@@ -145,7 +264,7 @@ class State:
         with contextlib.suppress(FileNotFoundError):
             self.current_path.unlink()
 
-    def orphan(self) -> dict | None:
+    def orphan(self) -> dict[str, Any] | None:
         """The record a killed poller left behind, if any."""
         record = read_json(self.current_path)
         if record is None and self.current_path.exists():
@@ -179,7 +298,7 @@ class State:
         return path
 
     def pending(self) -> list[tuple[Path, Report]]:
-        items = []
+        items: list[tuple[Path, Report]] = []
         for path in sorted(self.outbox.glob("*.json")):
             data = read_json(path)
             try:
@@ -193,15 +312,24 @@ class State:
 
     # -- status ------------------------------------------------------------
 
-    def load_status(self) -> dict:
-        data = read_json(self.status_path)
-        return data if isinstance(data, dict) else {}
+    def load_status(self) -> Status:
+        return Status.from_json(read_json(self.status_path))
 
-    def save_status(self, status: dict) -> None:
-        self.write(self.status_path, status, mode=0o644)
+    def save_status(self, status: Status) -> None:
+        self.write(self.status_path, status.to_json(), mode=0o644)
+
+    # -- retention of failed runs ---------------------------------------------
+
+    def keep_failed(self, rundir: Path, keep: int) -> None:
+        """Keep a failed job's run directory for a person; remove the oldest beyond `keep`."""
+        kept = [p for p in (read_json(self.failed_path) or []) if p != str(rundir)]
+        kept.append(str(rundir))
+        while len(kept) > keep:
+            shutil.rmtree(kept.pop(0), ignore_errors=True)
+        self.write(self.failed_path, kept)
 
 
-def stop_orphan_groups(record: dict, grace: float) -> list[int]:
+def stop_orphan_groups(record: dict[str, Any], grace: float) -> list[int]:
     """Stop what is left of an orphaned job's process groups; return the pids found.
 
     A job runs in a session of its own, so Supervisor's killasgroup, which

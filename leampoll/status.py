@@ -15,13 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
 
 from leampoll import supervisor
 from leampoll.config import human
-from leampoll.state import read_json
+from leampoll.state import Guard, State, read_json
 
 PROJECTS_FILE = Path(os.environ.get("LEAMPOLL_PROJECTS_FILE", "/etc/leampoll/projects.json"))
 COLUMNS = ("project", "supervisor", "version", "uptime", "job", "last", "ok/failed",
@@ -56,13 +57,16 @@ def deployed() -> list[dict]:
 def row(project: dict, programs: dict[str, str], now: float) -> dict:
     """One project's facts, as plain data (the --json form)."""
     workdir = Path(project["workdir"])
-    status = read_json(workdir / ".leampoll" / "status.json") or {}
-    name = project.get("name") or status.get("project") or workdir.name
+    status = State(workdir / ".leampoll").load_status()
+    name = project.get("name") or status.project or workdir.name
     program = project.get("program", f"leampoll-{name}")
-    alive = bool(status.get("pid")) and psutil.pid_exists(int(status["pid"]))
-    current = status.get("current") if alive else None
-    last = status.get("last") or {}
-    guard = status.get("guard", {}) if alive else {}
+    alive = bool(status.pid) and psutil.pid_exists(int(status.pid or 0))
+    current = status.current if alive else None
+    last = status.last
+    guard = status.guard if alive else Guard()
+    trouble = status.portal_error if alive else None
+    disk: dict[str, int] | None
+    inodes: dict[str, int] | None
     try:
         st = os.statvfs(workdir)
         disk = {"free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
@@ -71,35 +75,34 @@ def row(project: dict, programs: dict[str, str], now: float) -> dict:
         disk = inodes = None
     # The program, not a job: a job that fails is reported and the poller goes on.
     failing = programs.get(program) in ("FATAL", "BACKOFF") or (
-        alive and status.get("state") == "backoff")
+        alive and status.state == "backoff")
     log = project.get("log", f"/var/log/supervisor/{program}.log")
-    if last.get("outcome") == "error" and last.get("id") and programs.get(program) != "FATAL":
-        log = str(workdir / f"{_rundir_name(last['id'])}.log")
+    if last and last.outcome == "error" and last.id and programs.get(program) != "FATAL":
+        log = str(workdir / f"{_rundir_name(last.id)}.log")
     return {
         "project": name,
         "program": program,
         "supervisor": programs.get(program, "unknown"),
-        "version": status.get("version"),
-        "pid": status.get("pid") if alive else None,
-        "uptime": now - status["started_at"] if alive and status.get("started_at") else None,
-        "state": status.get("state") if alive else "stopped",
-        "job": {"id": current["id"], "running_for": now - current["started_at"]}
+        "version": status.version,
+        "pid": status.pid if alive else None,
+        "uptime": now - status.started_at if alive and status.started_at else None,
+        "state": status.state if alive else "stopped",
+        "job": {"id": current.id, "running_for": now - current.started_at}
         if current else None,
-        "last": {**last, "ago": now - last["at"]} if last.get("at") else None,
-        "succeeded": status.get("session", {}).get("success", 0),
-        "failed": status.get("session", {}).get("error", 0),
-        "totals": status.get("counts", {}),
-        "guard": {"holding": guard.get("holding", []), "readings": guard.get("readings", {})},
-        "auth": status.get("auth") if alive else None,
-        "portal_error": {**status["portal_error"], "for": now - status["portal_error"]["since"]}
-        if alive and status.get("portal_error") else None,
-        "portal_errors_total": status.get("portal_errors_total", {}),
+        "last": {**last.to_json(), "ago": now - last.at} if last and last.at else None,
+        "succeeded": status.session.get("success", 0),
+        "failed": status.session.get("error", 0),
+        "totals": status.counts,
+        "guard": {"holding": guard.holding, "readings": guard.readings},
+        "auth": asdict(status.auth) if alive and status.auth else None,
+        "portal_error": {**asdict(trouble), "for": now - trouble.since} if trouble else None,
+        "portal_errors_total": status.portal_errors_total,
         "disk": disk,
         "inodes": inodes,
         "memory_available": psutil.virtual_memory().available,
-        "last_poll_ago": now - status["last_poll"] if status.get("last_poll") else None,
+        "last_poll_ago": now - status.last_poll if status.last_poll else None,
         # How long the queue has been found empty without a break (retire --when-idle).
-        "idle_for": now - status["idle_since"] if alive and status.get("idle_since") else None,
+        "idle_for": now - status.idle_since if alive and status.idle_since else None,
         "failing": failing,
         "log": log,
         "workdir": str(workdir),

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -25,10 +26,14 @@ from leampoll.config import Config
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.delivery import Deliverer, EndpointMemory
 from leampoll.executor import Executor, Outcome
+from leampoll.jobs import Job, Report
 from leampoll.lifecycle import COLD, WARM, Lifecycle
-from leampoll.portal import Empty, Job, PortalClient, Refused
+from leampoll.portal import Empty, PortalClient, Refused
 from leampoll.portal_health import PortalHealth
-from leampoll.state import Report, State, read_json, stop_orphan_groups
+from leampoll.state import AuthHold, Current, Guard, Last, State, Status, stop_orphan_groups
+
+if TYPE_CHECKING:  # imported only with --metrics-file, see run()
+    from leampoll.metrics import Metrics
 
 log = logging.getLogger("leampoll")
 
@@ -66,11 +71,11 @@ class Worker:
         self.empties = 0
         self.holding: list[str] = []
         self.exit_code = 0
-        self.metrics = None
+        self.metrics: Metrics | None = None
         self.status = self._initial_status()
-        self.health = PortalHealth(self.status["portal_errors_total"])
-        self.status["portal_errors_total"] = self.health.totals  # one dict, always current
-        self._published: tuple = ()
+        self.health = PortalHealth(self.status.portal_errors_total)
+        self.status.portal_errors_total = self.health.totals  # one dict, always current
+        self._published: tuple[object, ...] = ()
         self._published_at = float("-inf")
 
     # -- lifecycle -----------------------------------------------------------
@@ -95,7 +100,7 @@ class Worker:
         finally:
             self.life.uninstall()
             self.portal.close()
-            self.status.update(state="stopped", pid=None, current=None)
+            self.status.state, self.status.pid, self.status.current = "stopped", None, None
             self.publish()
         log.info("leampoll stopped (%s)", self.life.stop or "done")
         return self.exit_code
@@ -103,8 +108,8 @@ class Worker:
     def cycle(self) -> None:
         """One round: deliver reports, check guards, pop, and run what was popped."""
         once = self.config.once
-        idle_since = self.status["idle_since"]
-        self.status["idle_since"] = None  # unless this cycle finds the queue empty
+        idle_since = self.status.idle_since
+        self.status.idle_since = None  # unless this cycle finds the queue empty
         if self.life.reload:
             self.reload_credentials()
         if not self.flush_reports():
@@ -119,17 +124,17 @@ class Worker:
             return
         answer = self.portal.pop()
         if not isinstance(answer, Refused):
-            self.status["last_poll"] = time.time()
+            self.status.last_poll = time.time()
             self.backoff.reset()
             ended = self.health.answered()
             if ended and ended.count > 1:
                 log.info("portal answers pops again, after %d failed since %s (last: %s)",
                          ended.count, time.strftime("%H:%M:%S", time.localtime(ended.since)),
                          ended.last)
-            self.status["portal_error"] = None
+            self.status.portal_error = None
         if isinstance(answer, Empty):
             # For `leampoll retire --when-idle`: since when the queue is found empty.
-            self.status["idle_since"] = idle_since or time.time()
+            self.status.idle_since = idle_since or time.time()
             self.empties += 1
             log.debug("queue empty (%d in a row)", self.empties)
             if self.config.idle and self.empties >= self.config.idle:
@@ -139,7 +144,7 @@ class Worker:
                 self.wait(0 if once else idle_wait(self.config.speed), "idle")
         elif isinstance(answer, Refused):
             self.health.failed(answer.kind, answer.reason)
-            self.status["portal_error"] = self.health.as_status()
+            self.status.portal_error = self.health.snapshot()
             if answer.login_redirect:
                 self.auth.suspect()  # the credentials are checked before the next pop
             wait = self.backoff.next(answer.retry_after)
@@ -151,7 +156,7 @@ class Worker:
             self.handle(answer)  # then straight back to the queue: a backlog drains at once
 
     def wait(self, seconds: float, why: str) -> None:
-        self.status["state"] = why
+        self.status.state = why
         self.publish()
         self.life.sleep(seconds)
 
@@ -180,8 +185,8 @@ class Worker:
         log.info("SIGHUP: password file %s re-read; the new password is in use", path)
 
     def _during_job(self) -> None:
-        if self.life.stop == WARM and self.status["state"] == "running":
-            self.status["state"] = "draining"
+        if self.life.stop == WARM and self.status.state == "running":
+            self.status.state = "draining"
         self.publish()
 
     # -- guards ----------------------------------------------------------------
@@ -199,12 +204,11 @@ class Worker:
             self.state.keep_reserve()  # given up when a job filled the disk
         if self.auth.holding():
             names.append("auth")
-        self.status["guard"] = {"holding": names,
-                                "readings": {r.guard: [r.free, r.total, r.required]
-                                             for r in readings}}
+        self.status.guard = Guard(names, {r.guard: [r.free, r.total, r.required]
+                                          for r in readings})
         rejected = self.auth.rejected
-        self.status["auth"] = {"user": self.config.user, "since": self.auth.since,
-                               "detail": rejected.detail} if rejected else None
+        self.status.auth = AuthHold(self.config.user, self.auth.since,
+                                    rejected.detail) if rejected else None
         self.holding = names
         return bool(names)
 
@@ -226,15 +230,14 @@ class Worker:
         rundir, logpath = self.executor.paths(job)
         log.info("job %s: starting in %s (log %s)", job.id, rundir, logpath)
         record = self.state.begin(job, rundir)
-        self.executor.on_start = lambda stage, pgid: self.state.add_group(record, stage, pgid)
-        self.status.update(state="running", current={
-            "id": job.id, "title": job.title, "started_at": time.time(),
-            "rundir": str(rundir), "log": str(logpath)})
+        self.status.state = "running"
+        self.status.current = Current(job.id, job.title, time.time(), str(rundir), str(logpath))
         self.publish()
         env = {"PORTAL_USER": self.config.user, "PORTAL_PASSWORD": self.config.password,
                "LEAM_JOB_ID": job.id, "LEAM_JOB_URL": job.url,
                "LEAM_PORTAL_URL": self.config.site}
-        outcome = self.executor.execute(job, env)
+        outcome = self.executor.execute(
+            job, env, lambda stage, pgid: self.state.add_group(record, stage, pgid))
         self.finish(job, outcome, rundir)
 
     def finish(self, job: Job, outcome: Outcome, rundir: Path) -> None:
@@ -249,7 +252,7 @@ class Worker:
             self.enqueue(job, "error", f"job {job.id} {outcome.describe()}")
         self.state.finish()
         self.state.forget_orphan(job.url or job.id)
-        self.status["current"] = None
+        self.status.current = None
         if self.metrics:
             self.metrics.job_done(outcome)
         self.flush_reports()
@@ -258,11 +261,10 @@ class Worker:
     def enqueue(self, job: Job, kind: str, message: str) -> None:
         """Put a report in the outbox (it survives a crash) and count the outcome."""
         outcome = "requeued" if kind == "requeue" else kind
-        counts = self.status["counts"]
+        counts, session = self.status.counts, self.status.session
         counts[outcome] = counts.get(outcome, 0) + 1
-        self.status["session"][outcome] = self.status["session"].get(outcome, 0) + 1
-        self.status["last"] = {"id": job.id, "outcome": outcome, "at": time.time(),
-                               "message": message.splitlines()[0][:200]}
+        session[outcome] = session.get(outcome, 0) + 1
+        self.status.last = Last(job.id, outcome, time.time(), message.splitlines()[0][:200])
         url = {"success": job.on_success, "error": job.on_error,
                "requeue": job.requeue_url}[kind]
         if not url and not job.url:
@@ -277,7 +279,7 @@ class Worker:
         for path, report in self.state.pending():
             result = self.deliverer.deliver(report)
             if result.state == "retry":
-                self.status["reports_pending"] = self.state.pending_count()
+                self.status.reports_pending = self.state.pending_count()
                 return False
             if result.state == "undeliverable":
                 # The portal will never take it: set it aside, loudly, and go on.
@@ -294,11 +296,12 @@ class Worker:
                 path.unlink()
                 log.info("job %s: reported %s (%s, %s)", report.job_id, report.kind,
                          result.endpoint, result.detail)
-            last = self.status.get("last") or {}
-            if last.get("id") == report.job_id:  # a new dict: publish() compares by value
-                self.status["last"] = {**last, "portal": result.endpoint
-                                       if result.state == "delivered" else result.state}
-        self.status["reports_pending"] = 0
+            last = self.status.last
+            if last and last.id == report.job_id:  # replaced: publish() compares by value
+                self.status.last = dataclasses.replace(last, portal=result.endpoint
+                                                       if result.state == "delivered"
+                                                       else result.state)
+        self.status.reports_pending = 0
         return True
 
     # -- recovery and retention --------------------------------------------------
@@ -328,11 +331,7 @@ class Worker:
             if not self.config.preserve:
                 shutil.rmtree(rundir, ignore_errors=True)
             return
-        kept_path = self.state.dir / "failed.json"
-        kept = [p for p in (read_json(kept_path) or []) if p != str(rundir)] + [str(rundir)]
-        while len(kept) > self.config.keep_failed:
-            shutil.rmtree(kept.pop(0), ignore_errors=True)
-        self.state.write(kept_path, kept)
+        self.state.keep_failed(rundir, self.config.keep_failed)
         self._prune_logs()
 
     def _prune_logs(self) -> None:
@@ -347,43 +346,37 @@ class Worker:
 
     # -- status ----------------------------------------------------------------
 
-    def _initial_status(self) -> dict:
+    def _initial_status(self) -> Status:
+        """A fresh status; totals and the last outcome carried over from the previous run."""
         previous = self.state.load_status()
-        counts = previous.get("counts") if isinstance(previous.get("counts"), dict) else {}
-        return {
-            "project": self.config.project,
-            "version": __version__,
-            "pid": os.getpid(),
-            "site": self.config.site,
-            "workdir": str(self.config.workdir),
-            "started_at": time.time(),
-            "state": "starting",
-            "current": None,
-            "last": previous.get("last"),
-            "counts": {k: int(counts.get(k, 0)) for k in OUTCOMES},
-            "session": {k: 0 for k in OUTCOMES},
-            "guard": {"holding": [], "readings": {}},
-            "last_poll": previous.get("last_poll"),
-            "reports_pending": 0,
-            "auth": None,
-            "portal_error": None,
-            "portal_errors_total": {k: int(v) for k, v in (
-                previous.get("portal_errors_total") or {}).items() if isinstance(v, int)},
-            "idle_since": None,
-        }
+        return Status(
+            project=self.config.project,
+            version=__version__,
+            pid=os.getpid(),
+            site=self.config.site,
+            workdir=str(self.config.workdir),
+            started_at=time.time(),
+            state="starting",
+            last=previous.last,
+            counts={k: int(previous.counts.get(k, 0)) for k in OUTCOMES},
+            session=dict.fromkeys(OUTCOMES, 0),
+            last_poll=previous.last_poll,
+            portal_errors_total={k: int(v) for k, v in previous.portal_errors_total.items()
+                                 if isinstance(v, int)},
+        )
 
-    def _status_key(self) -> tuple:
+    def _status_key(self) -> tuple[object, ...]:
         """What a reader must see at once; the rest may wait STATUS_REFRESH."""
         s = self.status
-        return (s["state"], s["pid"], s["current"], s["last"], tuple(s["counts"].values()),
-                tuple(s["guard"]["holding"]), s["reports_pending"], s["last_poll"] is None,
-                s["auth"] is None, (s["portal_error"] or {}).get("reason"),
-                s["idle_since"] is None)
+        return (s.state, s.pid, s.current, s.last, tuple(s.counts.values()),
+                tuple(s.guard.holding), s.reports_pending, s.last_poll is None,
+                s.auth is None, s.portal_error.reason if s.portal_error else None,
+                s.idle_since is None)
 
     def publish(self) -> None:
         """Write status.json (and metrics) for readers; never fatal."""
-        if self.life.stop == COLD and self.status.get("state") not in ("stopped",):
-            self.status["state"] = "stopping"
+        if self.life.stop == COLD and self.status.state not in ("stopped",):
+            self.status.state = "stopping"
         try:
             key, now = self._status_key(), time.monotonic()
             if key != self._published or now - self._published_at >= STATUS_REFRESH:

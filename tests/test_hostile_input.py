@@ -205,7 +205,7 @@ class RecordingExecutor(Executor):
         super().__init__(workdir, IDLE_LIFE)
         self.calls: list[tuple[str, list, Path, dict]] = []
 
-    def run_group(self, stage, argv, cwd, env, log, timeout) -> Outcome:
+    def run_group(self, stage, argv, cwd, env, log, timeout, on_start=None) -> Outcome:
         self.calls.append((stage, argv, cwd, dict(env)))
         return Outcome(True, stage)
 
