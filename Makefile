@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(BIN)/mypy leampoll
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
+	$(BIN)/python tools/role_docs.py check
 
 # The man page, from the poller's own parser; committed, so building the wheel
 # or deploying needs no argparse-manpage. A fixed date keeps it byte-identical
