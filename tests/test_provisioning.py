@@ -449,7 +449,7 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
         out = ops_play(fleet, "status.yml", "--limit", "alpha,beta")
         assert out.returncode == 0, out.stdout[-4000:]
         rows = {(r[0], r[1]): " ".join(r) for r in table_rows(out.stdout)}
-        assert re.search(r"RUNNING \S+ \S+ status-long \(\d+s\)", rows["alpha", "chicago"])
+        assert re.search(r"RUNNING \S+ \S+ status-long \(\d+[smh]\)", rows["alpha", "chicago"])
         assert re.search(r" disk \S+<1000\.00TB ", rows["beta", "stlouis"]), rows
         assert "jobs running 1; guard holds 1 (beta:stlouis (disk))" in out.stdout
 
