@@ -31,6 +31,7 @@ faults-quick: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy leampoll
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint

@@ -16,15 +16,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmarks of this project, each against a baseline measured in the "
-                    "same run. Without a suite name every available suite runs.",
+        "same run. Without a suite name every available suite runs.",
     )
-    parser.add_argument("suites", nargs="*", metavar="SUITE",
-                        help="which suites to run: " + ", ".join(suites))
-    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md",
-                        help="where the results go (default BENCHMARKS.md in the project)")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer samples, for trying the benchmarks out; prints the "
-                             "tables but writes no file")
+    parser.add_argument(
+        "suites", nargs="*", metavar="SUITE", help="which suites to run: " + ", ".join(suites)
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "BENCHMARKS.md",
+        help="where the results go (default BENCHMARKS.md in the project)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer samples, for trying the benchmarks out; prints the tables but writes no file",
+    )
     args = parser.parse_args(argv)
     for name in args.suites:
         if name not in suites:
@@ -37,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         print(f"== {suites[name].title} (python -m bench {name})", file=sys.stderr, flush=True)
         section = suites[name].run(args)
-        print(f"== {name}: done in {time.monotonic() - started:.0f} s", file=sys.stderr,
-              flush=True)
+        print(f"== {name}: done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         sections.append(section)
     for section in sections:
         print(f"\n{section.title}\n{section.header}\n")

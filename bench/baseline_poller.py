@@ -47,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-i", "--idle", type=int, default=0)
     p.add_argument("-q", "--popq", default="/pop_queue")
     p.add_argument("--workdir", default=".")
-    p.add_argument("--deadline", type=float, default=900.0,
-                   help="exit after this many seconds (a bound for the benchmarks)")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=900.0,
+        help="exit after this many seconds (a bound for the benchmarks)",
+    )
     args = p.parse_args(argv)
     user, password = os.environ["PORTAL_USER"], os.environ["PORTAL_PASSWORD"]
     auth = (user, password)
@@ -80,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(rundir, ignore_errors=True)
         os.mkdir(rundir)
         with open(rundir + ".log", "wb") as log:
-            code = subprocess.call(shlex.split(job["cmdline"]), cwd=rundir, stdout=log,
-                                   stderr=subprocess.STDOUT)
+            code = subprocess.call(
+                shlex.split(job["cmdline"]), cwd=rundir, stdout=log, stderr=subprocess.STDOUT
+            )
         target = job["on_success"] if code == 0 else job["on_error"]
-        requests.post(target, data={"message": f"job {job['id']} exit code {code}"},
-                      auth=auth, timeout=60)
+        requests.post(
+            target, data={"message": f"job {job['id']} exit code {code}"}, auth=auth, timeout=60
+        )
         pause(args.speed)
     return 0
 

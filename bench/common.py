@@ -89,8 +89,9 @@ class BenchPortal(PortalStandin):
         try:
             return self.wait_for(predicate, timeout)
         except AssertionError:
-            raise RuntimeError(f"bench: timed out after {timeout:.0f} s waiting for {what}") \
-                from None
+            raise RuntimeError(
+                f"bench: timed out after {timeout:.0f} s waiting for {what}"
+            ) from None
 
 
 @contextlib.contextmanager
@@ -115,8 +116,14 @@ class Proc:
         self.argv = list(argv)
         self.log_path = log
         with open(log, "ab") as out:
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=poller_env(), cwd=cwd)
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=poller_env(),
+                cwd=cwd,
+            )
         self.pid = self.popen.pid
 
     def wait(self, timeout: float) -> int:
@@ -124,8 +131,9 @@ class Proc:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise RuntimeError(f"bench: {self.argv[1:3]} did not end within {timeout:.0f} s; "
-                               f"see {self.log_path}") from None
+            raise RuntimeError(
+                f"bench: {self.argv[1:3]} did not end within {timeout:.0f} s; see {self.log_path}"
+            ) from None
 
     def stop(self) -> None:
         """SIGTERM (an idle leampoll exits at once), SIGKILL if it is still there 10 s later."""
@@ -147,22 +155,56 @@ class Proc:
         self.stop()
 
 
-def leampoll(portal: PortalStandin, workdir: Path, log: Path, speed: float, idle: int,
-             *extra: str) -> Proc:
+def leampoll(
+    portal: PortalStandin, workdir: Path, log: Path, speed: float, idle: int, *extra: str
+) -> Proc:
     """The real poller, with guard thresholds low enough for any test machine."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return Proc([sys.executable, "-m", "leampoll", "--workdir", str(workdir),
-                 "--min-free-disk", "1M", "--min-free-mem", "1M", "--min-free-inodes", "10",
-                 "--speed", f"{speed:g}", "--idle", str(idle), *extra, portal.url], log)
+    return Proc(
+        [
+            sys.executable,
+            "-m",
+            "leampoll",
+            "--workdir",
+            str(workdir),
+            "--min-free-disk",
+            "1M",
+            "--min-free-mem",
+            "1M",
+            "--min-free-inodes",
+            "10",
+            "--speed",
+            f"{speed:g}",
+            "--idle",
+            str(idle),
+            *extra,
+            portal.url,
+        ],
+        log,
+    )
 
 
-def baseline(portal: PortalStandin, workdir: Path, log: Path, speed: float, idle: int,
-             deadline: float) -> Proc:
+def baseline(
+    portal: PortalStandin, workdir: Path, log: Path, speed: float, idle: int, deadline: float
+) -> Proc:
     """The old loop design (bench/baseline_poller.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return Proc([sys.executable, str(BASELINE), "--workdir", str(workdir), "--speed",
-                 f"{speed:g}", "--idle", str(idle), "--deadline", f"{deadline:g}",
-                 portal.url], log)
+    return Proc(
+        [
+            sys.executable,
+            str(BASELINE),
+            "--workdir",
+            str(workdir),
+            "--speed",
+            f"{speed:g}",
+            "--idle",
+            str(idle),
+            "--deadline",
+            f"{deadline:g}",
+            portal.url,
+        ],
+        log,
+    )
 
 
 # -- statistics ------------------------------------------------------------------

@@ -68,9 +68,17 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(drain_reps=2, model_fit_speed=0.2, model_check_jobs=2, drain_speed=5.0,
-                   overhead_jobs=30, floor_samples=10, idle_cycles=60, breakdown_calls=20,
-                   pickup_samples=4)
+        return cls(
+            drain_reps=2,
+            model_fit_speed=0.2,
+            model_check_jobs=2,
+            drain_speed=5.0,
+            overhead_jobs=30,
+            floor_samples=10,
+            idle_cycles=60,
+            breakdown_calls=20,
+            pickup_samples=4,
+        )
 
 
 @dataclass
@@ -103,12 +111,13 @@ def poller(options) -> Section:
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - started
-    header = (f"Machine: {machine()}.  \nDate: {now()}; this suite ran {elapsed:.0f} s "
-              f"(`python -m bench poller`); load average (1 min) {load_before:.2f} before, "
-              f"{os.getloadavg()[0]:.2f} after.  \nleampoll {_version()}, requests "
-              f"{requests.__version__}, psutil {psutil.__version__}.")
-    return Section("poller", "The poller (`python -m bench poller`)", rows(res), header,
-                   notes(res))
+    header = (
+        f"Machine: {machine()}.  \nDate: {now()}; this suite ran {elapsed:.0f} s "
+        f"(`python -m bench poller`); load average (1 min) {load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after.  \nleampoll {_version()}, requests "
+        f"{requests.__version__}, psutil {psutil.__version__}."
+    )
+    return Section("poller", "The poller (`python -m bench poller`)", rows(res), header, notes(res))
 
 
 def _version() -> str:
@@ -126,8 +135,11 @@ def drain_figures(portal: BenchPortal, ids: list[str]) -> dict:
     reports = [portal.report_of(i) for i in ids]
     if any(r is None or r.kind != "success" for r in reports):
         raise RuntimeError("bench: a drain job was not reported as a success")
-    return {"wall": reports[-1].at - pops[0], "pops": pops, "last_pop_to_report":
-            reports[-1].at - pops[-1]}
+    return {
+        "wall": reports[-1].at - pops[0],
+        "pops": pops,
+        "last_pop_to_report": reports[-1].at - pops[-1],
+    }
 
 
 def drain_run(make, n: int, wd: Path, speed: float, timeout: float, tag: str) -> dict:
@@ -171,13 +183,23 @@ def measure_drain(plan: Plan, wd: Path) -> dict:
     # ... and a few jobs at the benchmark's interval, to check the model against.
     m = plan.model_check_jobs
     check = drain_run(old, m, wd, speed, m * speed + 60, "baseline-check")
-    log(f"  baseline, {m} jobs at --speed {speed:g}: {secs(check['wall'])} "
-        f"(model {secs(model(m, speed))})")
+    log(
+        f"  baseline, {m} jobs at --speed {speed:g}: {secs(check['wall'])} "
+        f"(model {secs(model(m, speed))})"
+    )
     return {
-        "walls": walls, "ours": median(walls), "n": n, "speed": speed,
-        "fit_speed": fit_speed, "fit_wall": fit["wall"], "fit_model": model(n, fit_speed),
-        "per_job": per_job, "last": last,
-        "check_jobs": m, "check_wall": check["wall"], "check_model": model(m, speed),
+        "walls": walls,
+        "ours": median(walls),
+        "n": n,
+        "speed": speed,
+        "fit_speed": fit_speed,
+        "fit_wall": fit["wall"],
+        "fit_model": model(n, fit_speed),
+        "per_job": per_job,
+        "last": last,
+        "check_jobs": m,
+        "check_wall": check["wall"],
+        "check_model": model(m, speed),
         "baseline": model(n, speed),
     }
 
@@ -225,8 +247,13 @@ def spawn_floor(samples: int) -> list[float]:
     out = []
     for _ in range(samples):
         before = time.time()
-        run = subprocess.run(["bash", "-c", "echo $EPOCHREALTIME"], capture_output=True,
-                             text=True, check=True, timeout=10)
+        run = subprocess.run(
+            ["bash", "-c", "echo $EPOCHREALTIME"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
         out.append(_epoch(run.stdout) - before)
     return out
 
@@ -253,15 +280,25 @@ def measure_overhead(plan: Plan, wd: Path) -> dict:
         return leampoll(portal, workdir, logfile, 20, 1)
 
     def old(portal, workdir, logfile):
-        return baseline(portal, workdir, logfile, plan.baseline_overhead_speed, 1,
-                        deadline=n * (plan.baseline_overhead_speed + 1) + 60)
+        return baseline(
+            portal,
+            workdir,
+            logfile,
+            plan.baseline_overhead_speed,
+            1,
+            deadline=n * (plan.baseline_overhead_speed + 1) + 60,
+        )
 
     result = {"n": n, "ours": overhead_run(ours, n, wd, "leampoll")}
-    log(f"  leampoll: pop->start median {ms(median(result['ours']['start']))}, "
-        f"end->report median {ms(median(result['ours']['report']))}")
+    log(
+        f"  leampoll: pop->start median {ms(median(result['ours']['start']))}, "
+        f"end->report median {ms(median(result['ours']['report']))}"
+    )
     result["baseline"] = overhead_run(old, n, wd, "baseline")
-    log(f"  baseline: pop->start median {ms(median(result['baseline']['start']))}, "
-        f"end->report median {ms(median(result['baseline']['report']))}")
+    log(
+        f"  baseline: pop->start median {ms(median(result['baseline']['start']))}, "
+        f"end->report median {ms(median(result['baseline']['report']))}"
+    )
     result["spawn_floor"] = median(spawn_floor(plan.floor_samples))
     result["post_floor"] = median(post_floor(plan.floor_samples))
     return result
@@ -288,8 +325,13 @@ def idle_run(make, plan: Plan, wd: Path, tag: str) -> dict:
             cpu1, pops1, t1 = _cpu(ps), portal.pops(), time.monotonic()
             rss = ps.memory_info().rss
     cycles = pops1 - pops0
-    return {"cycles": cycles, "cpu": (cpu1 - cpu0) / cycles, "cpu_total": cpu1 - cpu0,
-            "wall": (t1 - t0) / cycles, "rss": rss}
+    return {
+        "cycles": cycles,
+        "cpu": (cpu1 - cpu0) / cycles,
+        "cpu_total": cpu1 - cpu0,
+        "wall": (t1 - t0) / cycles,
+        "rss": rss,
+    }
 
 
 def settled_rss(wd: Path, imports: str) -> int:
@@ -316,11 +358,15 @@ def measure_idle(plan: Plan, wd: Path) -> dict:
         return baseline(portal, workdir, logfile, speed, bound, deadline=bound * speed * 4 + 30)
 
     result = {"speed": speed, "ours": idle_run(ours, plan, wd, "leampoll")}
-    log(f"  leampoll: {ms(result['ours']['cpu'], 2)} CPU per empty poll, "
-        f"RSS {mb(result['ours']['rss'])}")
+    log(
+        f"  leampoll: {ms(result['ours']['cpu'], 2)} CPU per empty poll, "
+        f"RSS {mb(result['ours']['rss'])}"
+    )
     result["baseline"] = idle_run(old, plan, wd, "baseline")
-    log(f"  baseline: {ms(result['baseline']['cpu'], 2)} CPU per empty poll, "
-        f"RSS {mb(result['baseline']['rss'])}")
+    log(
+        f"  baseline: {ms(result['baseline']['cpu'], 2)} CPU per empty poll, "
+        f"RSS {mb(result['baseline']['rss'])}"
+    )
     result["floor"] = settled_rss(wd, "requests, psutil")
     log(f"  floor: RSS {mb(result['floor'])}")
     # Where the idle poller's figures come from (for the notes, not goals).
@@ -341,13 +387,17 @@ def idle_breakdown(plan: Plan, wd: Path) -> dict[str, float]:
     wd.mkdir(parents=True)
     out: dict[str, float] = {}
     with standin() as portal:
-        config = load(["--workdir", str(wd), "--speed", f"{plan.idle_speed:g}", portal.url],
-                      environ={"PORTAL_USER": USER, "PORTAL_PASSWORD": PASSWORD})
+        config = load(
+            ["--workdir", str(wd), "--speed", f"{plan.idle_speed:g}", portal.url],
+            environ={"PORTAL_USER": USER, "PORTAL_PASSWORD": PASSWORD},
+        )
         worker = Worker(config)
         worker.state.ensure()
-        parts = {"guards (statvfs, psutil.virtual_memory)": worker.guards_hold,
-                 "pop (requests session GET, parse)": worker.portal.pop,
-                 "status file (status.json, written on a change or every 10 s)": worker.publish}
+        parts = {
+            "guards (statvfs, psutil.virtual_memory)": worker.guards_hold,
+            "pop (requests session GET, parse)": worker.portal.pop,
+            "status file (status.json, written on a change or every 10 s)": worker.publish,
+        }
         try:
             for name, part in parts.items():
                 for _ in range(5):
@@ -416,8 +466,9 @@ def measure_pickup(plan: Plan, wd: Path) -> dict:
         return leampoll(portal, workdir, logfile, speed, 10)
 
     def old(portal, workdir, logfile):
-        return baseline(portal, workdir, logfile, speed, 10,
-                        deadline=plan.pickup_samples * speed * 3 + 60)
+        return baseline(
+            portal, workdir, logfile, speed, 10, deadline=plan.pickup_samples * speed * 3 + 60
+        )
 
     # Both pollers at once, each on its own stand-in: they are idle nearly all the time.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -434,55 +485,102 @@ def measure_pickup(plan: Plan, wd: Path) -> dict:
 
 
 def _dist(values: list[float], fmt=secs) -> str:
-    return (f"min {fmt(min(values))}, median {fmt(median(values))}, "
-            f"p95 {fmt(pct(values, 95))}, max {fmt(max(values))}")
+    return (
+        f"min {fmt(min(values))}, median {fmt(median(values))}, "
+        f"p95 {fmt(pct(values, 95))}, max {fmt(max(values))}"
+    )
 
 
 def rows(res: Results) -> list[Row]:
     d, o, i, p = res.drain, res.overhead, res.idle, res.pickup
     out: list[Row] = []
     drain_ratio = d["baseline"] / d["ours"]
-    out.append(Row(
-        f"Backlog drain: {d['n']} jobs at --speed {d['speed']:g}, first pop to last report "
-        f"(leampoll: median of {len(d['walls'])} runs; baseline: model, checked below)",
-        secs(d["ours"]), secs(d["baseline"]), ratio(d["baseline"], d["ours"]),
-        "\u2264 0.2 s and \u2265 1,900\u00d7", d["ours"] <= 0.2 and drain_ratio >= 1900))
+    out.append(
+        Row(
+            f"Backlog drain: {d['n']} jobs at --speed {d['speed']:g}, first pop to last report "
+            f"(leampoll: median of {len(d['walls'])} runs; baseline: model, checked below)",
+            secs(d["ours"]),
+            secs(d["baseline"]),
+            ratio(d["baseline"], d["ours"]),
+            "\u2264 0.2 s and \u2265 1,900\u00d7",
+            d["ours"] <= 0.2 and drain_ratio >= 1900,
+        )
+    )
     check_err = abs(d["check_wall"] - d["check_model"]) / d["check_wall"]
-    out.append(Row(
-        f"Baseline model check: {d['check_jobs']} jobs at --speed {d['speed']:g}, "
-        f"real run vs model",
-        "-", f"{secs(d['check_wall'])} measured, {secs(d['check_model'])} model "
-             f"({check_err:.2%} off)",
-        "-", "model within 1 %", check_err <= 0.01))
-    out.append(Row(
-        f"Baseline model fit: {d['n']} jobs at --speed {d['fit_speed']:g}, real run",
-        "-", f"{secs(d['fit_wall'])} measured", "-", "-", None))
+    out.append(
+        Row(
+            f"Baseline model check: {d['check_jobs']} jobs at --speed {d['speed']:g}, "
+            f"real run vs model",
+            "-",
+            f"{secs(d['check_wall'])} measured, {secs(d['check_model'])} model "
+            f"({check_err:.2%} off)",
+            "-",
+            "model within 1 %",
+            check_err <= 0.01,
+        )
+    )
+    out.append(
+        Row(
+            f"Baseline model fit: {d['n']} jobs at --speed {d['fit_speed']:g}, real run",
+            "-",
+            f"{secs(d['fit_wall'])} measured",
+            "-",
+            "-",
+            None,
+        )
+    )
 
     n = o["n"]
-    for key, what in (("start", "pop \u2192 job start"), ("report", "job end \u2192 report "
-                                                                       "delivered")):
+    for key, what in (
+        ("start", "pop \u2192 job start"),
+        ("report", "job end \u2192 report delivered"),
+    ):
         ours, old = o["ours"][key], o["baseline"][key]
-        out.append(Row(f"Per-job overhead: {what}, median of {n} jobs",
-                       ms(median(ours), 2), ms(median(old), 2), ratio(median(old), median(ours)),
-                       "\u2264 10 ms", median(ours) <= 0.010))
-        out.append(Row(f"Per-job overhead: {what}, p95 of {n} jobs",
-                       ms(pct(ours, 95), 2), ms(pct(old, 95), 2),
-                       ratio(pct(old, 95), pct(ours, 95))))
+        out.append(
+            Row(
+                f"Per-job overhead: {what}, median of {n} jobs",
+                ms(median(ours), 2),
+                ms(median(old), 2),
+                ratio(median(old), median(ours)),
+                "\u2264 10 ms",
+                median(ours) <= 0.010,
+            )
+        )
+        out.append(
+            Row(
+                f"Per-job overhead: {what}, p95 of {n} jobs",
+                ms(pct(ours, 95), 2),
+                ms(pct(old, 95), 2),
+                ratio(pct(old, 95), pct(ours, 95)),
+            )
+        )
 
     ours, old = i["ours"], i["baseline"]
-    out.append(Row(
-        f"Idle cost: CPU per empty poll cycle ({ours['cycles']} cycles at "
-        f"--speed {i['speed']:g})",
-        ms(ours["cpu"], 2), ms(old["cpu"], 2), ratio(old["cpu"], ours["cpu"]),
-        "\u2264 2 ms", ours["cpu"] <= 0.002))
+    out.append(
+        Row(
+            f"Idle cost: CPU per empty poll cycle ({ours['cycles']} cycles at "
+            f"--speed {i['speed']:g})",
+            ms(ours["cpu"], 2),
+            ms(old["cpu"], 2),
+            ratio(old["cpu"], ours["cpu"]),
+            "\u2264 2 ms",
+            ours["cpu"] <= 0.002,
+        )
+    )
     above = ours["rss"] - i["floor"]
-    out.append(Row(
-        "Idle cost: RSS of the idle poller (above the floor)",
-        f"{mb(ours['rss'])} (+{above / 1e6:.1f} MB)",
-        f"{mb(old['rss'])} ({(old['rss'] - i['floor']) / 1e6:+.1f} MB)",
-        ratio(old["rss"], ours["rss"]), "\u2264 floor + 3 MB", above <= RSS_ALLOWANCE))
-    out.append(Row("Idle cost: RSS floor, bare `python -c 'import requests, psutil'`",
-                   mb(i["floor"])))
+    out.append(
+        Row(
+            "Idle cost: RSS of the idle poller (above the floor)",
+            f"{mb(ours['rss'])} (+{above / 1e6:.1f} MB)",
+            f"{mb(old['rss'])} ({(old['rss'] - i['floor']) / 1e6:+.1f} MB)",
+            ratio(old["rss"], ours["rss"]),
+            "\u2264 floor + 3 MB",
+            above <= RSS_ALLOWANCE,
+        )
+    )
+    out.append(
+        Row("Idle cost: RSS floor, bare `python -c 'import requests, psutil'`", mb(i["floor"]))
+    )
 
     speed = p["speed"]
     ours, old = p["ours"]["latency"], p["baseline"]["latency"]
@@ -490,18 +588,34 @@ def rows(res: Results) -> list[Row]:
         a = min(ours) if q == 0 else median(ours) if q == 50 else pct(ours, q)
         b = min(old) if q == 0 else median(old) if q == 50 else pct(old, q)
         met = a <= speed + EPSILON if name == "max" else None
-        goal = f"\u2264 {speed + EPSILON:g} s (--speed + {EPSILON * 1000:.0f} ms)" \
-            if name == "max" else "-"
-        out.append(Row(f"Pickup latency at --speed {speed:g}, {name} of {len(ours)} "
-                       f"(baseline {len(old)})", secs(a), secs(b), ratio(b, a), goal, met))
+        goal = (
+            f"\u2264 {speed + EPSILON:g} s (--speed + {EPSILON * 1000:.0f} ms)"
+            if name == "max"
+            else "-"
+        )
+        out.append(
+            Row(
+                f"Pickup latency at --speed {speed:g}, {name} of {len(ours)} (baseline {len(old)})",
+                secs(a),
+                secs(b),
+                ratio(b, a),
+                goal,
+                met,
+            )
+        )
     iv, biv = p["ours"]["intervals"], p["baseline"]["intervals"]
     lo, hi = min(iv) / speed, max(iv) / speed
-    out.append(Row(
-        f"Idle wait after an empty poll / --speed, min-max over {len(iv)} waits "
-        f"(baseline {len(biv)})",
-        f"{lo:.3f}-{hi:.3f}", f"{min(biv) / speed:.3f}-{max(biv) / speed:.3f}", "-",
-        f"0.90-1.00 (+{EPSILON * 1000:.0f} ms)",
-        lo >= 0.9 and max(iv) <= speed + EPSILON))
+    out.append(
+        Row(
+            f"Idle wait after an empty poll / --speed, min-max over {len(iv)} waits "
+            f"(baseline {len(biv)})",
+            f"{lo:.3f}-{hi:.3f}",
+            f"{min(biv) / speed:.3f}-{max(biv) / speed:.3f}",
+            "-",
+            f"0.90-1.00 (+{EPSILON * 1000:.0f} ms)",
+            lo >= 0.9 and max(iv) <= speed + EPSILON,
+        )
+    )
     return out
 
 
@@ -510,8 +624,9 @@ def _overhead_table(o: dict) -> str:
     for key, what in (("start", "pop to job start"), ("report", "job end to report")):
         for who, name in (("ours", "leampoll"), ("baseline", "baseline")):
             v = o[who][key]
-            lines.append(f"| {name}, {what} | {ms(median(v), 2)} | {ms(pct(v, 95), 2)} "
-                         f"| {ms(max(v), 2)} |")
+            lines.append(
+                f"| {name}, {what} | {ms(median(v), 2)} | {ms(pct(v, 95), 2)} | {ms(max(v), 2)} |"
+            )
     return "\n".join(lines)
 
 
@@ -537,28 +652,28 @@ arrival of each request) and, for job start and end, from the job itself.
 
 ### 1. Backlog drain
 
-{d['n']} trivial jobs (`true`) are queued, then the poller starts (`--speed
-{d['speed']:g} --idle 1`); the figure is the first pop's arrival to the last report's
-arrival. leampoll, {len(d['walls'])} runs: {', '.join(secs(w) for w in d['walls'])}.
+{d["n"]} trivial jobs (`true`) are queued, then the poller starts (`--speed
+{d["speed"]:g} --idle 1`); the figure is the first pop's arrival to the last report's
+arrival. leampoll, {len(d["walls"])} runs: {", ".join(secs(w) for w in d["walls"])}.
 
-The baseline would need about {secs(d['baseline'])} at `--speed {d['speed']:g}`, too long
+The baseline would need about {secs(d["baseline"])} at `--speed {d["speed"]:g}`, too long
 for this run, so its figure is computed from a model, and the model is checked against
 real runs of the same baseline in this run:
 
 - model: T(N, s) = (N - 1) x (s + a) + b, with a = the mean time from one pop to the
   next minus the sleep (running the job, reporting, a new connection) and b = the last
   job's pop to its report;
-- fitted on a real run of all {d['n']} jobs at `--speed {d['fit_speed']:g}`
-  (measured {secs(d['fit_wall'])}): a = {ms(d['per_job'], 2)}, b = {ms(d['last'], 2)};
-- checked on a real run of {d['check_jobs']} jobs at `--speed {d['speed']:g}`: measured
-  {secs(d['check_wall'])}, the model says {secs(d['check_model'])};
-- so {d['n']} jobs at `--speed {d['speed']:g}`: {d['n'] - 1} x ({d['speed']:g} s +
-  {ms(d['per_job'], 2)}) + {ms(d['last'], 2)} = **{secs(d['baseline'])}** (extrapolated, not
+- fitted on a real run of all {d["n"]} jobs at `--speed {d["fit_speed"]:g}`
+  (measured {secs(d["fit_wall"])}): a = {ms(d["per_job"], 2)}, b = {ms(d["last"], 2)};
+- checked on a real run of {d["check_jobs"]} jobs at `--speed {d["speed"]:g}`: measured
+  {secs(d["check_wall"])}, the model says {secs(d["check_model"])};
+- so {d["n"]} jobs at `--speed {d["speed"]:g}`: {d["n"] - 1} x ({d["speed"]:g} s +
+  {ms(d["per_job"], 2)}) + {ms(d["last"], 2)} = **{secs(d["baseline"])}** (extrapolated, not
   measured).
 
 ### 2. Per-job overhead
 
-{o['n']} jobs queued at once, run back to back (leampoll `--speed 20 --idle 1`, the
+{o["n"]} jobs queued at once, run back to back (leampoll `--speed 20 --idle 1`, the
 baseline `--speed {plan.baseline_overhead_speed:g}`: its sleep comes after the report,
 so it is in neither figure). Each job is `bash -c` with a script whose first statement
 notes `$EPOCHREALTIME` (a bash builtin: no fork, microseconds) and whose last notes it
@@ -569,39 +684,39 @@ again, into a file of its own: the job's start and end by the same clock
   statement. It includes the answer, the poller's bookkeeping before the start, fork/exec
   and bash's own start-up. That last part is a floor no poller can go under: from a
   `time.time()` just before `subprocess.run` to the same first statement takes
-  {ms(o['spawn_floor'], 2)} (median of {plan.floor_samples}, from the bench process).
+  {ms(o["spawn_floor"], 2)} (median of {plan.floor_samples}, from the bench process).
 - *job end to report delivered*: the job's last statement to the report's arrival at the
   stand-in: bash's exit, the poller noticing it, its bookkeeping, the POST. For scale:
-  one keep-alive `requests.Session` POST takes {ms(o['post_floor'], 2)} from just before
+  one keep-alive `requests.Session` POST takes {ms(o["post_floor"], 2)} from just before
   the call to its arrival (median of {plan.floor_samples}).
 
 {_overhead_table(o)}
 
 ### 3. Idle cost
 
-Each poller runs against an empty queue at `--speed {i['speed']:g}`; after
+Each poller runs against an empty queue at `--speed {i["speed"]:g}`; after
 {plan.idle_settle} polls to settle, its own CPU counters (`psutil.Process(pid).cpu_times()`,
 user + system, children not counted: an idle poller has none) are read before and after
-{i['ours']['cycles']} cycles, counted as the pops the stand-in received; a cycle is the
+{i["ours"]["cycles"]} cycles, counted as the pops the stand-in received; a cycle is the
 guards, the pop and the status file for leampoll, the pop for the baseline. leampoll
-used {ms(i['ours']['cpu_total'], 0)} CPU in {i['ours']['cycles']} cycles
-({ms(i['ours']['wall'], 1)} wall per cycle); the baseline {ms(i['baseline']['cpu_total'], 0)}
-in {i['baseline']['cycles']} ({ms(i['baseline']['wall'], 1)} wall per cycle). The counters
+used {ms(i["ours"]["cpu_total"], 0)} CPU in {i["ours"]["cycles"]} cycles
+({ms(i["ours"]["wall"], 1)} wall per cycle); the baseline {ms(i["baseline"]["cpu_total"], 0)}
+in {i["baseline"]["cycles"]} ({ms(i["baseline"]["wall"], 1)} wall per cycle). The counters
 tick in 10 ms steps, under 5 % of either total.
 
 RSS (`memory_info().rss`) is read at the end of those cycles. The floor is a bare
 `{Path(sys.executable).name} -c 'import requests, psutil, time; time.sleep(30)'` started with
 the same interpreter in this run and read once its RSS stopped changing:
-{mb(i['floor'])}. MB here are 10^6 bytes. The same interpreter importing what leampoll
+{mb(i["floor"])}. MB here are 10^6 bytes. The same interpreter importing what leampoll
 imports (`leampoll.cli`, `leampoll.worker`) besides, without running anything:
-{mb(i['imports_rss'])} (+{(i['imports_rss'] - i['floor']) / 1e6:.1f} MB); the running idle
-poller: {mb(i['ours']['rss'])}.
+{mb(i["imports_rss"])} (+{(i["imports_rss"] - i["floor"]) / 1e6:.1f} MB); the running idle
+poller: {mb(i["ours"]["rss"])}.
 
 Where leampoll's idle CPU goes: each part of the cycle called {plan.breakdown_calls} times
 on leampoll's own objects inside the bench process, each call after a sleep as long as
 the idle wait (so with caches as cold as in the poller), CPU of the calling thread only:
 
-{_parts_table(i['parts'])}
+{_parts_table(i["parts"])}
 
 status.json used to be rewritten on every cycle (0.3-0.7 ms, the largest part after
 the pop); it is now written at once when what a reader sees changes (state, job,
@@ -610,20 +725,20 @@ per cycle by about a quarter.
 
 ### 4. Pickup latency
 
-Both pollers at `--speed {p['speed']:g}` at the same time, each on its own stand-in.
+Both pollers at `--speed {p["speed"]:g}` at the same time, each on its own stand-in.
 {plan.pickup_samples} jobs (`true`) each, one at a time: after the poller's first pop after
 the previous job answered EMPTY (so it is idle), the job is queued at a moment drawn
-uniformly from the next {p['speed']:g} s; the latency is the queueing (`time.time()` just
+uniformly from the next {p["speed"]:g} s; the latency is the queueing (`time.time()` just
 before the job is put in the queue) to the arrival of the pop that took it.
 
-- leampoll: {_dist(p['ours']['latency'])}
-- baseline: {_dist(p['baseline']['latency'])}
+- leampoll: {_dist(p["ours"]["latency"])}
+- baseline: {_dist(p["baseline"]["latency"])}
 
 leampoll sleeps 90-100 % of `--speed` after an empty poll (jitter, so pollers of one portal
 do not poll in step) and never longer; the baseline sleeps exactly `--speed`. The waits as
 the portal sees them (an EMPTY pop to the next pop, so including one cycle's work), divided
 by `--speed`:
 
-- leampoll, {len(iv)} waits: {_dist([x / p['speed'] for x in iv], lambda v: f"{v:.3f}")}
-- baseline, {len(biv)} waits: {_dist([x / p['speed'] for x in biv], lambda v: f"{v:.3f}")}
+- leampoll, {len(iv)} waits: {_dist([x / p["speed"] for x in iv], lambda v: f"{v:.3f}")}
+- baseline, {len(biv)} waits: {_dist([x / p["speed"] for x in biv], lambda v: f"{v:.3f}")}
 """

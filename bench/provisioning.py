@@ -30,8 +30,7 @@ RERUNS = 3
 # ansible.cfg variants tried on the no-op re-run: (label, environment).
 VARIANTS = [
     ("pipelining off", {"ANSIBLE_PIPELINING": "False"}),
-    ("no SSH connection reuse (ControlMaster=no)",
-     {"ANSIBLE_SSH_ARGS": "-C -o ControlMaster=no"}),
+    ("no SSH connection reuse (ControlMaster=no)", {"ANSIBLE_SSH_ARGS": "-C -o ControlMaster=no"}),
     ("forks = 1", {"ANSIBLE_FORKS": "1"}),
 ]
 
@@ -69,22 +68,38 @@ class Bench:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.sandbox = Sandbox(STATE_DIR, log=lambda m: None)
-        self.portals = {p: PortalStandin(USER, PASSWORD, base_path=f"/{p}").start()
-                        for p in PROJECTS}
+        self.portals = {
+            p: PortalStandin(USER, PASSWORD, base_path=f"/{p}").start() for p in PROJECTS
+        }
 
     def close(self) -> None:
         for p in self.portals.values():
             p.stop()
 
     def inventory(self, name: str) -> Path:
-        projects = [{"name": p, "portal_url": portal.url, "portal_user": USER,
-                     "portal_password": PASSWORD, "speed": 5, "min_free_disk": "10M",
-                     "min_free_mem": "10M"} for p, portal in self.portals.items()]
+        projects = [
+            {
+                "name": p,
+                "portal_url": portal.url,
+                "portal_user": USER,
+                "portal_password": PASSWORD,
+                "speed": 5,
+                "min_free_disk": "10M",
+                "min_free_mem": "10M",
+            }
+            for p, portal in self.portals.items()
+        ]
         path = self.work / f"{name}.yml"
         self.sandbox.write_inventory(
-            path, host_vars={h.name: {"leam_projects": projects} for h in self.sandbox.hosts()},
-            group_vars={"leam_jobservers": {"leampoll_install_mode": "wheelhouse",
-                                            "leam_jobdir_min_free": "20M"}})
+            path,
+            host_vars={h.name: {"leam_projects": projects} for h in self.sandbox.hosts()},
+            group_vars={
+                "leam_jobservers": {
+                    "leampoll_install_mode": "wheelhouse",
+                    "leam_jobdir_min_free": "20M",
+                }
+            },
+        )
         return path
 
     def converge(self, inventory: Path, what: str, env: dict | None = None) -> Timed:
@@ -92,11 +107,16 @@ class Bench:
         out = playbook.run(inventory, "site.yml", env=env, log_dir=self.work)
         elapsed, (busy1, total1) = time.monotonic() - started, cpu_ticks()
         recap = playbook.recap(out.stdout).values()
-        timed = Timed(elapsed, sum(r["changed"] for r in recap),
-                      sum(r["failed"] + r["unreachable"] for r in recap),
-                      (busy1 - busy0) / max(total1 - total0, 1))
-        log(f"{what}: {secs(elapsed)}, changed={timed.changed}, failed={timed.failed}, "
-            f"CPU {timed.busy:.0%} busy")
+        timed = Timed(
+            elapsed,
+            sum(r["changed"] for r in recap),
+            sum(r["failed"] + r["unreachable"] for r in recap),
+            (busy1 - busy0) / max(total1 - total0, 1),
+        )
+        log(
+            f"{what}: {secs(elapsed)}, changed={timed.changed}, failed={timed.failed}, "
+            f"CPU {timed.busy:.0%} busy"
+        )
         if out.returncode != 0:
             raise RuntimeError(f"site.yml failed ({what}); output in {self.work}")
         return timed
@@ -140,12 +160,20 @@ def provisioning(options) -> Section:
         bench.close()
     shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - started
-    header = (f"Machine: {machine()}.  \nDate: {now()}; this suite ran {elapsed:.0f} s "
-              f"(`python -m bench provisioning`); load average (1 min) "
-              f"{os.getloadavg()[0]:.2f} after.  \nSandbox hosts (`testing/sandbox/`): "
-              "Debian 12 root filesystems, each its own sshd on 127.0.0.N; wheelhouse mode.")
-    return Section("provisioning", "Provisioning (`python -m bench provisioning`)",
-                   rows(res), header, NOTES, subjects=("measured", "baseline"))
+    header = (
+        f"Machine: {machine()}.  \nDate: {now()}; this suite ran {elapsed:.0f} s "
+        f"(`python -m bench provisioning`); load average (1 min) "
+        f"{os.getloadavg()[0]:.2f} after.  \nSandbox hosts (`testing/sandbox/`): "
+        "Debian 12 root filesystems, each its own sshd on 127.0.0.N; wheelhouse mode."
+    )
+    return Section(
+        "provisioning",
+        "Provisioning (`python -m bench provisioning`)",
+        rows(res),
+        header,
+        NOTES,
+        subjects=("measured", "baseline"),
+    )
 
 
 def _times(ours: float, base: float) -> str:
@@ -155,30 +183,52 @@ def _times(ours: float, base: float) -> str:
 def rows(res: Results) -> list[Row]:
     assert res.first and res.rerun
     out = [
-        Row("First converge, 2 bare hosts x 3 projects (the baseline of the next line)",
-            f"{secs(res.first.seconds)}, changed={res.first.changed}"),
-        Row(f"No-op re-run of the same, median of {len(res.reruns)} "
+        Row(
+            "First converge, 2 bare hosts x 3 projects (the baseline of the next line)",
+            f"{secs(res.first.seconds)}, changed={res.first.changed}",
+        ),
+        Row(
+            f"No-op re-run of the same, median of {len(res.reruns)} "
             f"({', '.join(secs(t) for t in res.reruns)}), vs first converge",
             f"{secs(res.rerun.seconds)}, changed={res.rerun.changed}",
             secs(res.first.seconds),
             f"re-run/first = {_times(res.rerun.seconds, res.first.seconds)}",
             "changed=0 and ≤ 0.35",
-            res.rerun.changed == 0 and res.rerun.seconds <= 0.35 * res.first.seconds),
+            res.rerun.changed == 0 and res.rerun.seconds <= 0.35 * res.first.seconds,
+        ),
     ]
     for label, t in res.variants.items():
-        out.append(Row(f"No-op re-run, shipped ansible.cfg vs {label}", secs(res.rerun.seconds),
-                       secs(t.seconds), ratio(t.seconds, res.rerun.seconds)))
+        out.append(
+            Row(
+                f"No-op re-run, shipped ansible.cfg vs {label}",
+                secs(res.rerun.seconds),
+                secs(t.seconds),
+                ratio(t.seconds, res.rerun.seconds),
+            )
+        )
     if res.one and res.four and res.one_rerun and res.four_rerun:
         out += [
-            Row("First converge, 4 hosts vs 1 host (3 projects each)", secs(res.four.seconds),
-                secs(res.one.seconds), f"t4/t1 = {_times(res.four.seconds, res.one.seconds)}",
-                "≤ 2.0", res.four.seconds <= 2 * res.one.seconds),
-            Row("CPU of this machine in use during the first converge, 4 hosts vs 1 host",
-                f"{res.four.busy:.0%}", f"{res.one.busy:.0%}"),
-            Row("No-op re-run, 4 hosts vs 1 host", secs(res.four_rerun.seconds),
+            Row(
+                "First converge, 4 hosts vs 1 host (3 projects each)",
+                secs(res.four.seconds),
+                secs(res.one.seconds),
+                f"t4/t1 = {_times(res.four.seconds, res.one.seconds)}",
+                "≤ 2.0",
+                res.four.seconds <= 2 * res.one.seconds,
+            ),
+            Row(
+                "CPU of this machine in use during the first converge, 4 hosts vs 1 host",
+                f"{res.four.busy:.0%}",
+                f"{res.one.busy:.0%}",
+            ),
+            Row(
+                "No-op re-run, 4 hosts vs 1 host",
+                secs(res.four_rerun.seconds),
                 secs(res.one_rerun.seconds),
-                f"t4/t1 = {_times(res.four_rerun.seconds, res.one_rerun.seconds)}", "≤ 2.0",
-                res.four_rerun.seconds <= 2 * res.one_rerun.seconds),
+                f"t4/t1 = {_times(res.four_rerun.seconds, res.one_rerun.seconds)}",
+                "≤ 2.0",
+                res.four_rerun.seconds <= 2 * res.one_rerun.seconds,
+            ),
         ]
     return out
 

@@ -30,8 +30,10 @@ def machine() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0))
-    return (f"{model}, {cores} cores ({os.cpu_count()} online), Linux {platform.release()}, "
-            f"{platform.python_implementation()} {platform.python_version()}")
+    return (
+        f"{model}, {cores} cores ({os.cpu_count()} online), Linux {platform.release()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
 
 
 def now() -> str:
@@ -42,8 +44,9 @@ def _met(met: bool | None) -> str:
     return "-" if met is None else ("yes" if met else "**no**")
 
 
-def render_table(rows: Sequence[Row], markdown: bool = True,
-                 subjects: tuple[str, str] = ("leampoll", "baseline")) -> str:
+def render_table(
+    rows: Sequence[Row], markdown: bool = True, subjects: tuple[str, str] = ("leampoll", "baseline")
+) -> str:
     columns = ("figure", *subjects, "ratio", "goal", "met?")
     cells = [[r.figure, r.ours, r.baseline, r.ratio, r.goal, _met(r.met)] for r in rows]
     if markdown:
@@ -94,8 +97,9 @@ def write_markdown(path: Path, sections: Sequence[Section], suites: Mapping[str,
             text = kept[name]
         elif name in PLANNED:
             title, note = PLANNED[name]
-            text = section_markdown(Section(name, f"{title} (`python -m bench {name}`)",
-                                            notes=note))
+            text = section_markdown(
+                Section(name, f"{title} (`python -m bench {name}`)", notes=note)
+            )
         else:
             text = section_markdown(Section(name, suites[name].title, notes="Not run yet."))
         body += [_BEGIN.format(name), text.rstrip("\n"), _END.format(name), ""]

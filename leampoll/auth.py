@@ -46,8 +46,9 @@ def classify(answer: Answered) -> AuthResult:
     if answer.status == 200 and body in ("1", "True"):
         return AuthResult(Verdict.REJECTED, "the portal treats the poller as Anonymous")
     if 300 <= answer.status < 400 and is_login_url(answer.location):
-        return AuthResult(Verdict.REJECTED, f"HTTP {answer.status} to the login page "
-                                            f"{answer.location[:200]}")
+        return AuthResult(
+            Verdict.REJECTED, f"HTTP {answer.status} to the login page {answer.location[:200]}"
+        )
     if answer.status in (401, 403):
         return AuthResult(Verdict.REJECTED, f"HTTP {answer.status}")
     return AuthResult(Verdict.UNKNOWN, f"HTTP {answer.status} {body[:60]!r} on {CHECK_PATH}")
@@ -56,9 +57,15 @@ def classify(answer: Answered) -> AuthResult:
 class AuthWatch:
     """When to ask, and whether popping is held because the portal refused the user."""
 
-    def __init__(self, user: str, site: str, interval: float, backoff: Backoff,
-                 ask: Callable[[], AuthResult], clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(
+        self,
+        user: str,
+        site: str,
+        interval: float,
+        backoff: Backoff,
+        ask: Callable[[], AuthResult],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.user = user
         self.site = site
         self.interval = interval
@@ -86,8 +93,13 @@ class AuthWatch:
             return self.rejected is not None
         if result.verdict is Verdict.REJECTED:
             if self.rejected is None:
-                log.error("credentials of user %r rejected by %s (%s): popping nothing until "
-                          "the portal accepts them", self.user, self.site, result.detail)
+                log.error(
+                    "credentials of user %r rejected by %s (%s): popping nothing until "
+                    "the portal accepts them",
+                    self.user,
+                    self.site,
+                    result.detail,
+                )
                 self.since = time.time()
             self.rejected = result
             wait = self.backoff.next()
@@ -95,11 +107,17 @@ class AuthWatch:
             log.debug("credentials re-checked in %.1fs", wait)
             return True
         if self.rejected is not None:
-            log.info("credentials of user %r accepted by %s again: popping resumes",
-                     self.user, self.site)
+            log.info(
+                "credentials of user %r accepted by %s again: popping resumes", self.user, self.site
+            )
         elif result.verdict is Verdict.UNKNOWN and not self._unknown_logged:
-            log.warning("cannot tell whether %s accepts the credentials of user %r (%s); "
-                        "polling without that check", self.site, self.user, result.detail)
+            log.warning(
+                "cannot tell whether %s accepts the credentials of user %r (%s); "
+                "polling without that check",
+                self.site,
+                self.user,
+                result.detail,
+            )
             self._unknown_logged = True
         self.rejected, self.since = None, None
         self.backoff.reset()

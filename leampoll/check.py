@@ -38,9 +38,17 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
         for reading in guards.check(config):
             line("FAIL" if reading.holds else "ok", reading.guard, str(reading))
 
-    client = PortalClient(config.site, config.pop_url, config.user, config.password,
-                          config.connect_timeout, min(config.read_timeout, 30), config.trusted,
-                          config.ca_file, config.allow_insecure_http)
+    client = PortalClient(
+        config.site,
+        config.pop_url,
+        config.user,
+        config.password,
+        config.connect_timeout,
+        min(config.read_timeout, 30),
+        config.trusted,
+        config.ca_file,
+        config.allow_insecure_http,
+    )
     try:
         answer = client.probe(config.site)
         if answer.status >= 500:
@@ -50,9 +58,13 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
             result = classify(client.probe(config.site + CHECK_PATH))
             status = {Verdict.OK: "ok", Verdict.REJECTED: "FAIL"}.get(result.verdict, "unknown")
             word = {Verdict.OK: "accepted", Verdict.REJECTED: "rejected"}.get(
-                result.verdict, "cannot be verified")
-            line(status, "login", f"credentials of {config.user!r} {word} by {config.site} "
-                                  f"({result.detail})")
+                result.verdict, "cannot be verified"
+            )
+            line(
+                status,
+                "login",
+                f"credentials of {config.user!r} {word} by {config.site} ({result.detail})",
+            )
     except requests.exceptions.SSLError as exc:
         line("FAIL", "tls", f"{config.site}: {tls_problem(exc)}")
     except requests.RequestException as exc:

@@ -28,8 +28,11 @@ class Checkout:
 
 
 def is_git_url(value: str) -> bool:
-    return (value.startswith("git://") or bool(_GIT_SCP.match(value))
-            or (value.lower().startswith(SVN_SCHEMES) and value.rstrip("/").endswith(".git")))
+    return (
+        value.startswith("git://")
+        or bool(_GIT_SCP.match(value))
+        or (value.lower().startswith(SVN_SCHEMES) and value.rstrip("/").endswith(".git"))
+    )
 
 
 def plan(repository: str, rundir: Path) -> Checkout:

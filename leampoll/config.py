@@ -192,69 +192,182 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("site", nargs="?", metavar="SITE_URL", help="the portal's root URL")
-    p.add_argument("-s", "--speed", type=_seconds, default=20.0, metavar="SECONDS",
-                   help="poll interval while the queue is empty (default 20)")
-    p.add_argument("-i", "--idle", type=_count, default=0, metavar="N",
-                   help="exit 0 after N consecutive empty polls; 0 = never")
-    p.add_argument("-q", "--popq", default="/pop_queue", metavar="PATH",
-                   help="path of the pop view below the site (default /pop_queue)")
-    p.add_argument("-p", "--preserve", action="store_true",
-                   help="keep the run directories of successful jobs")
+    p.add_argument(
+        "-s",
+        "--speed",
+        type=_seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="poll interval while the queue is empty (default 20)",
+    )
+    p.add_argument(
+        "-i",
+        "--idle",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="exit 0 after N consecutive empty polls; 0 = never",
+    )
+    p.add_argument(
+        "-q",
+        "--popq",
+        default="/pop_queue",
+        metavar="PATH",
+        help="path of the pop view below the site (default /pop_queue)",
+    )
+    p.add_argument(
+        "-p", "--preserve", action="store_true", help="keep the run directories of successful jobs"
+    )
     p.add_argument("-U", "--user", help="portal user (prefer PORTAL_USER)")
-    p.add_argument("-X", "--password",
-                   help="portal password (discouraged: visible in ps; use PORTAL_PASSWORD)")
-    p.add_argument("--password-file", type=Path, default=None, metavar="FILE",
-                   help="read the portal password from FILE, again on SIGHUP "
-                        "(or PORTAL_PASSWORD_FILE)")
-    p.add_argument("--config", type=Path, default=None, metavar="FILE",
-                   help="read settings from this TOML file (flags and LEAMPOLL_* win)")
+    p.add_argument(
+        "-X", "--password", help="portal password (discouraged: visible in ps; use PORTAL_PASSWORD)"
+    )
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the portal password from FILE, again on SIGHUP (or PORTAL_PASSWORD_FILE)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read settings from this TOML file (flags and LEAMPOLL_* win)",
+    )
     p.add_argument("-u", "--userdata", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-d", "--debug", action="store_true", help="log debug lines")
     p.add_argument("-v", "--version", action="version", version=f"leampoll {__version__}")
-    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
-                   help="where run directories are made (default: current directory)")
-    p.add_argument("--min-free-disk", type=_size, default=Size(5 * 1024**3), metavar="SIZE",
-                   help="hold popping below this free space on the workdir (default 5G)")
-    p.add_argument("--min-free-mem", type=_size, default=Size(1024**3), metavar="SIZE",
-                   help="hold popping below this available memory (default 1G)")
-    p.add_argument("--min-free-inodes", type=_inodes, default=Size(10_000), metavar="N",
-                   help="hold popping below this many free inodes (default 10000, or N%%)")
-    p.add_argument("--job-timeout", type=_seconds, default=0.0, metavar="SECONDS",
-                   help="kill a job after this long; 0 = never (default)")
-    p.add_argument("--checkout-timeout", type=_seconds, default=900.0, metavar="SECONDS",
-                   help="give up a checkout after this long (default 900)")
-    p.add_argument("--max-backoff", type=_seconds, default=600.0, metavar="SECONDS",
-                   help="cap of the wait after portal errors (default 600)")
-    p.add_argument("--grace", type=_seconds, default=10.0, metavar="SECONDS",
-                   help="time a job gets between TERM and KILL when stopped (default 10)")
-    p.add_argument("--keep-failed", type=_count, default=20, metavar="N",
-                   help="keep at most N run directories of failed jobs (default 20)")
-    p.add_argument("--keep-logs", type=_count, default=200, metavar="N",
-                   help="keep at most N job logs (default 200)")
-    p.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS",
-                   help="read timeout of portal requests (default 60)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where run directories are made (default: current directory)",
+    )
+    p.add_argument(
+        "--min-free-disk",
+        type=_size,
+        default=Size(5 * 1024**3),
+        metavar="SIZE",
+        help="hold popping below this free space on the workdir (default 5G)",
+    )
+    p.add_argument(
+        "--min-free-mem",
+        type=_size,
+        default=Size(1024**3),
+        metavar="SIZE",
+        help="hold popping below this available memory (default 1G)",
+    )
+    p.add_argument(
+        "--min-free-inodes",
+        type=_inodes,
+        default=Size(10_000),
+        metavar="N",
+        help="hold popping below this many free inodes (default 10000, or N%%)",
+    )
+    p.add_argument(
+        "--job-timeout",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="kill a job after this long; 0 = never (default)",
+    )
+    p.add_argument(
+        "--checkout-timeout",
+        type=_seconds,
+        default=900.0,
+        metavar="SECONDS",
+        help="give up a checkout after this long (default 900)",
+    )
+    p.add_argument(
+        "--max-backoff",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="cap of the wait after portal errors (default 600)",
+    )
+    p.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a job gets between TERM and KILL when stopped (default 10)",
+    )
+    p.add_argument(
+        "--keep-failed",
+        type=_count,
+        default=20,
+        metavar="N",
+        help="keep at most N run directories of failed jobs (default 20)",
+    )
+    p.add_argument(
+        "--keep-logs",
+        type=_count,
+        default=200,
+        metavar="N",
+        help="keep at most N job logs (default 200)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="read timeout of portal requests (default 60)",
+    )
     p.add_argument("--project", default="", help="name of the project (default: workdir name)")
-    p.add_argument("--metrics-file", type=Path, default=None, metavar="PATH",
-                   help="write Prometheus metrics to PATH after every cycle")
-    p.add_argument("--auth-check-interval", type=_seconds, default=600.0, metavar="SECONDS",
-                   help="ask the portal whether it accepts the credentials this often "
-                        "(default 600; also before the first pop and after a login redirect)")
-    p.add_argument("--keep-failed-running", action="store_true",
-                   help="on a portal without an error endpoint, leave failed jobs 'running' "
-                        "for a person to look at instead of ending them with end_run")
-    p.add_argument("--trusted-origin", action="append", default=[], metavar="URL",
-                   help="another origin (scheme://host[:port]) of this portal that may receive "
-                        "reports and credentials, e.g. its public name; repeatable")
-    p.add_argument(security.INSECURE_OPTION, action="store_true",
-                   help="allow plain http:// to a portal that is not on loopback "
-                        "(the password then crosses the network unencrypted)")
-    p.add_argument(security.CA_OPTION, type=Path, default=None, metavar="PATH",
-                   help="CA certificate(s) (PEM) to verify the portal's TLS certificate with")
+    p.add_argument(
+        "--metrics-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write Prometheus metrics to PATH after every cycle",
+    )
+    p.add_argument(
+        "--auth-check-interval",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="ask the portal whether it accepts the credentials this often "
+        "(default 600; also before the first pop and after a login redirect)",
+    )
+    p.add_argument(
+        "--keep-failed-running",
+        action="store_true",
+        help="on a portal without an error endpoint, leave failed jobs 'running' "
+        "for a person to look at instead of ending them with end_run",
+    )
+    p.add_argument(
+        "--trusted-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another origin (scheme://host[:port]) of this portal that may receive "
+        "reports and credentials, e.g. its public name; repeatable",
+    )
+    p.add_argument(
+        security.INSECURE_OPTION,
+        action="store_true",
+        help="allow plain http:// to a portal that is not on loopback "
+        "(the password then crosses the network unencrypted)",
+    )
+    p.add_argument(
+        security.CA_OPTION,
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="CA certificate(s) (PEM) to verify the portal's TLS certificate with",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--once", action="store_true",
-                      help="at most one guard/pop/run/report cycle, then exit")
-    mode.add_argument("--check", action="store_true",
-                      help="check configuration, workdir, guards and portal; pop nothing")
+    mode.add_argument(
+        "--once", action="store_true", help="at most one guard/pop/run/report cycle, then exit"
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="check configuration, workdir, guards and portal; pop nothing",
+    )
     return p
 
 
@@ -263,13 +376,18 @@ def config_sources(environ: Mapping[str, str]) -> sources.Sources:
     return sources.Sources(
         environ=environ,
         # The names the old poller and Supervisor's program files use.
-        aliases={"PORTAL_USER": "user", "PORTAL_PASSWORD": "password",
-                 "PORTAL_PASSWORD_FILE": "password_file"},
+        aliases={
+            "PORTAL_USER": "user",
+            "PORTAL_PASSWORD": "password",
+            "PORTAL_PASSWORD_FILE": "password_file",
+        },
         env_ignore=frozenset({"LEAMPOLL_PROJECTS_FILE"}),  # leampoll status reads it
         # A config file is copied, mailed and checked in more easily than an
         # environment: the password itself is never taken from one.
-        file_refused={"password": "a config file may not hold the password; "
-                                  "use password_file, or PORTAL_PASSWORD in the environment"},
+        file_refused={
+            "password": "a config file may not hold the password; "
+            "use password_file, or PORTAL_PASSWORD in the environment"
+        },
     )
 
 
@@ -287,22 +405,27 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     insecure = security.insecure_http(args.site, args.allow_insecure_http)
     if insecure:
         raise ConfigError(f"portal URL {args.site}: {insecure}")
-    if args.ca_file is not None and not (args.ca_file.is_file()
-                                         and os.access(args.ca_file, os.R_OK)):
+    if args.ca_file is not None and not (
+        args.ca_file.is_file() and os.access(args.ca_file, os.R_OK)
+    ):
         raise ConfigError(f"{security.CA_OPTION} {args.ca_file}: not a readable file")
     user = args.user or ""
     password = args.password or ""
     if password and args.password_file:
-        raise ConfigError("both a password and a password file are given; "
-                          "set PORTAL_PASSWORD or PORTAL_PASSWORD_FILE, not both")
+        raise ConfigError(
+            "both a password and a password file are given; "
+            "set PORTAL_PASSWORD or PORTAL_PASSWORD_FILE, not both"
+        )
     if args.password_file:
         try:
             password = read_password_file(args.password_file)
         except PasswordFileError as exc:
             raise ConfigError(str(exc)) from None
     if not user or not password:
-        raise ConfigError("portal credentials missing: set PORTAL_USER and PORTAL_PASSWORD "
-                          "(or PORTAL_PASSWORD_FILE)")
+        raise ConfigError(
+            "portal credentials missing: set PORTAL_USER and PORTAL_PASSWORD "
+            "(or PORTAL_PASSWORD_FILE)"
+        )
     workdir = (args.workdir or Path.cwd()).absolute()
     if args.speed <= 0 and not args.once:
         raise ConfigError("--speed must be greater than 0")

@@ -34,12 +34,17 @@ def read_password_file(path: Path) -> str:
         raise PasswordFileError(f"password file {path}: not a regular file")
     with os.fdopen(fd, "rb") as f:
         if mode & stat.S_IROTH:
-            raise PasswordFileError(f"password file {path} is readable by everybody "
-                                    f"(mode {stat.S_IMODE(mode):04o}); chmod 0400 it")
+            raise PasswordFileError(
+                f"password file {path} is readable by everybody "
+                f"(mode {stat.S_IMODE(mode):04o}); chmod 0400 it"
+            )
         data = f.read(64 * 1024)
     if mode & stat.S_IRGRP:
-        log.warning("password file %s is readable by its group (mode %04o); 0400 is safer",
-                    path, stat.S_IMODE(mode))
+        log.warning(
+            "password file %s is readable by its group (mode %04o); 0400 is safer",
+            path,
+            stat.S_IMODE(mode),
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -87,14 +87,16 @@ class EndpointMemory:
         self.path = path
         self.site = site
         data = read_json(path)
-        self.end_run = isinstance(data, dict) and data.get("site") == site and bool(
-            data.get("end_run"))
+        self.end_run = (
+            isinstance(data, dict) and data.get("site") == site and bool(data.get("end_run"))
+        )
 
     def learn_end_run(self, why: str) -> None:
         self.end_run = True
         try:
-            write_json(self.path, {"site": self.site, "end_run": True, "learned": time.time(),
-                                   "why": why})
+            write_json(
+                self.path, {"site": self.site, "end_run": True, "learned": time.time(), "why": why}
+            )
         except OSError as exc:
             log.warning("cannot remember the portal's end_run endpoint in %s: %s", self.path, exc)
 
@@ -102,8 +104,9 @@ class EndpointMemory:
 class Deliverer:
     """Delivers one report through its chain of attempts."""
 
-    def __init__(self, portal: PortalClient, memory: EndpointMemory,
-                 keep_failed_running: bool = False) -> None:
+    def __init__(
+        self, portal: PortalClient, memory: EndpointMemory, keep_failed_running: bool = False
+    ) -> None:
         self.portal = portal
         self.memory = memory
         self.keep_failed_running = keep_failed_running
@@ -115,8 +118,11 @@ class Deliverer:
             insecure = insecure_http(attempt.url, self.portal.allow_insecure_http)
             if insecure:
                 # Checked before the origin: even a trusted origin gets no password in clear.
-                return Delivery("undeliverable", attempt.endpoint,
-                                f"{attempt.endpoint} URL {attempt.url} refused: {insecure}")
+                return Delivery(
+                    "undeliverable",
+                    attempt.endpoint,
+                    f"{attempt.endpoint} URL {attempt.url} refused: {insecure}",
+                )
             if not self.portal.trusted.allows(attempt.url):
                 return self._untrusted(report, attempt)
             try:
@@ -124,33 +130,55 @@ class Deliverer:
             except ReportError as exc:
                 if exc.permanent:
                     return Delivery("undeliverable", attempt.endpoint, str(exc))
-                log.warning("job %s: %s report not delivered to %s: %s; kept for a retry",
-                            report.job_id, report.kind, attempt.endpoint, exc)
+                log.warning(
+                    "job %s: %s report not delivered to %s: %s; kept for a retry",
+                    report.job_id,
+                    report.kind,
+                    attempt.endpoint,
+                    exc,
+                )
                 return Delivery("retry", attempt.endpoint, str(exc))
             status = answer.status
             if 200 <= status < 300:
                 gone = [f"{e} HTTP {s}" for e, s in missing if e in ("on_success", "on_error")]
                 if gone and attempt.endpoint == "end_run" and not self.memory.end_run:
                     self.memory.learn_end_run(", ".join(gone))
-                    log.info("the portal has no report endpoints (%s): jobs are ended "
-                             "with end_run from now on", ", ".join(gone))
+                    log.info(
+                        "the portal has no report endpoints (%s): jobs are ended "
+                        "with end_run from now on",
+                        ", ".join(gone),
+                    )
                 return Delivery("delivered", attempt.endpoint, f"HTTP {status}")
             if status in MISSING:
-                log.info("job %s: %s answered HTTP %d; trying the next endpoint",
-                         report.job_id, attempt.endpoint, status)
+                log.info(
+                    "job %s: %s answered HTTP %d; trying the next endpoint",
+                    report.job_id,
+                    attempt.endpoint,
+                    status,
+                )
                 missing.append((attempt.endpoint, status))
                 continue
             if 300 <= status < 400:
-                detail = (f"{attempt.endpoint} answered HTTP {status} Location: "
-                          f"{answer.location[:200] or '(none)'}; redirects are not followed "
-                          "with credentials")
+                detail = (
+                    f"{attempt.endpoint} answered HTTP {status} Location: "
+                    f"{answer.location[:200] or '(none)'}; redirects are not followed "
+                    "with credentials"
+                )
                 return Delivery("undeliverable", attempt.endpoint, detail)
             if status >= 500 or status in TRANSIENT:
-                log.warning("job %s: %s report not delivered: %s answered HTTP %d; kept for "
-                            "a retry", report.job_id, report.kind, attempt.endpoint, status)
+                log.warning(
+                    "job %s: %s report not delivered: %s answered HTTP %d; kept for a retry",
+                    report.job_id,
+                    report.kind,
+                    attempt.endpoint,
+                    status,
+                )
                 return Delivery("retry", attempt.endpoint, f"HTTP {status}")
-            return Delivery("undeliverable", attempt.endpoint,
-                            f"{attempt.endpoint} answered HTTP {status}: {answer.text[:80]!r}")
+            return Delivery(
+                "undeliverable",
+                attempt.endpoint,
+                f"{attempt.endpoint} answered HTTP {status}: {answer.text[:80]!r}",
+            )
         tried = "; ".join(f"{e} answered HTTP {s}" for e, s in missing)
         if report.kind != "success" and self.keep_failed_running:
             return Delivery("left_running", "", tried or "the portal has no error endpoint")
@@ -158,8 +186,15 @@ class Deliverer:
 
     def _untrusted(self, report: Report, attempt: Attempt) -> Delivery:
         origin = origin_of(attempt.url)
-        hint = (f"if {origin} is this portal under another name, pass --trusted-origin "
-                f"{origin} (role: trusted_origins)" if origin else "not an http(s) URL")
-        return Delivery("undeliverable", attempt.endpoint,
-                        f"{attempt.endpoint} URL {attempt.url} is not on the portal's origin "
-                        f"{self.portal.trusted.site}; refused ({hint})")
+        hint = (
+            f"if {origin} is this portal under another name, pass --trusted-origin "
+            f"{origin} (role: trusted_origins)"
+            if origin
+            else "not an http(s) URL"
+        )
+        return Delivery(
+            "undeliverable",
+            attempt.endpoint,
+            f"{attempt.endpoint} URL {attempt.url} is not on the portal's origin "
+            f"{self.portal.trusted.site}; refused ({hint})",
+        )

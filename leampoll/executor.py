@@ -39,8 +39,16 @@ CHECKOUT_ENV = {
 
 
 # Credentials are the job's, not the checkout's.
-CHECKOUT_DROP = frozenset({"PORTAL_PASSWORD", "PORTAL_USER", "LEAMPOLL_PASSWORD", "LEAMPOLL_USER",
-                           "DISPLAY", "SSH_ASKPASS"})
+CHECKOUT_DROP = frozenset(
+    {
+        "PORTAL_PASSWORD",
+        "PORTAL_USER",
+        "LEAMPOLL_PASSWORD",
+        "LEAMPOLL_USER",
+        "DISPLAY",
+        "SSH_ASKPASS",
+    }
+)
 
 
 def rundir_name(job_id: str) -> str:
@@ -57,7 +65,7 @@ def rundir_name(job_id: str) -> str:
     if not name:
         return f"job_{digest}"
     if len(name) > MAX_NAME:
-        return f"{name[:MAX_NAME - 13]}_{digest}"
+        return f"{name[: MAX_NAME - 13]}_{digest}"
     return name
 
 
@@ -126,8 +134,9 @@ class Executor:
         name = rundir_name(job.id)
         return self.workdir / name, self.workdir / f"{name}.log"
 
-    def execute(self, job: Job, job_env: Mapping[str, str],
-                on_start: OnStart = _started) -> Outcome:
+    def execute(
+        self, job: Job, job_env: Mapping[str, str], on_start: OnStart = _started
+    ) -> Outcome:
         """Prepare, check out and run; every failure becomes an Outcome.
 
         `on_start(stage, pgid)` is called as each of the job's process groups
@@ -149,8 +158,9 @@ class Executor:
             result.tail = tail(logpath)
         return result
 
-    def _checkout(self, job: Job, rundir: Path, log: IO[bytes],
-                  on_start: OnStart) -> Outcome | None:
+    def _checkout(
+        self, job: Job, rundir: Path, log: IO[bytes], on_start: OnStart
+    ) -> Outcome | None:
         if job.repository.strip():
             try:
                 checkout = plan_checkout(job.repository, rundir)
@@ -158,19 +168,26 @@ class Executor:
                 return Outcome(False, "checkout", detail=f"bad repository command: {exc}")
             # The kind only: a repository URL may carry credentials.
             log.write(f"leampoll: checkout with {checkout.kind}\n".encode())
-            env = {k: v for k, v in os.environ.items()
-                   if k not in CHECKOUT_DROP}
+            env = {k: v for k, v in os.environ.items() if k not in CHECKOUT_DROP}
             env.update(CHECKOUT_ENV)
-            result = self.run_group("checkout", checkout.argv, self.workdir, env, log,
-                                    self.checkout_timeout, on_start=on_start)
+            result = self.run_group(
+                "checkout",
+                checkout.argv,
+                self.workdir,
+                env,
+                log,
+                self.checkout_timeout,
+                on_start=on_start,
+            )
             if not result.ok:
                 return result
         if job.legacy_xml is not None:
             (rundir / "config.xml").write_bytes(job.legacy_xml)
         return None
 
-    def _run(self, job: Job, rundir: Path, log: IO[bytes], job_env: Mapping[str, str],
-             on_start: OnStart) -> Outcome:
+    def _run(
+        self, job: Job, rundir: Path, log: IO[bytes], job_env: Mapping[str, str], on_start: OnStart
+    ) -> Outcome:
         try:
             argv = shlex.split(job.cmdline)
         except ValueError as exc:
@@ -178,18 +195,32 @@ class Executor:
         if not argv:
             return Outcome(False, "run", detail="empty command line")
         env = {**os.environ, **job_env, "LEAM_RUNDIR": str(rundir)}
-        return self.run_group("run", argv, rundir, env, log, self.job_timeout,
-                              on_start=on_start)
+        return self.run_group("run", argv, rundir, env, log, self.job_timeout, on_start=on_start)
 
-    def run_group(self, stage: str, argv: list[str], cwd: Path, env: Mapping[str, str],
-                  log: IO[bytes], timeout: float, on_start: OnStart = _started) -> Outcome:
+    def run_group(
+        self,
+        stage: str,
+        argv: list[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        log: IO[bytes],
+        timeout: float,
+        on_start: OnStart = _started,
+    ) -> Outcome:
         """Run argv in its own session; stop its whole group on timeout or cold stop."""
         log.flush()
         start = time.monotonic()
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as exc:
             return Outcome(False, stage, detail=f"cannot start {argv[0]!r}: {exc.strerror}")
         except ValueError as exc:  # a NUL or an unencodable character: no exec can take it
@@ -218,8 +249,7 @@ class Executor:
             self.on_wake()
         _killpg(proc.pid, signal.SIGKILL)  # children the job left behind die with it
         ok = proc.returncode == 0 and not (timed_out or interrupted)
-        return Outcome(ok, stage, proc.returncode, timed_out, interrupted,
-                       time.monotonic() - start)
+        return Outcome(ok, stage, proc.returncode, timed_out, interrupted, time.monotonic() - start)
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -239,8 +269,7 @@ def _fresh_dir(path: Path) -> None:
 def _open_log(path: Path) -> IO[bytes]:
     if path.is_symlink():
         path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     return os.fdopen(fd, "wb")
 
 

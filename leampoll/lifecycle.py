@@ -60,8 +60,10 @@ class Lifecycle:
     def _cold(self, signum: int, _frame: object) -> None:
         if self.stop != COLD:
             self.stop = COLD
-            log.info("%s: stopping (a running job is stopped and handed back)",
-                     signal.Signals(signum).name)
+            log.info(
+                "%s: stopping (a running job is stopped and handed back)",
+                signal.Signals(signum).name,
+            )
 
     def _warm(self, _signum: int, _frame: object) -> None:
         if self.stop is None:

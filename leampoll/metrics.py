@@ -21,8 +21,7 @@ GUARDS = ("disk", "inodes", "memory", "auth")
 PORTAL_ERRORS = (*REFUSED_KINDS, "report_undeliverable")
 # The worker's states (status.json "state"); leampoll_state has one series per
 # state, the current one 1, so alert rules can tell a drained or stopped poller.
-STATES = ("starting", "idle", "holding", "backoff", "running", "draining", "stopping",
-          "stopped")
+STATES = ("starting", "idle", "holding", "backoff", "running", "draining", "stopping", "stopped")
 # Model runs last from seconds to a day.
 BUCKETS = (1, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
 
@@ -34,28 +33,52 @@ class Metrics:
         self.path = str(config.metrics_file)
         p = config.project
         reg = self.registry = CollectorRegistry()
-        self.jobs = Counter("leampoll_jobs", "Jobs by outcome", ["project", "outcome"],
-                            registry=reg)
-        self.duration = Histogram("leampoll_job_duration_seconds", "Job run time",
-                                  ["project"], buckets=BUCKETS, registry=reg).labels(p)
-        self.running = Gauge("leampoll_job_running", "1 while a job runs", ["project"],
-                             registry=reg).labels(p)
-        self.started = Gauge("leampoll_job_start_timestamp_seconds",
-                             "Start of the running job (0: none)", ["project"],
-                             registry=reg).labels(p)
-        self.last_poll = Gauge("leampoll_last_poll_timestamp_seconds",
-                               "Last answer from the portal", ["project"],
-                               registry=reg).labels(p)
-        self.guard = Gauge("leampoll_guard_hold", "1 while a guard holds popping",
-                           ["project", "guard"], registry=reg)
-        self.pending = Gauge("leampoll_reports_pending", "Reports waiting in the outbox",
-                             ["project"], registry=reg).labels(p)
-        self.state = Gauge("leampoll_state", "1 for the poller's current state",
-                           ["project", "state"], registry=reg)
-        Gauge("leampoll_build_info", "The poller's version", ["project", "version"],
-              registry=reg).labels(p, __version__).set(1)
-        self.portal_errors = Counter("leampoll_portal_errors", "Failed pops and reports set "
-                                     "aside, by reason", ["project", "reason"], registry=reg)
+        self.jobs = Counter(
+            "leampoll_jobs", "Jobs by outcome", ["project", "outcome"], registry=reg
+        )
+        self.duration = Histogram(
+            "leampoll_job_duration_seconds",
+            "Job run time",
+            ["project"],
+            buckets=BUCKETS,
+            registry=reg,
+        ).labels(p)
+        self.running = Gauge(
+            "leampoll_job_running", "1 while a job runs", ["project"], registry=reg
+        ).labels(p)
+        self.started = Gauge(
+            "leampoll_job_start_timestamp_seconds",
+            "Start of the running job (0: none)",
+            ["project"],
+            registry=reg,
+        ).labels(p)
+        self.last_poll = Gauge(
+            "leampoll_last_poll_timestamp_seconds",
+            "Last answer from the portal",
+            ["project"],
+            registry=reg,
+        ).labels(p)
+        self.guard = Gauge(
+            "leampoll_guard_hold",
+            "1 while a guard holds popping",
+            ["project", "guard"],
+            registry=reg,
+        )
+        self.pending = Gauge(
+            "leampoll_reports_pending", "Reports waiting in the outbox", ["project"], registry=reg
+        ).labels(p)
+        self.state = Gauge(
+            "leampoll_state", "1 for the poller's current state", ["project", "state"], registry=reg
+        )
+        Gauge(
+            "leampoll_build_info", "The poller's version", ["project", "version"], registry=reg
+        ).labels(p, __version__).set(1)
+        self.portal_errors = Counter(
+            "leampoll_portal_errors",
+            "Failed pops and reports set aside, by reason",
+            ["project", "reason"],
+            registry=reg,
+        )
         self._errors_counted = dict.fromkeys(PORTAL_ERRORS, 0)
         for reason in PORTAL_ERRORS:
             self.portal_errors.labels(p, reason)

@@ -59,8 +59,18 @@ class Refused:
 
 
 # The fixed set of Refused.kind values.
-REFUSED_KINDS = ("http_5xx", "http_4xx", "redirect", "login_redirect", "unreachable",
-                 "malformed", "unexpected_type", "too_large", "portal_error", "tls")
+REFUSED_KINDS = (
+    "http_5xx",
+    "http_4xx",
+    "redirect",
+    "login_redirect",
+    "unreachable",
+    "malformed",
+    "unexpected_type",
+    "too_large",
+    "portal_error",
+    "tls",
+)
 
 
 Answer = Job | Empty | Refused
@@ -103,7 +113,7 @@ def error_page_summary(body: bytes, limit: int = 120) -> str:
     Zope's error page carries the traceback; its last exception line (e.g.
     `AttributeError: repository`) names the problem better than the page title.
     """
-    text = _TAG.sub(b"\n", body[:64 * 1024]).decode("utf-8", "replace")
+    text = _TAG.sub(b"\n", body[: 64 * 1024]).decode("utf-8", "replace")
     text = text.replace("&hellip;", "...").replace("&#39;", "'").replace("&quot;", '"')
     found = _EXCEPTION.findall(text)
     if "Traceback" in text and found:
@@ -122,8 +132,9 @@ def is_login_url(location: str) -> bool:
     return path in ("require_login", "login_form", "login", "acl_users", "credentials_cookie_auth")
 
 
-def parse_answer(status: int, content_type: str, body: bytes,
-                 retry_after: str | None = None, location: str = "") -> Answer:
+def parse_answer(
+    status: int, content_type: str, body: bytes, retry_after: str | None = None, location: str = ""
+) -> Answer:
     """Turn one pop_queue answer into a Job, Empty or Refused. Never raises."""
     wait = _retry_after(retry_after)
     # Whitespace folded: a header is the portal's text, and a log line stays one line.
@@ -131,17 +142,27 @@ def parse_answer(status: int, content_type: str, body: bytes,
     if 300 <= status < 400:
         where = location[:200] or "no Location"
         if is_login_url(location):
-            return Refused(f"HTTP {status} to the login page {where}: the portal did not "
-                           "accept the credentials", wait, "login_redirect", location)
-        return Refused(f"HTTP {status} redirect to {where} (not followed)", wait, "redirect",
-                       location)
+            return Refused(
+                f"HTTP {status} to the login page {where}: the portal did not "
+                "accept the credentials",
+                wait,
+                "login_redirect",
+                location,
+            )
+        return Refused(
+            f"HTTP {status} redirect to {where} (not followed)", wait, "redirect", location
+        )
     if status != 200:
         kind = "http_5xx" if status >= 500 else "http_4xx"
-        if ctype == "text/html" and "Traceback" in body[:64 * 1024].decode("utf-8", "replace"):
+        if ctype == "text/html" and "Traceback" in body[: 64 * 1024].decode("utf-8", "replace"):
             # A Zope error page: the portal failed building the job description.
-            return Refused(f"HTTP {status}, the portal's own error: {error_page_summary(body)} "
-                           "(a queued item it cannot describe, e.g. one without a repository, "
-                           "or an unset setting: see the portal's error log)", wait, kind)
+            return Refused(
+                f"HTTP {status}, the portal's own error: {error_page_summary(body)} "
+                "(a queued item it cannot describe, e.g. one without a repository, "
+                "or an unset setting: see the portal's error log)",
+                wait,
+                kind,
+            )
         return Refused(f"HTTP {status} ({ctype[:60] or 'no type'}: {_short(body)})", wait, kind)
     if len(body) > MAX_BODY:
         return Refused(f"answer too large ({len(body)} bytes)", wait, "too_large")
@@ -149,8 +170,10 @@ def parse_answer(status: int, content_type: str, body: bytes,
         return _parse_xml(body)
     if ctype != "application/json":
         hint = " - a login page? check the credentials" if b"login" in body.lower() else ""
-        return Refused(f"unexpected content type {ctype[:60] or 'none'!r}{hint}: {_short(body)}",
-                       kind="unexpected_type")
+        return Refused(
+            f"unexpected content type {ctype[:60] or 'none'!r}{hint}: {_short(body)}",
+            kind="unexpected_type",
+        )
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -238,10 +261,18 @@ class PortalClient:
     Credentials go only to URLs `trusted` allows; redirects are never followed.
     """
 
-    def __init__(self, site: str, pop_url: str, user: str, password: str,
-                 connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 trusted: TrustedOrigins | None = None, ca_file: str | Path | None = None,
-                 allow_insecure_http: bool = False) -> None:
+    def __init__(
+        self,
+        site: str,
+        pop_url: str,
+        user: str,
+        password: str,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        trusted: TrustedOrigins | None = None,
+        ca_file: str | Path | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
         self.site = site
         self.pop_url = pop_url
         self.timeout = (connect_timeout, read_timeout)
@@ -251,26 +282,58 @@ class PortalClient:
         self.allow_insecure_http = allow_insecure_http
         agent = f"leampoll/{__version__} (+LEAM job server)"
         # A pop may only be retried when the request never left: connect errors.
-        self._pop = _session((user, password), agent,
-                             Retry(total=2, connect=2, read=0, status=0, other=0,
-                                   backoff_factor=0.2, allowed_methods=None, raise_on_status=False))
+        self._pop = _session(
+            (user, password),
+            agent,
+            Retry(
+                total=2,
+                connect=2,
+                read=0,
+                status=0,
+                other=0,
+                backoff_factor=0.2,
+                allowed_methods=None,
+                raise_on_status=False,
+            ),
+        )
         # Reports are safe to repeat; retry connection trouble and proxy restarts.
-        self._report = _session((user, password), agent,
-                                Retry(total=3, connect=3, read=2, status=3,
-                                      backoff_factor=0.5, status_forcelist=(502, 503, 504),
-                                      allowed_methods=None, respect_retry_after_header=True,
-                                      raise_on_status=False, redirect=False))
+        self._report = _session(
+            (user, password),
+            agent,
+            Retry(
+                total=3,
+                connect=3,
+                read=2,
+                status=3,
+                backoff_factor=0.5,
+                status_forcelist=(502, 503, 504),
+                allowed_methods=None,
+                respect_retry_after_header=True,
+                raise_on_status=False,
+                redirect=False,
+            ),
+        )
 
     def pop(self) -> Answer:
         """One pop. Network failures come back as Refused, never as exceptions."""
         try:
-            with self._pop.get(self.pop_url, timeout=self.timeout, stream=True,
-                               allow_redirects=False, verify=self.verify) as r:
+            with self._pop.get(
+                self.pop_url,
+                timeout=self.timeout,
+                stream=True,
+                allow_redirects=False,
+                verify=self.verify,
+            ) as r:
                 body = _read_capped(r)
                 if body is None:
                     return Refused("answer larger than 1 MiB", kind="too_large")
-                return parse_answer(r.status_code, r.headers.get("Content-Type", ""), body,
-                                    r.headers.get("Retry-After"), r.headers.get("Location", ""))
+                return parse_answer(
+                    r.status_code,
+                    r.headers.get("Content-Type", ""),
+                    body,
+                    r.headers.get("Retry-After"),
+                    r.headers.get("Location", ""),
+                )
         except requests.exceptions.SSLError as exc:
             return Refused(tls_problem(exc), kind="tls")
         except requests.RequestException as exc:
@@ -297,8 +360,9 @@ class PortalClient:
             # Credentials only ever go to the portal they belong to.
             raise ReportError(f"report URL {url!r} is not on a trusted origin", permanent=True)
         try:
-            r = self._report.post(url, data=fields, timeout=self.timeout, allow_redirects=False,
-                                  verify=self.verify)
+            r = self._report.post(
+                url, data=fields, timeout=self.timeout, allow_redirects=False, verify=self.verify
+            )
         except requests.RequestException as exc:
             raise ReportError(f"{url}: {_why(exc)}") from None
         return Answered(r.status_code, r.text[:200], r.headers.get("Location", ""))
@@ -311,8 +375,7 @@ class PortalClient:
         refused = self.refusal(url)
         if refused:
             raise ValueError(f"{url!r} {refused}")
-        r = self._report.get(url, timeout=self.timeout, allow_redirects=False,
-                             verify=self.verify)
+        r = self._report.get(url, timeout=self.timeout, allow_redirects=False, verify=self.verify)
         return Answered(r.status_code, r.text[:400], r.headers.get("Location", ""))
 
     def set_credentials(self, user: str, password: str) -> None:

@@ -88,8 +88,9 @@ def idle_report(pollers: list[Poller], seconds: float, now: float) -> list[str]:
     programs = supervisor.states()
     reasons = [] if pollers else [f"no poller listed in {status.PROJECTS_FILE}"]
     for p in pollers:
-        r = status.row({"name": p.project, "workdir": str(p.workdir), "program": p.program},
-                       programs, now)
+        r = status.row(
+            {"name": p.project, "workdir": str(p.workdir), "program": p.program}, programs, now
+        )
         state = programs.get(p.program, "unknown")
         if r["pid"] is None or state != "RUNNING":
             if state != "STOPPED":
@@ -123,12 +124,17 @@ def drain(pollers: list[Poller], opts: Options) -> None:
             break
         time.sleep(min(opts.poll, max(0.0, deadline - time.monotonic())))
     for program in busy:
-        log.warning("retire: %s still busy after %gs: stopping it (its job is handed back "
-                    "with requeue)", program, opts.timeout)
+        log.warning(
+            "retire: %s still busy after %gs: stopping it (its job is handed back with requeue)",
+            program,
+            opts.timeout,
+        )
         done = supervisor.ctl("stop", program, timeout=600)
         if done is None or done.returncode != 0:
-            raise RetireError(f"supervisorctl stop {program} failed: "
-                              f"{(done.stdout + done.stderr).strip() if done else 'no answer'}")
+            raise RetireError(
+                f"supervisorctl stop {program} failed: "
+                f"{(done.stdout + done.stderr).strip() if done else 'no answer'}"
+            )
     still = [prog for prog, state in _states(pollers).items() if state in BUSY]
     if still:
         raise RetireError(f"still running after stop: {', '.join(still)}; nothing final done")
@@ -141,10 +147,15 @@ def summary(pollers: list[Poller]) -> int:
         last = State(p.workdir / ".leampoll").load_status().last
         pending = p.pending_reports()
         undelivered += pending
-        log.info("retire: %s: last job %s %s%s", p.project, last.id if last else "-",
-                 last.outcome if last else "-",
-                 f"; {pending} report(s) NOT delivered, kept in {p.workdir}/.leampoll/outbox"
-                 if pending else "")
+        log.info(
+            "retire: %s: last job %s %s%s",
+            p.project,
+            last.id if last else "-",
+            last.outcome if last else "-",
+            f"; {pending} report(s) NOT delivered, kept in {p.workdir}/.leampoll/outbox"
+            if pending
+            else "",
+        )
     return undelivered
 
 
@@ -182,8 +193,10 @@ def retire(opts: Options) -> int:
         log.error("retire: %s", exc)
         return 1
     if summary(pollers):
-        log.error("retire: reports are not delivered; no final action (run the pollers "
-                  "again to deliver them, or run retire again)")
+        log.error(
+            "retire: reports are not delivered; no final action (run the pollers "
+            "again to deliver them, or run retire again)"
+        )
         return 1
     return act(opts.action)
 
@@ -192,18 +205,41 @@ def parse(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(
         prog="leampoll retire",
         description="Drain every poller of this host, wait for their jobs to be ended and "
-                    "reported (requeue what outlasts --timeout), then run the final action.")
-    parser.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
-                        help="bound on the wait for running jobs (default 3600)")
-    parser.add_argument("--action", default=DEFAULT_ACTION, metavar="COMMAND",
-                        help=f"final command, split like a shell would, run without one "
-                             f"(default {DEFAULT_ACTION!r}; '' for none)")
-    parser.add_argument("--poll", type=float, default=2, metavar="SECONDS",
-                        help="interval of the looks at the pollers (default 2)")
-    parser.add_argument("--when-idle", type=float, metavar="SECONDS",
-                        help="only when every running poller found its queue empty this long")
-    parser.add_argument("--watch", type=float, metavar="SECONDS",
-                        help="with --when-idle: look again every SECONDS until idle")
+        "reported (requeue what outlasts --timeout), then run the final action.",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600,
+        metavar="SECONDS",
+        help="bound on the wait for running jobs (default 3600)",
+    )
+    parser.add_argument(
+        "--action",
+        default=DEFAULT_ACTION,
+        metavar="COMMAND",
+        help=f"final command, split like a shell would, run without one "
+        f"(default {DEFAULT_ACTION!r}; '' for none)",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=2,
+        metavar="SECONDS",
+        help="interval of the looks at the pollers (default 2)",
+    )
+    parser.add_argument(
+        "--when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="only when every running poller found its queue empty this long",
+    )
+    parser.add_argument(
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="with --when-idle: look again every SECONDS until idle",
+    )
     args = parser.parse_args(argv)
     if args.watch is not None and args.when_idle is None:
         parser.error("--watch needs --when-idle")
@@ -211,8 +247,7 @@ def parse(argv: Sequence[str]) -> Options:
         value = getattr(args, name)
         if value is not None and (value < 0 or (name in ("poll", "watch") and value == 0)):
             parser.error(f"--{name.replace('_', '-')} must be positive, not {value:g}")
-    return Options(args.timeout, shlex.split(args.action), args.poll, args.when_idle,
-                   args.watch)
+    return Options(args.timeout, shlex.split(args.action), args.poll, args.when_idle, args.watch)
 
 
 def main(argv: Sequence[str]) -> int:

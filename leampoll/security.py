@@ -41,17 +41,22 @@ def insecure_http(url: str, allowed: bool = False) -> str:
         host = None
     if is_loopback(host):
         return ""
-    return (f"plain http:// to {host or parts.netloc!r} would send the portal password "
-            f"unencrypted; use https:// (or {INSECURE_OPTION} on a trusted network)")
+    return (
+        f"plain http:// to {host or parts.netloc!r} would send the portal password "
+        f"unencrypted; use https:// (or {INSECURE_OPTION} on a trusted network)"
+    )
 
 
 def tls_problem(exc: BaseException) -> str:
     """One line for a failed TLS handshake, naming the way to trust a private CA."""
     text = re.sub(r"\s+", " ", str(exc))
-    found = (re.search(r"certificate verify failed: (.+?)\.? \(_ssl", text)
-             or re.search(r"certificate verify failed: ([^(\"')]+)", text))
+    found = re.search(r"certificate verify failed: (.+?)\.? \(_ssl", text) or re.search(
+        r"certificate verify failed: ([^(\"')]+)", text
+    )
     if found:
         why = found.group(1).strip().rstrip(".,")
-        return (f"TLS certificate of the portal not trusted ({why}); give its CA with "
-                f"{CA_OPTION} PATH (or REQUESTS_CA_BUNDLE)")
+        return (
+            f"TLS certificate of the portal not trusted ({why}); give its CA with "
+            f"{CA_OPTION} PATH (or REQUESTS_CA_BUNDLE)"
+        )
     return f"TLS handshake with the portal failed: {text[:160]}"

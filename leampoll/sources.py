@@ -57,8 +57,15 @@ def configurable(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     for action in parser._actions:
         if action.help == argparse.SUPPRESS or action.dest == argparse.SUPPRESS:
             continue  # --help, --version, hidden legacy flags
-        if isinstance(action, (argparse._SubParsersAction, argparse._HelpAction,
-                               argparse._VersionAction, argparse._AppendConstAction)):
+        if isinstance(
+            action,
+            (
+                argparse._SubParsersAction,
+                argparse._HelpAction,
+                argparse._VersionAction,
+                argparse._AppendConstAction,
+            ),
+        ):
             continue
         if not action.option_strings and action.nargs not in ("?", "*"):
             continue  # a required positional belongs on the command line
@@ -66,12 +73,16 @@ def configurable(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return found
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-          sources: Sources) -> argparse.Namespace:
+def parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, sources: Sources
+) -> argparse.Namespace:
     """Parse argv, filling what it leaves out from the environment, then the file."""
     actions = configurable(parser)
-    defaults = {a.dest: a.default for a in parser._actions
-                if a.dest != argparse.SUPPRESS and a.default is not argparse.SUPPRESS}
+    defaults = {
+        a.dest: a.default
+        for a in parser._actions
+        if a.dest != argparse.SUPPRESS and a.default is not argparse.SUPPRESS
+    }
     defaults.update(parser._defaults)
     required = [a for a in actions.values() if a.required]
     # First the command line alone (no defaults), so that what it names is known to win.
@@ -106,13 +117,16 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     _exclusive(parser, given, layered, origin, defaults)
     missing = [a for a in required if a.dest not in given and a.dest not in layered]
     if missing:
-        parser.error("the following arguments are required: "
-                     + ", ".join("/".join(a.option_strings) for a in missing))
+        parser.error(
+            "the following arguments are required: "
+            + ", ".join("/".join(a.option_strings) for a in missing)
+        )
     return argparse.Namespace(**{**defaults, **layered, **given})
 
 
-def _exclusive(parser: argparse.ArgumentParser, given: dict, layered: dict, origin: dict,
-               defaults: dict) -> None:
+def _exclusive(
+    parser: argparse.ArgumentParser, given: dict, layered: dict, origin: dict, defaults: dict
+) -> None:
     """Options of a mutually exclusive group: a flag overrides the group's other settings."""
     for group in parser._mutually_exclusive_groups:
         dests = [a.dest for a in group._group_actions]
@@ -126,8 +140,9 @@ def _exclusive(parser: argparse.ArgumentParser, given: dict, layered: dict, orig
             parser.error(" and ".join(origin[d] for d in set_) + " cannot be used together")
 
 
-def _from_environ(parser: argparse.ArgumentParser, actions: dict[str, argparse.Action],
-                  sources: Sources) -> dict[str, tuple[Any, str]]:
+def _from_environ(
+    parser: argparse.ArgumentParser, actions: dict[str, argparse.Action], sources: Sources
+) -> dict[str, tuple[Any, str]]:
     by_name = {env_name(a): a for a in actions.values()}
     values: dict[str, tuple[Any, str]] = {}
     for name in sorted(sources.environ):
@@ -136,8 +151,10 @@ def _from_environ(parser: argparse.ArgumentParser, actions: dict[str, argparse.A
         action = by_name.get(name)
         if action is None:
             hint = difflib.get_close_matches(name, by_name, n=1)
-            parser.error(f"environment variable {name} matches no option"
-                         + (f" (did you mean {hint[0]}?)" if hint else ""))
+            parser.error(
+                f"environment variable {name} matches no option"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
         values[action.dest] = (_convert(parser, action, sources.environ[name], name), name)
     for alias, dest in sources.aliases.items():
         text = sources.environ.get(alias)
@@ -150,8 +167,12 @@ def _from_environ(parser: argparse.ArgumentParser, actions: dict[str, argparse.A
     return values
 
 
-def _from_file(parser: argparse.ArgumentParser, actions: dict[str, argparse.Action],
-               path: Path, sources: Sources) -> dict[str, tuple[Any, str]]:
+def _from_file(
+    parser: argparse.ArgumentParser,
+    actions: dict[str, argparse.Action],
+    path: Path,
+    sources: Sources,
+) -> dict[str, tuple[Any, str]]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -168,17 +189,18 @@ def _from_file(parser: argparse.ArgumentParser, actions: dict[str, argparse.Acti
             parser.error(f"{where}: {sources.file_refused[dest]}")
         if dest not in keys:
             hint = difflib.get_close_matches(dest, keys, n=1)
-            parser.error(f"{where} matches no option"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            parser.error(
+                f"{where} matches no option" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
         if dest in values:
             parser.error(f"{where}: given twice (with - and with _)")
         values[dest] = (_convert(parser, actions[dest], raw, where), where)
     return values
 
 
-def _convert(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any,
-             where: str) -> Any:
+def _convert(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any, where: str) -> Any:
     """A value from the environment (text) or the file (TOML) as the flag would give it."""
+
     def fail(why: str) -> None:
         parser.error(f"{where}: {why}")
 
@@ -196,8 +218,11 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any,
         if isinstance(raw, bool) or not str(raw).strip().isdigit():
             fail(f"expects a count (0, 1, 2...), got {raw!r}")
         return int(str(raw).strip())
-    many = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+") or (
-        isinstance(action.nargs, int) and action.nargs > 1)
+    many = (
+        isinstance(action, argparse._AppendAction)
+        or action.nargs in ("*", "+")
+        or (isinstance(action.nargs, int) and action.nargs > 1)
+    )
     if many:
         items = raw if isinstance(raw, list) else _split(raw) if isinstance(raw, str) else [raw]
         return [_one(parser, action, item, fail) for item in items]
@@ -206,8 +231,9 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any,
     return _one(parser, action, raw, fail)
 
 
-def _one(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any,
-         fail: Callable[[str], None]) -> Any:
+def _one(
+    parser: argparse.ArgumentParser, action: argparse.Action, raw: Any, fail: Callable[[str], None]
+) -> Any:
     if isinstance(raw, (bool, dict, list)) or not isinstance(raw, (str, int, float)):
         fail(f"expects a value as {_flag(action)} takes it, got {raw!r}")
     text = str(raw)
@@ -240,4 +266,3 @@ def _split(text: str) -> list[str]:
 
 def _flag(action: argparse.Action) -> str:
     return action.option_strings[-1] if action.option_strings else action.dest
-

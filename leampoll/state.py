@@ -178,8 +178,20 @@ class Status:
         guard = data.get("guard")
         guard = guard if isinstance(guard, dict) else {}
         return cls(
-            **{k: data.get(k) for k in ("project", "version", "pid", "site", "workdir",
-                                        "started_at", "state", "last_poll", "idle_since")},
+            **{
+                k: data.get(k)
+                for k in (
+                    "project",
+                    "version",
+                    "pid",
+                    "site",
+                    "workdir",
+                    "started_at",
+                    "state",
+                    "last_poll",
+                    "idle_since",
+                )
+            },
             current=_record(Current, data.get("current")),
             last=_record(Last, data.get("last")),
             counts=_counts(data.get("counts")),
@@ -238,16 +250,23 @@ class State:
             if exc.errno not in _NO_SPACE or not self.reserve_path.exists():
                 raise
             self.reserve_path.unlink()
-            log.warning("workdir filesystem full: released the %d KiB reserve to write %s",
-                        RESERVE_BYTES // 1024, path.name)
+            log.warning(
+                "workdir filesystem full: released the %d KiB reserve to write %s",
+                RESERVE_BYTES // 1024,
+                path.name,
+            )
             write_json(path, data, mode)
 
     # -- the current job ---------------------------------------------------
 
     def begin(self, job: Job, rundir: Path) -> dict[str, Any]:
-        record: dict[str, Any] = {"job": job.to_dict(), "rundir": str(rundir),
-                                  "poller_pid": os.getpid(), "started": time.time(),
-                                  "groups": []}
+        record: dict[str, Any] = {
+            "job": job.to_dict(),
+            "rundir": str(rundir),
+            "poller_pid": os.getpid(),
+            "started": time.time(),
+            "groups": [],
+        }
         self.write(self.current_path, record)
         return record
 

@@ -25,8 +25,21 @@ from leampoll.config import human
 from leampoll.state import Guard, State, read_json
 
 PROJECTS_FILE = Path(os.environ.get("LEAMPOLL_PROJECTS_FILE", "/etc/leampoll/projects.json"))
-COLUMNS = ("project", "supervisor", "version", "uptime", "job", "last", "ok/failed",
-           "guard", "portal", "disk", "inodes", "memory", "log")
+COLUMNS = (
+    "project",
+    "supervisor",
+    "version",
+    "uptime",
+    "job",
+    "last",
+    "ok/failed",
+    "guard",
+    "portal",
+    "disk",
+    "inodes",
+    "memory",
+    "log",
+)
 # Failed pops are shown in the table once they last this long (a blip is not news).
 PORTAL_ERROR_AFTER = 180.0
 
@@ -74,8 +87,7 @@ def row(project: dict, programs: dict[str, str], now: float) -> dict:
     except OSError:
         disk = inodes = None
     # The program, not a job: a job that fails is reported and the poller goes on.
-    failing = programs.get(program) in ("FATAL", "BACKOFF") or (
-        alive and status.state == "backoff")
+    failing = programs.get(program) in ("FATAL", "BACKOFF") or (alive and status.state == "backoff")
     log = project.get("log", f"/var/log/supervisor/{program}.log")
     if last and last.outcome == "error" and last.id and programs.get(program) != "FATAL":
         log = str(workdir / f"{_rundir_name(last.id)}.log")
@@ -87,8 +99,7 @@ def row(project: dict, programs: dict[str, str], now: float) -> dict:
         "pid": status.pid if alive else None,
         "uptime": now - status.started_at if alive and status.started_at else None,
         "state": status.state if alive else "stopped",
-        "job": {"id": current.id, "running_for": now - current.started_at}
-        if current else None,
+        "job": {"id": current.id, "running_for": now - current.started_at} if current else None,
         "last": {**last.to_json(), "ago": now - last.at} if last and last.at else None,
         "succeeded": status.session.get("success", 0),
         "failed": status.session.get("error", 0),
@@ -133,37 +144,59 @@ def render(rows: list[dict], portal_error_after: float = PORTAL_ERROR_AFTER) -> 
             free, _total, need = r["guard"]["readings"][g]
             fmt = str if g == "inodes" else human
             guard = guard.replace(g, f"{g} {fmt(free)}<{fmt(need)}", 1)
-        cells.append([
-            r["project"], r["supervisor"], r["version"] or "-", _ago(r["uptime"]),
-            f"{r['job']['id']} ({_ago(r['job']['running_for'])})" if r["job"] else "-",
-            f"{r['last']['outcome']} {r['last']['id']} {_ago(r['last']['ago'])} ago"
-            if r["last"] else "-",
-            f"{r['succeeded']}/{r['failed']}", guard, _portal(r, portal_error_after),
-            human(r["disk"]["free"]) if r["disk"] else "?",
-            str(r["inodes"]["free"]) if r["inodes"] else "?",
-            human(r["memory_available"]), r["log"],
-        ])
+        cells.append(
+            [
+                r["project"],
+                r["supervisor"],
+                r["version"] or "-",
+                _ago(r["uptime"]),
+                f"{r['job']['id']} ({_ago(r['job']['running_for'])})" if r["job"] else "-",
+                f"{r['last']['outcome']} {r['last']['id']} {_ago(r['last']['ago'])} ago"
+                if r["last"]
+                else "-",
+                f"{r['succeeded']}/{r['failed']}",
+                guard,
+                _portal(r, portal_error_after),
+                human(r["disk"]["free"]) if r["disk"] else "?",
+                str(r["inodes"]["free"]) if r["inodes"] else "?",
+                human(r["memory_available"]),
+                r["log"],
+            ]
+        )
     widths = [max(len(str(c)) for c in col) for col in zip(COLUMNS, *cells, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-             for line in [COLUMNS, *cells]]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in [COLUMNS, *cells]
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="leampoll status",
-                                     description="Show what the pollers on this host are doing.")
+    parser = argparse.ArgumentParser(
+        prog="leampoll status", description="Show what the pollers on this host are doing."
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--portal-error-after", type=float, default=PORTAL_ERROR_AFTER,
-                        metavar="SECONDS",
-                        help="show failed pops in the table once they last this long "
-                             f"(default {PORTAL_ERROR_AFTER:g})")
-    parser.add_argument("workdirs", nargs="*", type=Path, metavar="WORKDIR",
-                        help=f"project workdirs (default: the projects in {PROJECTS_FILE})")
+    parser.add_argument(
+        "--portal-error-after",
+        type=float,
+        default=PORTAL_ERROR_AFTER,
+        metavar="SECONDS",
+        help="show failed pops in the table once they last this long "
+        f"(default {PORTAL_ERROR_AFTER:g})",
+    )
+    parser.add_argument(
+        "workdirs",
+        nargs="*",
+        type=Path,
+        metavar="WORKDIR",
+        help=f"project workdirs (default: the projects in {PROJECTS_FILE})",
+    )
     args = parser.parse_args(argv)
     projects = [{"workdir": str(w.absolute())} for w in args.workdirs] or deployed()
     if not projects:
-        print(f"leampoll status: no workdir given and none listed in {PROJECTS_FILE}",
-              file=sys.stderr)
+        print(
+            f"leampoll status: no workdir given and none listed in {PROJECTS_FILE}", file=sys.stderr
+        )
         return 1
     now = time.time()
     programs = supervisor_states()

@@ -27,8 +27,9 @@ def ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str] | N
     if exe is None:
         return None
     try:
-        return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [*exe, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
 

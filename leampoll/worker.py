@@ -53,19 +53,39 @@ class Worker:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.life = Lifecycle()
-        self.portal = PortalClient(config.site, config.pop_url, config.user, config.password,
-                                   config.connect_timeout, config.read_timeout, config.trusted,
-                                   config.ca_file, config.allow_insecure_http)
+        self.portal = PortalClient(
+            config.site,
+            config.pop_url,
+            config.user,
+            config.password,
+            config.connect_timeout,
+            config.read_timeout,
+            config.trusted,
+            config.ca_file,
+            config.allow_insecure_http,
+        )
         self.state = State(config.state_dir)
-        self.deliverer = Deliverer(self.portal, EndpointMemory(self.state.endpoints_path,
-                                                               config.site),
-                                   config.keep_failed_running)
-        self.auth = AuthWatch(config.user, config.site, config.auth_check_interval,
-                              Backoff(base=max(config.speed, 1.0), cap=config.max_backoff),
-                              self._ask_credentials)
-        self.executor = Executor(config.workdir, self.life, config.grace,
-                                 config.checkout_timeout, config.job_timeout,
-                                 on_wake=self._during_job, wake_every=JOB_REFRESH)
+        self.deliverer = Deliverer(
+            self.portal,
+            EndpointMemory(self.state.endpoints_path, config.site),
+            config.keep_failed_running,
+        )
+        self.auth = AuthWatch(
+            config.user,
+            config.site,
+            config.auth_check_interval,
+            Backoff(base=max(config.speed, 1.0), cap=config.max_backoff),
+            self._ask_credentials,
+        )
+        self.executor = Executor(
+            config.workdir,
+            self.life,
+            config.grace,
+            config.checkout_timeout,
+            config.job_timeout,
+            on_wake=self._during_job,
+            wake_every=JOB_REFRESH,
+        )
         self.backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
         self.report_backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
         self.empties = 0
@@ -89,8 +109,13 @@ class Worker:
 
             self.metrics = Metrics(self.config, self.status)
         self.life.install()
-        log.info("leampoll %s polling %s every %gs, workdir %s", __version__,
-                 self.config.pop_url, self.config.speed, self.config.workdir)
+        log.info(
+            "leampoll %s polling %s every %gs, workdir %s",
+            __version__,
+            self.config.pop_url,
+            self.config.speed,
+            self.config.workdir,
+        )
         try:
             self.recover()
             while self.life.stop is None:
@@ -128,9 +153,12 @@ class Worker:
             self.backoff.reset()
             ended = self.health.answered()
             if ended and ended.count > 1:
-                log.info("portal answers pops again, after %d failed since %s (last: %s)",
-                         ended.count, time.strftime("%H:%M:%S", time.localtime(ended.since)),
-                         ended.last)
+                log.info(
+                    "portal answers pops again, after %d failed since %s (last: %s)",
+                    ended.count,
+                    time.strftime("%H:%M:%S", time.localtime(ended.since)),
+                    ended.last,
+                )
             self.status.portal_error = None
         if isinstance(answer, Empty):
             # For `leampoll retire --when-idle`: since when the queue is found empty.
@@ -169,8 +197,10 @@ class Worker:
         self.life.reload = False
         path = self.config.password_file
         if path is None:
-            log.warning("SIGHUP: no password file configured (--password-file, "
-                        "PORTAL_PASSWORD_FILE); credentials unchanged")
+            log.warning(
+                "SIGHUP: no password file configured (--password-file, "
+                "PORTAL_PASSWORD_FILE); credentials unchanged"
+            )
             return
         try:
             password = read_password_file(path)
@@ -204,11 +234,11 @@ class Worker:
             self.state.keep_reserve()  # given up when a job filled the disk
         if self.auth.holding():
             names.append("auth")
-        self.status.guard = Guard(names, {r.guard: [r.free, r.total, r.required]
-                                          for r in readings})
+        self.status.guard = Guard(names, {r.guard: [r.free, r.total, r.required] for r in readings})
         rejected = self.auth.rejected
-        self.status.auth = AuthHold(self.config.user, self.auth.since,
-                                    rejected.detail) if rejected else None
+        self.status.auth = (
+            AuthHold(self.config.user, self.auth.since, rejected.detail) if rejected else None
+        )
         self.holding = names
         return bool(names)
 
@@ -216,8 +246,9 @@ class Worker:
         try:
             return classify(self.portal.probe(self.config.site + CHECK_PATH))
         except (requests.RequestException, ValueError) as exc:
-            return AuthResult(Verdict.UNKNOWN, f"no answer: {exc.__class__.__name__}",
-                              transient=True)
+            return AuthResult(
+                Verdict.UNKNOWN, f"no answer: {exc.__class__.__name__}", transient=True
+            )
 
     # -- one job ---------------------------------------------------------------
 
@@ -233,11 +264,16 @@ class Worker:
         self.status.state = "running"
         self.status.current = Current(job.id, job.title, time.time(), str(rundir), str(logpath))
         self.publish()
-        env = {"PORTAL_USER": self.config.user, "PORTAL_PASSWORD": self.config.password,
-               "LEAM_JOB_ID": job.id, "LEAM_JOB_URL": job.url,
-               "LEAM_PORTAL_URL": self.config.site}
+        env = {
+            "PORTAL_USER": self.config.user,
+            "PORTAL_PASSWORD": self.config.password,
+            "LEAM_JOB_ID": job.id,
+            "LEAM_JOB_URL": job.url,
+            "LEAM_PORTAL_URL": self.config.site,
+        }
         outcome = self.executor.execute(
-            job, env, lambda stage, pgid: self.state.add_group(record, stage, pgid))
+            job, env, lambda stage, pgid: self.state.add_group(record, stage, pgid)
+        )
         self.finish(job, outcome, rundir)
 
     def finish(self, job: Job, outcome: Outcome, rundir: Path) -> None:
@@ -265,11 +301,14 @@ class Worker:
         counts[outcome] = counts.get(outcome, 0) + 1
         session[outcome] = session.get(outcome, 0) + 1
         self.status.last = Last(job.id, outcome, time.time(), message.splitlines()[0][:200])
-        url = {"success": job.on_success, "error": job.on_error,
-               "requeue": job.requeue_url}[kind]
+        url = {"success": job.on_success, "error": job.on_error, "requeue": job.requeue_url}[kind]
         if not url and not job.url:
-            log.error("job %s: no URL to report %s to (the portal gave none); outcome: %s",
-                      job.id or "?", kind, message.splitlines()[0])
+            log.error(
+                "job %s: no URL to report %s to (the portal gave none); outcome: %s",
+                job.id or "?",
+                kind,
+                message.splitlines()[0],
+            )
             return
         fallback = job.on_error if kind == "requeue" else ""
         self.state.put(Report(kind, url, message, job.id, fallback, job_url=job.url))
@@ -285,22 +324,36 @@ class Worker:
                 # The portal will never take it: set it aside, loudly, and go on.
                 path.rename(path.with_suffix(".undeliverable"))
                 self.health.count("report_undeliverable")
-                log.error("job %s: %s report set aside as undeliverable in %s: %s; outcome: %s",
-                          report.job_id, report.kind, path.parent, result.detail,
-                          report.message.splitlines()[0][:200])
+                log.error(
+                    "job %s: %s report set aside as undeliverable in %s: %s; outcome: %s",
+                    report.job_id,
+                    report.kind,
+                    path.parent,
+                    result.detail,
+                    report.message.splitlines()[0][:200],
+                )
             elif result.state == "left_running":
                 path.unlink()
-                log.warning("job %s: failed; left running in the portal for a person to look "
-                            "at (--keep-failed-running; %s)", report.job_id, result.detail)
+                log.warning(
+                    "job %s: failed; left running in the portal for a person to look "
+                    "at (--keep-failed-running; %s)",
+                    report.job_id,
+                    result.detail,
+                )
             else:
                 path.unlink()
-                log.info("job %s: reported %s (%s, %s)", report.job_id, report.kind,
-                         result.endpoint, result.detail)
+                log.info(
+                    "job %s: reported %s (%s, %s)",
+                    report.job_id,
+                    report.kind,
+                    result.endpoint,
+                    result.detail,
+                )
             last = self.status.last
             if last and last.id == report.job_id:  # replaced: publish() compares by value
-                self.status.last = dataclasses.replace(last, portal=result.endpoint
-                                                       if result.state == "delivered"
-                                                       else result.state)
+                self.status.last = dataclasses.replace(
+                    last, portal=result.endpoint if result.state == "delivered" else result.state
+                )
         self.status.reports_pending = 0
         return True
 
@@ -314,12 +367,17 @@ class Worker:
         job = Job.from_dict(record["job"])
         stopped = stop_orphan_groups(record, self.config.grace)
         if stopped:
-            log.warning("job %s: stopped %d leftover process(es) of an orphaned run",
-                        job.id, len(stopped))
+            log.warning(
+                "job %s: stopped %d leftover process(es) of an orphaned run", job.id, len(stopped)
+            )
         if self.state.count_orphaned(job.url or job.id) >= 2:
             log.error("job %s: orphaned twice; reporting an error instead of requeueing", job.id)
-            self.enqueue(job, "error", "the poller died twice while running this job "
-                                       "(the job may be killing it); not requeued again")
+            self.enqueue(
+                job,
+                "error",
+                "the poller died twice while running this job "
+                "(the job may be killing it); not requeued again",
+            )
         else:
             log.warning("job %s: found orphaned by a killed poller; handing it back", job.id)
             self.enqueue(job, "requeue", "leampoll restarted during this job; requeued")
@@ -335,12 +393,15 @@ class Worker:
         self._prune_logs()
 
     def _prune_logs(self) -> None:
-        logs = [e for e in os.scandir(self.config.workdir)
-                if e.name.endswith(".log") and e.is_file(follow_symlinks=False)]
+        logs = [
+            e
+            for e in os.scandir(self.config.workdir)
+            if e.name.endswith(".log") and e.is_file(follow_symlinks=False)
+        ]
         if len(logs) <= self.config.keep_logs:
             return
         logs.sort(key=lambda e: e.stat().st_mtime)
-        for entry in logs[:len(logs) - self.config.keep_logs]:
+        for entry in logs[: len(logs) - self.config.keep_logs]:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
 
@@ -361,17 +422,27 @@ class Worker:
             counts={k: int(previous.counts.get(k, 0)) for k in OUTCOMES},
             session=dict.fromkeys(OUTCOMES, 0),
             last_poll=previous.last_poll,
-            portal_errors_total={k: int(v) for k, v in previous.portal_errors_total.items()
-                                 if isinstance(v, int)},
+            portal_errors_total={
+                k: int(v) for k, v in previous.portal_errors_total.items() if isinstance(v, int)
+            },
         )
 
     def _status_key(self) -> tuple[object, ...]:
         """What a reader must see at once; the rest may wait STATUS_REFRESH."""
         s = self.status
-        return (s.state, s.pid, s.current, s.last, tuple(s.counts.values()),
-                tuple(s.guard.holding), s.reports_pending, s.last_poll is None,
-                s.auth is None, s.portal_error.reason if s.portal_error else None,
-                s.idle_since is None)
+        return (
+            s.state,
+            s.pid,
+            s.current,
+            s.last,
+            tuple(s.counts.values()),
+            tuple(s.guard.holding),
+            s.reports_pending,
+            s.last_poll is None,
+            s.auth is None,
+            s.portal_error.reason if s.portal_error else None,
+            s.idle_since is None,
+        )
 
     def publish(self) -> None:
         """Write status.json (and metrics) for readers; never fatal."""

@@ -47,8 +47,13 @@ def _unpack(root: Path) -> None:
             return
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             os.chmod(tmp, 0o755)  # apt's _apt user writes the download there
-            got = subprocess.run(["apt-get", "download", "-q", "cloud-init"], cwd=tmp,
-                                 capture_output=True, text=True, timeout=300)
+            got = subprocess.run(
+                ["apt-get", "download", "-q", "cloud-init"],
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             debs = list(Path(tmp).glob("cloud-init_*.deb"))
             if got.returncode != 0 or not debs:
                 raise Unavailable(f"apt-get download cloud-init failed: {got.stderr[-500:]}")
@@ -63,5 +68,10 @@ def schema(path: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if argv[0] == SYSTEM_PYTHON:
         env["PYTHONPATH"] = str(CACHE / "root" / "usr" / "lib" / "python3" / "dist-packages")
-    return subprocess.run([*argv, "schema", "--config-file", str(path)], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [*argv, "schema", "--config-file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )

@@ -78,9 +78,25 @@ def start_portals() -> None:
             continue
         log = open(STATE / f"portal-{project}.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "testing.portal_standin", "serve", "--mode", "plone",
-             "--port", str(port), "--base-path", f"/{project}"], env=env, stdout=log, stderr=log,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "testing.portal_standin",
+                "serve",
+                "--mode",
+                "plone",
+                "--port",
+                str(port),
+                "--base-path",
+                f"/{project}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=ROOT,
+        )
         pidfile.write_text(str(proc.pid))
         deadline = time.monotonic() + 15
         while not _state(project):
@@ -92,17 +108,30 @@ def start_portals() -> None:
 
 def _state(project: str) -> dict | None:
     try:
-        with urllib.request.urlopen(portal_url(project, True) + "/_standin/state",
-                                    timeout=5) as r:
+        with urllib.request.urlopen(portal_url(project, True) + "/_standin/state", timeout=5) as r:
             return json.load(r)
     except OSError:
         return None
 
 
 def queue(project: str, job_id: str, cmdline: str) -> None:
-    subprocess.run([sys.executable, "-m", "testing.portal_standin", "queue", "--url",
-                    portal_url(project, True), "--id", job_id, "--cmdline", cmdline],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "testing.portal_standin",
+            "queue",
+            "--url",
+            portal_url(project, True),
+            "--id",
+            job_id,
+            "--cmdline",
+            cmdline,
+        ],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def metrics_address(sandbox: Sandbox, host: str) -> str:
@@ -112,16 +141,32 @@ def metrics_address(sandbox: Sandbox, host: str) -> str:
 
 def inventory(sandbox: Sandbox) -> Path:
     password = _password()
-    host_vars = {host: {
-        "leampoll_node_exporter_listen_address": metrics_address(sandbox, host),
-        "leam_projects": [
-            {"name": p, "portal_url": portal_url(p), "portal_user": "poller",
-             "portal_password": password, "speed": 2, "min_free_disk": "100M",
-             "min_free_mem": "50M", "job_timeout": 600} for p in projects]}
-        for host, projects in HOSTS.items()}
-    group_vars = {"leam_jobservers": {"leampoll_install_mode": "wheelhouse",
-                                      "leampoll_metrics": True,
-                                      "leam_jobdir_min_free": "100M"}}
+    host_vars = {
+        host: {
+            "leampoll_node_exporter_listen_address": metrics_address(sandbox, host),
+            "leam_projects": [
+                {
+                    "name": p,
+                    "portal_url": portal_url(p),
+                    "portal_user": "poller",
+                    "portal_password": password,
+                    "speed": 2,
+                    "min_free_disk": "100M",
+                    "min_free_mem": "50M",
+                    "job_timeout": 600,
+                }
+                for p in projects
+            ],
+        }
+        for host, projects in HOSTS.items()
+    }
+    group_vars = {
+        "leam_jobservers": {
+            "leampoll_install_mode": "wheelhouse",
+            "leampoll_metrics": True,
+            "leam_jobdir_min_free": "100M",
+        }
+    }
     path = STATE / "inventory.yml"
     sandbox.write_inventory(path, host_vars=host_vars, group_vars=group_vars)
     path.chmod(0o600)
@@ -136,8 +181,9 @@ def up() -> int:
     if missing:
         say(f"installing {', '.join(missing)} with apt-get")
         pkgs = {"ssh": "openssh-client", "unshare": "util-linux"}
-        subprocess.run(["apt-get", "install", "-y", "-qq",
-                        *[pkgs.get(t, t) for t in missing]], check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *[pkgs.get(t, t) for t in missing]], check=True
+        )
     start_portals()
     sandbox = Sandbox(STATE / "sandbox", log=lambda m: say(f"sandbox: {m}"))
     say("root filesystem for the sandbox hosts (built once, ~1 min; cached after)")
@@ -163,8 +209,9 @@ def up() -> int:
     deadline = time.monotonic() + 180
     done: set = set()
     while time.monotonic() < deadline and done != wanted:
-        done = {(p, j) for p, j in wanted
-                if (_state(p) or {}).get("status", {}).get(j) == "complete"}
+        done = {
+            (p, j) for p, j in wanted if (_state(p) or {}).get("status", {}).get(j) == "complete"
+        }
         time.sleep(1)
     say(f"the fleet's status: ansible-playbook -i {inv} playbooks/status.yml")
     play(inv, "playbooks/status.yml", table=True)
@@ -177,8 +224,9 @@ def up() -> int:
             print(f"  {project:8} {job_id:16} {status:9} {told:8} {history}")
     for host in HOSTS:
         address = metrics_address(sandbox, host)
-        say(f"node_exporter on {host}: "
-            f"curl -s http://{address}/metrics | grep ^leampoll_jobs_total")
+        say(
+            f"node_exporter on {host}: curl -s http://{address}/metrics | grep ^leampoll_jobs_total"
+        )
         for line in _scrape(address):
             if line.startswith("leampoll_jobs_total"):
                 print(f"  {line}")
@@ -189,9 +237,13 @@ def up() -> int:
 
 def play(inv: Path, playbook: str, table: bool = False) -> int:
     """Run a playbook, echoing its progress, or only the table it prints."""
-    proc = subprocess.Popen([str(ANSIBLE_PLAYBOOK), "-i", str(inv), playbook],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    proc = subprocess.Popen(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inv), playbook],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if table:
@@ -235,8 +287,11 @@ def leftovers() -> int:
             cmdline = (proc / "cmdline").read_bytes()
             if marker in cmdline:
                 found.append(f"process {proc.name}: {cmdline.replace(bytes(1), b' ').decode()}")
-    found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
-              if line.split()[1].startswith(str(STATE))]
+    found += [
+        f"mount {line.split()[1]}"
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1].startswith(str(STATE))
+    ]
     tag = Sandbox(STATE / "sandbox", log=lambda m: None).tag
     found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"*/leam-sandbox-{tag}-*")]
     for project, port in PORTS.items():

@@ -46,17 +46,20 @@ from typing import Any
 FAULTS = ("none", "down", "slow", "storm", "storm500", "truncate", "reset", "login")
 FORWARDING_FAULTS = ("slow", "truncate", "reset")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
-_TRACEBACK = (b"<html><body><h1>Site Error</h1><p>An error was encountered while "
-              b"publishing this resource.</p><pre>Traceback (innermost last):\n"
-              b"  Module ZPublisher.Publish, line 138, in publish\n"
-              b"AttributeError: repository</pre></body></html>")
+_TRACEBACK = (
+    b"<html><body><h1>Site Error</h1><p>An error was encountered while "
+    b"publishing this resource.</p><pre>Traceback (innermost last):\n"
+    b"  Module ZPublisher.Publish, line 138, in publish\n"
+    b"AttributeError: repository</pre></body></html>"
+)
 
 
 class FaultProxy:
     """Forward 127.0.0.1:port to an upstream HTTP server, injecting one fault."""
 
-    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0,
-                 site_path: str = "/portal") -> None:
+    def __init__(
+        self, upstream: str, host: str = "127.0.0.1", port: int = 0, site_path: str = "/portal"
+    ) -> None:
         up = upstream.split("://", 1)[-1].split("/", 1)[0]
         self.upstream_host, _, up_port = up.partition(":")
         self.upstream_port = int(up_port or 80)
@@ -156,9 +159,14 @@ class FaultProxy:
         finally:
             self.set("none")
 
-    def flap(self, duration: float, faults: Sequence[str] = FAULTS[1:],
-             period: tuple[float, float] = (0.5, 3.0), seed: int | None = None,
-             **options: Any) -> list[tuple[str, float]]:
+    def flap(
+        self,
+        duration: float,
+        faults: Sequence[str] = FAULTS[1:],
+        period: tuple[float, float] = (0.5, 3.0),
+        seed: int | None = None,
+        **options: Any,
+    ) -> list[tuple[str, float]]:
         """Play every fault in turn, in a shuffled order each round, with a healthy
         spell between two faults, for ``duration`` seconds; then heal.
 
@@ -171,8 +179,9 @@ class FaultProxy:
         plan: list[str] = []
         while (left := deadline - time.monotonic()) > 0:
             if not plan:
-                plan = [f for fault in rnd.sample(list(faults), len(faults))
-                        for f in (fault, "none")]
+                plan = [
+                    f for fault in rnd.sample(list(faults), len(faults)) for f in (fault, "none")
+                ]
             fault = plan.pop(0)
             span = min(left, rnd.uniform(*period))
             extra: dict[str, Any] = {}
@@ -195,7 +204,11 @@ class FaultProxy:
 
 def _is_report(path: str) -> bool:
     return path.split("?")[0].rstrip("/").rsplit("/", 1)[-1] in (
-        "end_run", "requeue", "success", "error")
+        "end_run",
+        "requeue",
+        "success",
+        "error",
+    )
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -223,8 +236,9 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 proxy._conns.discard(self.connection)
             super().finish()
 
-        def _reply(self, status: int, body: bytes, ctype: str,
-                   headers: Sequence[tuple[str, str]] = ()) -> None:
+        def _reply(
+            self, status: int, body: bytes, ctype: str, headers: Sequence[tuple[str, str]] = ()
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -237,21 +251,22 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-            conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
-                                              timeout=30)
+            conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=30)
             try:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 answer = conn.getresponse()
                 # Job URLs name the upstream; a virtual-hosting proxy names itself.
                 data = answer.read().replace(proxy.upstream_root, proxy.root)
-                kept = [(k, v) for k, v in answer.getheaders()
-                        if k.lower() not in _HOP and k.lower() != "content-length"]
+                kept = [
+                    (k, v)
+                    for k, v in answer.getheaders()
+                    if k.lower() not in _HOP and k.lower() != "content-length"
+                ]
                 return answer.status, kept, data
             finally:
                 conn.close()
 
-        def _send_raw(self, status: int, headers: Sequence[tuple[str, str]],
-                      body: bytes) -> None:
+        def _send_raw(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
             self.send_response(status)
             for key, value in headers:
                 self.send_header(key, value)
@@ -304,8 +319,9 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             else:  # reset: part of the status line, then RST
                 self.wfile.write(b"HTTP/1.1 200 O")
                 self.wfile.flush()
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                           struct.pack("ii", 1, 0))
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
                 self.connection.close()  # linger 0: the peer gets an RST, not a FIN
                 self.close_connection = True
 

@@ -29,8 +29,9 @@ class Stand:
 
     def portal(self, project: str) -> PortalStandin:
         """A started stand-in at /PROJECT, stopped with the stand."""
-        self.portals[project] = PortalStandin(self.user, self.password,
-                                              base_path=f"/{project}").start()
+        self.portals[project] = PortalStandin(
+            self.user, self.password, base_path=f"/{project}"
+        ).start()
         return self.portals[project]
 
     def up(self, names: list[str], **options) -> list[Host]:
@@ -41,8 +42,9 @@ class Stand:
 
 
 @contextlib.contextmanager
-def stand(state_dir: Path, projects: Iterable[str], password: str,
-          user: str = "poller") -> Iterator[Stand]:
+def stand(
+    state_dir: Path, projects: Iterable[str], password: str, user: str = "poller"
+) -> Iterator[Stand]:
     """A fresh sandbox on state_dir and a portal per project; everything ended afterwards
     (hosts from `Stand.up` and any the test started itself with `sandbox.up`)."""
     sandbox = Sandbox(state_dir)

@@ -30,9 +30,11 @@ def job_cmdline(ledger: str = BESIDE_RUNDIR, seconds: float = 0.0) -> str:
     """
     path = ledger if ledger == BESIDE_RUNDIR else shlex.quote(ledger)
     say = f'echo "$1 $LEAM_JOB_ID $run $(date +%s.%N)" >> {path}'
-    script = (f"say() {{ {say}; }}; run=$$.$(date +%s%N); "
-              "trap 'say killed; exit 143' TERM; "
-              f"say start; sleep {seconds} & wait; say end")
+    script = (
+        f"say() {{ {say}; }}; run=$$.$(date +%s%N); "
+        "trap 'say killed; exit 143' TERM; "
+        f"say start; sleep {seconds} & wait; say end"
+    )
     return "sh -c " + json.dumps(script)
 
 

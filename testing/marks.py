@@ -17,6 +17,7 @@ def sandbox_hosts(timeout: float | None = None) -> list[pytest.MarkDecorator]:
     marks = [pytest.mark.sandbox]
     if timeout is not None:
         marks.append(pytest.mark.timeout(timeout))
-    marks.append(pytest.mark.skipif(not CAN_BOOT,
-                                    reason="sandbox hosts need root, unshare and debootstrap"))
+    marks.append(
+        pytest.mark.skipif(not CAN_BOOT, reason="sandbox hosts need root, unshare and debootstrap")
+    )
     return marks

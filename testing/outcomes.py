@@ -20,8 +20,11 @@ def _said(kind: str, form: dict[str, str]) -> str:
 def report_kinds(portal: PortalStandin, job_id: str) -> list[str]:
     """The outcome reports (success, error, requeue) the portal took for one job."""
     with portal.lock:
-        return [_said(r.kind, r.form) for r in portal.received
-                if r.job_id == job_id and r.kind in REPORT_KINDS and 200 <= r.answer < 300]
+        return [
+            _said(r.kind, r.form)
+            for r in portal.received
+            if r.job_id == job_id and r.kind in REPORT_KINDS and 200 <= r.answer < 300
+        ]
 
 
 def job_state(portal: PortalStandin, job_id: str) -> str | None:

@@ -18,9 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 
 
-def run(inventory: Path, playbook: str, *args: str, env: dict[str, str] | None = None,
-        log_dir: Path | None = None, timeout: float = 1200,
-        cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run(
+    inventory: Path,
+    playbook: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+    timeout: float = 1200,
+    cwd: Path = ROOT,
+) -> subprocess.CompletedProcess:
     """`ansible-playbook -i inventory playbook args...`; output kept in log_dir if given.
 
     From the project root unless `cwd` says otherwise (an installed collection
@@ -28,8 +34,9 @@ def run(inventory: Path, playbook: str, *args: str, env: dict[str, str] | None =
     """
     argv = [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), playbook, *args]
     full_env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", **(env or {})}
-    out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=full_env,
-                         timeout=timeout)
+    out = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout
+    )
     if log_dir is not None:
         name = Path(playbook).name
         (log_dir / f"{name}-{time.time_ns()}.log").write_text(out.stdout + out.stderr)

@@ -71,12 +71,14 @@ NOT_FOUND_PAGE = (
     b"<!DOCTYPE html><html><head><title>Site</title></head><body>"
     b"<div id='content'><h1 class='documentFirstHeading'>This page does not seem to exist"
     b"&hellip;</h1><p>We apologize for the inconvenience, but the page you were trying to "
-    b"access is not at this address.</p></div></body></html>")
+    b"access is not at this address.</p></div></body></html>"
+)
 TRACEBACK_PAGE = (
     b"<!DOCTYPE html><html><head><title>Site error</title></head><body>"
     b"<h1>We're sorry, but there seems to be an error&hellip;</h1><pre>Traceback (innermost "
     b"last):\n  Module ZPublisher.Publish, line 126, in publish\n  Module leam.luc.browser."
-    b"queue, line 61, in __call__\nAttributeError: repository</pre></body></html>")
+    b"queue, line 61, in __call__\nAttributeError: repository</pre></body></html>"
+)
 
 
 @dataclass
@@ -270,8 +272,11 @@ class PortalStandin:
     def ending(self, job_id: str) -> Received | None:
         """The last report that the portal took (2xx) for this job."""
         with self.lock:
-            taken = [r for r in self.received if r.job_id == job_id
-                     and r.kind in REPORT_KINDS and 200 <= r.answer < 300]
+            taken = [
+                r
+                for r in self.received
+                if r.job_id == job_id and r.kind in REPORT_KINDS and 200 <= r.answer < 300
+            ]
         return taken[-1] if taken else None
 
     def outcome(self, job_id: str) -> str | None:
@@ -308,15 +313,16 @@ class PortalStandin:
         pops = [i for i, e in enumerate(events) if e.startswith("pop ")]
         bounds = [*pops, len(events)]
         for start, end in itertools.pairwise(bounds):
-            taken = [e for e in events[start + 1:end]
-                     if e.split()[0] in REPORT_KINDS and e.split()[1].startswith("2")]
+            taken = [
+                e
+                for e in events[start + 1 : end]
+                if e.split()[0] in REPORT_KINDS and e.split()[1].startswith("2")
+            ]
             if len(taken) != 1:
                 return False
         return bool(pops)
 
-    def wait_for(
-        self, predicate: Callable[[PortalStandin], Any], timeout: float = 30.0
-    ) -> Any:
+    def wait_for(self, predicate: Callable[[PortalStandin], Any], timeout: float = 30.0) -> Any:
         """Wait until predicate(self) is truthy; AssertionError at the deadline."""
         deadline = time.monotonic() + timeout
         with self.lock:
@@ -379,11 +385,15 @@ class PortalStandin:
         if job_id is None:
             doc = "<model>EMPTY</model>"
         else:
-            doc = (f"<model><scenario><id>{escape(job_id)}</id><title>{escape(data['title'])}"
-                   f"</title><repository>{escape(data['repository'])}</repository></scenario>"
-                   "</model>")
-        return Canned(body=f'<?xml version="1.0" encoding="UTF-8"?>\n{doc}'.encode(),
-                      content_type=LEGACY_XML_TYPE)
+            doc = (
+                f"<model><scenario><id>{escape(job_id)}</id><title>{escape(data['title'])}"
+                f"</title><repository>{escape(data['repository'])}</repository></scenario>"
+                "</model>"
+            )
+        return Canned(
+            body=f'<?xml version="1.0" encoding="UTF-8"?>\n{doc}'.encode(),
+            content_type=LEGACY_XML_TYPE,
+        )
 
     def _end(self, job_id: str, kind: str) -> None:
         """A report the portal takes: set the job's runstatus."""
@@ -433,8 +443,11 @@ class PortalStandin:
         if rec.kind == "pop":
             return self._pop(rec.user)
         if rec.kind == "check":
-            return Canned(200, b"1", "text/plain; charset=utf-8") if anonymous \
+            return (
+                Canned(200, b"1", "text/plain; charset=utf-8")
+                if anonymous
                 else Canned(204, b"", "")
+            )
         if rel in ("", "/"):
             return Canned(200, b"<html>LEAM portal stand-in</html>", html)
         return Canned(404, NOT_FOUND_PAGE, html)  # success, error and anything else
@@ -446,8 +459,9 @@ class PortalStandin:
             if self.auth_failure == "html":
                 page = b"<html><body><form id='login_form'>Log in</form></body></html>"
                 return Canned(200, page, "text/html; charset=utf-8")
-            return Canned(401, b"Unauthorized", "text/plain",
-                          {"WWW-Authenticate": 'basic realm="Zope"'})
+            return Canned(
+                401, b"Unauthorized", "text/plain", {"WWW-Authenticate": 'basic realm="Zope"'}
+            )
         if rec.kind == "pop":
             return self._pop(rec.user)
         if rec.kind in REPORT_KINDS and rec.job_id in self.jobs:
@@ -485,8 +499,9 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
                 time.sleep(answer.delay)
             if answer.reset:
                 # An RST instead of an answer: SO_LINGER with a zero timeout.
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                           struct.pack("ii", 1, 0))
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
                 self.close_connection = True
                 return
             body = answer.body
@@ -495,7 +510,7 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", answer.content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body[:answer.truncate])
+                self.wfile.write(body[: answer.truncate])
                 self.close_connection = True
                 return
             self._send(answer.status, body, answer.content_type, answer.headers.items())
@@ -539,13 +554,22 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
             path = urllib.parse.urlsplit(self.path).path
             form = self._form() if method == "POST" else {}
             base = portal.base_path
-            rel = path[len(base):] if path == base or path.startswith(base + "/") else None
+            rel = path[len(base) :] if path == base or path.startswith(base + "/") else None
             kind, job_id = _classify(rel)
             if kind in REPORT_KINDS and portal.report_status != 200:
                 kind += "-refused"
-            rec = Received(method, path, self._user(), form, time.time(), kind,
-                           self.headers.get("User-Agent", ""), self.client_address[1],
-                           job_id, host=self.headers.get("Host", ""))
+            rec = Received(
+                method,
+                path,
+                self._user(),
+                form,
+                time.time(),
+                kind,
+                self.headers.get("User-Agent", ""),
+                self.client_address[1],
+                job_id,
+                host=self.headers.get("Host", ""),
+            )
             portal._record(rec)
             answer = portal.respond(rec, rel)
             if kind == "pop" and answer.status == 200 and answer.body:
@@ -614,31 +638,45 @@ def _root_of(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m testing.portal_standin",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m testing.portal_standin", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser("serve", help="run the stand-in until interrupted")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8780)
     serve.add_argument("--user", default="poller")
     serve.add_argument("--base-path", default="/portal")
-    serve.add_argument("--mode", choices=MODES, default="plone",
-                       help="plone: as a real portal answers (default); extended: with "
-                            "success/error endpoints and 401 for bad credentials")
-    serve.add_argument("--private", action="store_true",
-                       help="plone: Anonymous is redirected to require_login")
+    serve.add_argument(
+        "--mode",
+        choices=MODES,
+        default="plone",
+        help="plone: as a real portal answers (default); extended: with "
+        "success/error endpoints and 401 for bad credentials",
+    )
+    serve.add_argument(
+        "--private", action="store_true", help="plone: Anonymous is redirected to require_login"
+    )
     serve.add_argument("--public-url", help="build job URLs on this origin (virtual hosting)")
-    serve.add_argument("--legacy-xml", action="store_true",
-                       help="plone: answer pops with the 2012-2014 XML document")
+    serve.add_argument(
+        "--legacy-xml",
+        action="store_true",
+        help="plone: answer pops with the 2012-2014 XML document",
+    )
     q = sub.add_parser("queue", help="queue a job on a running stand-in")
-    q.add_argument("--url", required=True, help="the stand-in's address, e.g. http://127.0.0.1:8780")
+    q.add_argument(
+        "--url", required=True, help="the stand-in's address, e.g. http://127.0.0.1:8780"
+    )
     q.add_argument("--id", required=True)
     q.add_argument("--cmdline", required=True)
     q.add_argument("--repository", default="")
     q.add_argument("--title")
     q.add_argument("--public", action="store_true", help="Anonymous may see and pop it")
-    q.add_argument("--broken", action="store_true",
-                   help="an item without a repository: every pop answers 500 while it is queued")
+    q.add_argument(
+        "--broken",
+        action="store_true",
+        help="an item without a repository: every pop answers 500 while it is queued",
+    )
     r = sub.add_parser("received", help="list what a running stand-in received")
     r.add_argument("--url", required=True)
     r.add_argument("--json", action="store_true")
@@ -649,17 +687,34 @@ def main(argv: list[str] | None = None) -> int:
         if not password:
             print("serve: set PORTAL_PASSWORD in the environment", file=sys.stderr)
             return 1
-        portal = PortalStandin(args.user, password, args.host, args.port, args.base_path,
-                               mode=args.mode, private=args.private, public_url=args.public_url,
-                               legacy_xml=args.legacy_xml)
+        portal = PortalStandin(
+            args.user,
+            password,
+            args.host,
+            args.port,
+            args.base_path,
+            mode=args.mode,
+            private=args.private,
+            public_url=args.public_url,
+            legacy_xml=args.legacy_xml,
+        )
         print(f"portal stand-in ({args.mode}) at {portal.url} (user {args.user})", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             portal._server.serve_forever()
         return 0
     if args.cmd == "queue":
-        job = _admin_call(_root_of(args.url), "/queue", {
-            "job_id": args.id, "cmdline": args.cmdline, "repository": args.repository,
-            "title": args.title, "public": args.public, "broken": args.broken})
+        job = _admin_call(
+            _root_of(args.url),
+            "/queue",
+            {
+                "job_id": args.id,
+                "cmdline": args.cmdline,
+                "repository": args.repository,
+                "title": args.title,
+                "public": args.public,
+                "broken": args.broken,
+            },
+        )
         print(f"queued {job['id']}: {job['url']}")
         return 0
     state = _admin_call(_root_of(args.url), "/state")

@@ -48,9 +48,12 @@ class Run:
         return case
 
     def dump(self, path: Path) -> None:
-        data = {"started": self.started, "finished": time.time(),
-                "machine": f"{platform.node()} {platform.machine()}",
-                "cases": [asdict(c) for c in self.cases]}
+        data = {
+            "started": self.started,
+            "finished": time.time(),
+            "machine": f"{platform.node()} {platform.machine()}",
+            "cases": [asdict(c) for c in self.cases],
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2))
 
@@ -59,8 +62,10 @@ def render(data: dict) -> str:
     cases = [Case(**c) for c in data["cases"]]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(data["finished"]))
     minutes = (data["finished"] - data["started"]) / 60
-    total = {k: sum(c.faults.get(k, 0) for c in cases) for k in
-             sorted({k for c in cases for k in c.faults})}
+    total = {
+        k: sum(c.faults.get(k, 0) for c in cases)
+        for k in sorted({k for c in cases for k in c.faults})
+    }
     lines = [
         "# Reliability",
         "",
@@ -77,14 +82,17 @@ def render(data: dict) -> str:
     ]
     for c in cases:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(c.faults.items()) if v) or "-"
-        lines.append(f"| {c.name} | {c.jobs} | {faults} | {c.lost} | {c.run_twice} | "
-                     f"{c.repeated_reports} | {c.seconds:.1f} | {c.jobs_per_second:.1f} "
-                     f"| {c.note} |")
+        lines.append(
+            f"| {c.name} | {c.jobs} | {faults} | {c.lost} | {c.run_twice} | "
+            f"{c.repeated_reports} | {c.seconds:.1f} | {c.jobs_per_second:.1f} "
+            f"| {c.note} |"
+        )
     lines += [
         "",
         f"Totals: {len(cases)} cases, {sum(c.jobs for c in cases)} jobs, "
         f"{sum(total.values())} faults injected ("
-        + ", ".join(f"{k} {v}" for k, v in total.items() if v) + "), "
+        + ", ".join(f"{k} {v}" for k, v in total.items() if v)
+        + "), "
         f"jobs lost {sum(c.lost for c in cases)}, "
         f"jobs run twice {sum(c.run_twice for c in cases)}.",
         "",

@@ -25,38 +25,86 @@ BIN = Path(sys.executable).parent
 class Supervisord:
     """supervisord with one program `leampoll-<name>` per project."""
 
-    def __init__(self, base: Path, projects: dict[str, tuple[str, Path]], env: dict[str, str],
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        base: Path,
+        projects: dict[str, tuple[str, Path]],
+        env: dict[str, str],
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.base = base
         self.projects = projects  # name -> (portal url, workdir)
         self.conf = base / "supervisord.conf"
         self.projects_file = base / "projects.json"
         self.proc: subprocess.Popen | None = None
-        environment = ",".join(f"{k}={shlex.quote(v)}" for k, v in env.items()
-                               if k in ("PORTAL_USER", "PORTAL_PASSWORD", "PYTHONPATH", "PATH"))
+        environment = ",".join(
+            f"{k}={shlex.quote(v)}"
+            for k, v in env.items()
+            if k in ("PORTAL_USER", "PORTAL_PASSWORD", "PYTHONPATH", "PATH")
+        )
         lines = [
-            "[unix_http_server]", f"file={base}/supervisor.sock", "chmod=0700",
-            "[supervisord]", "nodaemon=true", f"logfile={base}/supervisord.log",
-            f"pidfile={base}/supervisord.pid", f"childlogdir={base}",
+            "[unix_http_server]",
+            f"file={base}/supervisor.sock",
+            "chmod=0700",
+            "[supervisord]",
+            "nodaemon=true",
+            f"logfile={base}/supervisord.log",
+            f"pidfile={base}/supervisord.pid",
+            f"childlogdir={base}",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-            "[supervisorctl]", f"serverurl=unix://{base}/supervisor.sock",
+            "[supervisorctl]",
+            f"serverurl=unix://{base}/supervisor.sock",
         ]
         listed = []
         for name, (url, workdir) in projects.items():
             workdir.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "leampoll", "--workdir", str(workdir),
-                       "--speed", "0.2", "--max-backoff", "0.5", "--min-free-disk", "1M",
-                       "--min-free-mem", "1M", "--min-free-inodes", "10", "--grace", "2",
-                       "--project", name, *extra_args, url]
-            lines += [f"[program:leampoll-{name}]", f"command={shlex.join(command)}",
-                      f"directory={workdir}", f"environment={environment}",
-                      "autorestart=unexpected", "exitcodes=0", "startsecs=1",
-                      "stopsignal=TERM", "stopwaitsecs=30", "stopasgroup=true",
-                      "killasgroup=true", f"stderr_logfile={self.log(name)}",
-                      "stdout_logfile=NONE"]
-            listed.append({"name": name, "workdir": str(workdir), "program": f"leampoll-{name}",
-                           "log": str(self.log(name))})
+            command = [
+                sys.executable,
+                "-m",
+                "leampoll",
+                "--workdir",
+                str(workdir),
+                "--speed",
+                "0.2",
+                "--max-backoff",
+                "0.5",
+                "--min-free-disk",
+                "1M",
+                "--min-free-mem",
+                "1M",
+                "--min-free-inodes",
+                "10",
+                "--grace",
+                "2",
+                "--project",
+                name,
+                *extra_args,
+                url,
+            ]
+            lines += [
+                f"[program:leampoll-{name}]",
+                f"command={shlex.join(command)}",
+                f"directory={workdir}",
+                f"environment={environment}",
+                "autorestart=unexpected",
+                "exitcodes=0",
+                "startsecs=1",
+                "stopsignal=TERM",
+                "stopwaitsecs=30",
+                "stopasgroup=true",
+                "killasgroup=true",
+                f"stderr_logfile={self.log(name)}",
+                "stdout_logfile=NONE",
+            ]
+            listed.append(
+                {
+                    "name": name,
+                    "workdir": str(workdir),
+                    "program": f"leampoll-{name}",
+                    "log": str(self.log(name)),
+                }
+            )
         self.conf.write_text("\n".join(lines) + "\n")
         self.projects_file.write_text(json.dumps(listed))
 
@@ -68,20 +116,33 @@ class Supervisord:
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
         """An environment in which leampoll finds this Supervisor and its projects."""
-        return {**base, "LEAMPOLL_SUPERVISORCTL": shlex.join(self.ctl_argv()),
-                "LEAMPOLL_PROJECTS_FILE": str(self.projects_file)}
+        return {
+            **base,
+            "LEAMPOLL_SUPERVISORCTL": shlex.join(self.ctl_argv()),
+            "LEAMPOLL_PROJECTS_FILE": str(self.projects_file),
+        }
 
     def states(self) -> dict[str, str]:
-        out = subprocess.run([*self.ctl_argv(), "status"], capture_output=True, text=True,
-                             timeout=30)
-        return {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()
-                if len(line.split()) >= 2}
+        out = subprocess.run(
+            [*self.ctl_argv(), "status"], capture_output=True, text=True, timeout=30
+        )
+        return {
+            line.split()[0]: line.split()[1]
+            for line in out.stdout.splitlines()
+            if len(line.split()) >= 2
+        }
 
     def start(self) -> Supervisord:
-        self.proc = subprocess.Popen([str(BIN / "supervisord"), "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: all(self.states().get(f"leampoll-{n}") == "RUNNING"
-                               for n in self.projects), 30, "the pollers RUNNING")
+        self.proc = subprocess.Popen(
+            [str(BIN / "supervisord"), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: all(self.states().get(f"leampoll-{n}") == "RUNNING" for n in self.projects),
+            30,
+            "the pollers RUNNING",
+        )
         return self
 
     def stop(self) -> None:

@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
-               what: str = "condition") -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+) -> object:
     """Poll predicate until truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:

@@ -28,8 +28,9 @@ class Poller:
         self.workdir = workdir
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([*LEAMPOLL, *args], env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=workdir)
+        self.proc = subprocess.Popen(
+            [*LEAMPOLL, *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir
+        )
 
     @property
     def log(self) -> str:
@@ -69,25 +70,40 @@ def workdir(tmp_path: Path) -> Path:
 @pytest.fixture
 def env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    e.update(PORTAL_USER=USER, PORTAL_PASSWORD=PASSWORD,
-             PYTHONPATH=str(Path(__file__).parent.parent))
+    e.update(
+        PORTAL_USER=USER, PORTAL_PASSWORD=PASSWORD, PYTHONPATH=str(Path(__file__).parent.parent)
+    )
     return e
 
 
 @pytest.fixture
-def start_poller(portal: PortalStandin, workdir: Path, env: dict[str, str],
-                 tmp_path: Path) -> Iterator[Callable[..., Poller]]:
+def start_poller(
+    portal: PortalStandin, workdir: Path, env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., Poller]]:
     """Start `leampoll` against the stand-in; every process it left is ended afterwards."""
     started: list[Poller] = []
 
-    def start(*extra: str, url: str | None = None, wd: Path | None = None,
-              quick: bool = True) -> Poller:
-        base = ["--workdir", str(wd or workdir), "--min-free-disk", "1M",
-                "--min-free-mem", "1M", "--min-free-inodes", "10"]
+    def start(
+        *extra: str, url: str | None = None, wd: Path | None = None, quick: bool = True
+    ) -> Poller:
+        base = [
+            "--workdir",
+            str(wd or workdir),
+            "--min-free-disk",
+            "1M",
+            "--min-free-mem",
+            "1M",
+            "--min-free-inodes",
+            "10",
+        ]
         if quick:
             base += ["--speed", "0.2", "--max-backoff", "0.5"]
-        p = Poller([*base, *extra, url or portal.url], wd or workdir, env,
-                   tmp_path / f"poller-{len(started)}.log")
+        p = Poller(
+            [*base, *extra, url or portal.url],
+            wd or workdir,
+            env,
+            tmp_path / f"poller-{len(started)}.log",
+        )
         started.append(p)
         return p
 

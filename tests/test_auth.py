@@ -16,21 +16,24 @@ SITE = "https://portal.example.org/luc"
 LOGIN = "https://portal.example.org/luc/require_login?came_from=x"
 
 
-@pytest.mark.parametrize(("answer", "verdict"), [
-    (Answered(204), Verdict.OK),
-    (Answered(200, "0"), Verdict.OK),
-    (Answered(200, "False"), Verdict.OK),
-    (Answered(200, "1"), Verdict.REJECTED),
-    (Answered(200, " 1\n"), Verdict.REJECTED),
-    (Answered(200, "True"), Verdict.REJECTED),
-    (Answered(302, "", LOGIN), Verdict.REJECTED),
-    (Answered(302, "", "https://portal.example.org/luc/login_form"), Verdict.REJECTED),
-    (Answered(401, "Unauthorized"), Verdict.REJECTED),
-    (Answered(302, "", "https://portal.example.org/elsewhere"), Verdict.UNKNOWN),
-    (Answered(404, "<html>not found</html>"), Verdict.UNKNOWN),
-    (Answered(200, "<html>a page</html>"), Verdict.UNKNOWN),
-    (Answered(500, "boom"), Verdict.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    ("answer", "verdict"),
+    [
+        (Answered(204), Verdict.OK),
+        (Answered(200, "0"), Verdict.OK),
+        (Answered(200, "False"), Verdict.OK),
+        (Answered(200, "1"), Verdict.REJECTED),
+        (Answered(200, " 1\n"), Verdict.REJECTED),
+        (Answered(200, "True"), Verdict.REJECTED),
+        (Answered(302, "", LOGIN), Verdict.REJECTED),
+        (Answered(302, "", "https://portal.example.org/luc/login_form"), Verdict.REJECTED),
+        (Answered(401, "Unauthorized"), Verdict.REJECTED),
+        (Answered(302, "", "https://portal.example.org/elsewhere"), Verdict.UNKNOWN),
+        (Answered(404, "<html>not found</html>"), Verdict.UNKNOWN),
+        (Answered(200, "<html>a page</html>"), Verdict.UNKNOWN),
+        (Answered(500, "boom"), Verdict.UNKNOWN),
+    ],
+)
 def test_classify_is_anonymous_answers(answer, verdict):
     assert classify(answer).verdict is verdict
 

@@ -21,7 +21,8 @@ from testing.playbook import ROOT
 pytestmark = pytest.mark.timeout(300)
 
 _spec = importlib.util.spec_from_file_location(
-    "cloud_config", ROOT / "playbooks" / "filter_plugins" / "cloud_config.py")
+    "cloud_config", ROOT / "playbooks" / "filter_plugins" / "cloud_config.py"
+)
 cc = importlib.util.module_from_spec(_spec)
 sys.modules["cloud_config"] = cc  # dataclasses look their module up there
 _spec.loader.exec_module(cc)
@@ -29,17 +30,28 @@ _spec.loader.exec_module(cc)
 SECRET = "Sup3r-s3cret-Pa55"
 VAULT_PASSWORD = "fleet vault password"
 SETTINGS = {
-    "leam_projects": [{"name": "chicago", "portal_url": "http://127.0.0.1:8781",
-                       "portal_user": "poller", "portal_password": SECRET}],
+    "leam_projects": [
+        {
+            "name": "chicago",
+            "portal_url": "http://127.0.0.1:8781",
+            "portal_user": "poller",
+            "portal_password": SECRET,
+        }
+    ],
     "leampoll_speed": 2,
     "leampoll_pip_extra_args": ["--no-index"],
 }
 
 
 def options(**over) -> dict:
-    base = {"inventory_name": "job1", "repo": "file:///srv/leam.git", "ref": "abc123",
-            "ansible_version": "12.3.0", "setuptools_version": "84.2.1",
-            "vault_password": VAULT_PASSWORD}
+    base = {
+        "inventory_name": "job1",
+        "repo": "file:///srv/leam.git",
+        "ref": "abc123",
+        "ansible_version": "12.3.0",
+        "setuptools_version": "84.2.1",
+        "vault_password": VAULT_PASSWORD,
+    }
     return {**base, **over}
 
 
@@ -53,8 +65,9 @@ VaultLoader.add_constructor("!vault", lambda loader, node: ("vault", loader.cons
 def decrypt(ciphertext: str, password: str = VAULT_PASSWORD) -> str:
     from ansible.parsing.vault import VaultLib, VaultSecret
 
-    return VaultLib([("leam_userdata", VaultSecret(password.encode()))]).decrypt(
-        ciphertext).decode()
+    return (
+        VaultLib([("leam_userdata", VaultSecret(password.encode()))]).decrypt(ciphertext).decode()
+    )
 
 
 def files(doc: str) -> dict[str, dict]:
@@ -63,8 +76,9 @@ def files(doc: str) -> dict[str, dict]:
 
 
 def host_vars(doc: str, name: str = "job1") -> dict:
-    return yaml.load(files(doc)[f"/etc/leam/inventory/host_vars/{name}.yml"]["content"],
-                     Loader=VaultLoader)
+    return yaml.load(
+        files(doc)[f"/etc/leam/inventory/host_vars/{name}.yml"]["content"], Loader=VaultLoader
+    )
 
 
 def assert_schema_valid(path: Path) -> None:
@@ -79,19 +93,31 @@ def assert_schema_valid(path: Path) -> None:
 def test_requirement_pin_reads_the_pinned_versions():
     text = (ROOT / "requirements-dev.txt").read_text()
     assert cc.requirement_pin(text, "ansible") == "12.3.0"
-    assert cc.requirement_pin("# x\nSetup_Tools == 1.2 ; python_version>'3'\n",
-                              "setup-tools") == "1.2"
+    assert (
+        cc.requirement_pin("# x\nSetup_Tools == 1.2 ; python_version>'3'\n", "setup-tools") == "1.2"
+    )
     with pytest.raises(cc.CloudConfigError, match="'ansible-core==VERSION'"):
         cc.requirement_pin(text, "ansible-core")
 
 
 def test_host_settings_keep_role_variables_only():
-    hostvars = {"leam_projects": [], "leampoll_speed": 5, "supervisor_conf": "x",
-                "jobdir_mode": "0755", "ansible_host": "192.0.2.1", "inventory_hostname": "j",
-                "leam_userdata_repo": "file:///x", "vault_chicago_password": SECRET,
-                "groups": {}}
-    assert cc.host_settings(hostvars) == {"jobdir_mode": "0755", "leam_projects": [],
-                                          "leampoll_speed": 5, "supervisor_conf": "x"}
+    hostvars = {
+        "leam_projects": [],
+        "leampoll_speed": 5,
+        "supervisor_conf": "x",
+        "jobdir_mode": "0755",
+        "ansible_host": "192.0.2.1",
+        "inventory_hostname": "j",
+        "leam_userdata_repo": "file:///x",
+        "vault_chicago_password": SECRET,
+        "groups": {},
+    }
+    assert cc.host_settings(hostvars) == {
+        "jobdir_mode": "0755",
+        "leam_projects": [],
+        "leampoll_speed": 5,
+        "supervisor_conf": "x",
+    }
 
 
 def test_secrets_are_vaulted_and_decrypt_back():
@@ -123,12 +149,15 @@ def test_no_secret_needs_no_vault():
     assert plan["needs_vault"] is False
 
 
-@pytest.mark.parametrize(("over", "needle"), [
-    ({"repo": ""}, "repo is empty"),
-    ({"pip_args": "--no-index"}, "leam_userdata_pip_args"),
-    ({"vault_password_command": "aws ssm get-parameter"}, "argv"),
-    ({"host_vault_password_file": "vault-pass"}, "not an absolute path"),
-])
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"repo": ""}, "repo is empty"),
+        ({"pip_args": "--no-index"}, "leam_userdata_pip_args"),
+        ({"vault_password_command": "aws ssm get-parameter"}, "argv"),
+        ({"host_vault_password_file": "vault-pass"}, "not an absolute path"),
+    ],
+)
 def test_bad_options_are_named(over, needle):
     with pytest.raises(cc.CloudConfigError, match=needle):
         cc.cloud_config(SETTINGS, options(**over))
@@ -138,8 +167,11 @@ def test_document_shape_files_root_only_and_runs_the_script_once():
     doc = cc.cloud_config(SETTINGS, options(pip_args=["--find-links", "/srv/wheelhouse"]))
     data = yaml.safe_load(doc)
     written = files(doc)
-    for path in ("/etc/leam/inventory/hosts.yml", "/etc/leam/inventory/host_vars/job1.yml",
-                 "/etc/leam/self-provision.json"):
+    for path in (
+        "/etc/leam/inventory/hosts.yml",
+        "/etc/leam/inventory/host_vars/job1.yml",
+        "/etc/leam/self-provision.json",
+    ):
         assert written[path]["permissions"] == "0600" and written[path]["owner"] == "root:root"
     script = written[cc.SCRIPT]
     assert script["permissions"] == "0700" and script["content"] == cc.SCRIPT_SOURCE.read_text()
@@ -166,19 +198,50 @@ def _inventory(tmp: Path) -> Path:
     """An inventory like inventory.example: the password in a vaulted vars file."""
     inv = tmp / "inventory"
     (inv / "host_vars" / "job1").mkdir(parents=True)
-    (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {"leam_jobservers": {
-        "hosts": {"job1": {"ansible_host": "192.0.2.11", "ansible_user": "admin"}}}}}}))
-    (inv / "host_vars" / "job1" / "main.yml").write_text(yaml.safe_dump({
-        "leam_projects": [{"name": "chicago", "portal_url": "https://chicago.example.org",
-                           "portal_user": "poller",
-                           "portal_password": "{{ vault_chicago_password }}"}],
-        "leampoll_speed": 20}))
+    (inv / "hosts.yml").write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "children": {
+                        "leam_jobservers": {
+                            "hosts": {
+                                "job1": {"ansible_host": "192.0.2.11", "ansible_user": "admin"}
+                            }
+                        }
+                    }
+                }
+            }
+        )
+    )
+    (inv / "host_vars" / "job1" / "main.yml").write_text(
+        yaml.safe_dump(
+            {
+                "leam_projects": [
+                    {
+                        "name": "chicago",
+                        "portal_url": "https://chicago.example.org",
+                        "portal_user": "poller",
+                        "portal_password": "{{ vault_chicago_password }}",
+                    }
+                ],
+                "leampoll_speed": 20,
+            }
+        )
+    )
     vault = inv / "host_vars" / "job1" / "vault.yml"
     vault.write_text(f"vault_chicago_password: {SECRET}\n")
     (tmp / "vault-pass").write_text(VAULT_PASSWORD + "\n")
-    subprocess.run([Path(sys.executable).with_name("ansible-vault"), "encrypt",
-                    "--vault-password-file", str(tmp / "vault-pass"), str(vault)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            Path(sys.executable).with_name("ansible-vault"),
+            "encrypt",
+            "--vault-password-file",
+            str(tmp / "vault-pass"),
+            str(vault),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return inv
 
 
@@ -186,11 +249,27 @@ def test_userdata_playbook_renders_a_valid_document_with_no_secret_in_clear(tmp_
     inv = _inventory(tmp_path)
     dest = tmp_path / "userdata.yaml"
     run = subprocess.run(
-        [Path(sys.executable).with_name("ansible-playbook"), "-i", str(inv),
-         "playbooks/userdata.yml", "--vault-password-file", str(tmp_path / "vault-pass"),
-         "-e", "target=job1", "-e", "leam_userdata_repo=file:///srv/leam.git",
-         "-e", f"leam_userdata_vault_password_file={tmp_path / 'vault-pass'}",
-         "-e", f"dest={dest}"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+        [
+            Path(sys.executable).with_name("ansible-playbook"),
+            "-i",
+            str(inv),
+            "playbooks/userdata.yml",
+            "--vault-password-file",
+            str(tmp_path / "vault-pass"),
+            "-e",
+            "target=job1",
+            "-e",
+            "leam_userdata_repo=file:///srv/leam.git",
+            "-e",
+            f"leam_userdata_vault_password_file={tmp_path / 'vault-pass'}",
+            "-e",
+            f"dest={dest}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert SECRET not in run.stdout + run.stderr
     assert dest.stat().st_mode & 0o777 == 0o600
@@ -199,8 +278,9 @@ def test_userdata_playbook_renders_a_valid_document_with_no_secret_in_clear(tmp_
     (project,) = host_vars(doc)["leam_projects"]
     assert decrypt(project["portal_password"][1]) == SECRET
     assert "ansible_user" not in host_vars(doc)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     plan = json.loads(files(doc)["/etc/leam/self-provision.json"]["content"])
     assert plan["ref"] == head and plan["requirements"][0] == "ansible==12.3.0"
     assert_schema_valid(dest)
@@ -209,7 +289,19 @@ def test_userdata_playbook_renders_a_valid_document_with_no_secret_in_clear(tmp_
 def test_userdata_playbook_names_what_is_missing(tmp_path):
     inv = _inventory(tmp_path)
     run = subprocess.run(
-        [Path(sys.executable).with_name("ansible-playbook"), "-i", str(inv),
-         "playbooks/userdata.yml", "--vault-password-file", str(tmp_path / "vault-pass"),
-         "-e", "target=nohost"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+        [
+            Path(sys.executable).with_name("ansible-playbook"),
+            "-i",
+            str(inv),
+            "playbooks/userdata.yml",
+            "--vault-password-file",
+            str(tmp_path / "vault-pass"),
+            "-e",
+            "target=nohost",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode != 0 and "-e target=HOST" in run.stdout

@@ -66,19 +66,39 @@ pytestmark = sandbox_hosts(2400)
 def wheelhouse(dest: Path) -> Path:
     """Ansible and the poller's dependencies, fetched here with this machine's pip setup."""
     requirements = (ROOT / "requirements-dev.txt").read_text()
-    pins = [line.split("#")[0].strip() for line in requirements.splitlines()
-            if line.split("==")[0].strip() in ("ansible", "setuptools")]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest),
-                    *pins, "requests>=2.31,<3", "psutil>=5.9,<8"],
-                   check=True, capture_output=True, timeout=600)
+    pins = [
+        line.split("#")[0].strip()
+        for line in requirements.splitlines()
+        if line.split("==")[0].strip() in ("ansible", "setuptools")
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--dest",
+            str(dest),
+            *pins,
+            "requests>=2.31,<3",
+            "psutil>=5.9,<8",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return dest
 
 
 def bare_repository(dest: Path) -> Path:
     """This checkout's HEAD in a bare repository: what a real fleet clones."""
     subprocess.run(["git", "init", "--quiet", "--bare", str(dest)], check=True)
-    subprocess.run(["git", "-C", str(dest), "fetch", "--quiet", str(ROOT),
-                    "HEAD:refs/heads/main"], check=True, timeout=120)
+    subprocess.run(
+        ["git", "-C", str(dest), "fetch", "--quiet", str(ROOT), "HEAD:refs/heads/main"],
+        check=True,
+        timeout=120,
+    )
     return dest
 
 
@@ -86,8 +106,12 @@ def exported_head(repository: Path, dest: Path) -> Path:
     """The same revision as a tree on the controller: site.yml run from here then builds
     the very wheel the host built (uncommitted edits of this checkout left out)."""
     dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(repository), "archive", "main"], check=True,
-                             capture_output=True, timeout=120).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(repository), "archive", "main"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=120)
     return dest
 
@@ -96,32 +120,62 @@ def render_user_data(tmp: Path, portal: PortalStandin) -> str:
     """playbooks/userdata.yml for HOST, from an inventory with the password vaulted."""
     inv = tmp / "render-inventory"
     (inv / "host_vars" / HOST).mkdir(parents=True)
-    (inv / "hosts.yml").write_text(yaml.safe_dump(
-        {"all": {"children": {"leam_jobservers": {"hosts": {HOST: None}}}}}))
+    (inv / "hosts.yml").write_text(
+        yaml.safe_dump({"all": {"children": {"leam_jobservers": {"hosts": {HOST: None}}}}})
+    )
     (inv / "host_vars" / HOST / "main.yml").write_text(yaml.safe_dump(host_vars(portal)))
     vault_file = inv / "host_vars" / HOST / "vault.yml"
     vault_file.write_text(yaml.safe_dump({"vault_cloud_password": PASSWORD}))
     (tmp / "vault-pass").write_text(VAULT_PASSWORD + "\n")
-    subprocess.run([playbook.ANSIBLE_PLAYBOOK.with_name("ansible-vault"), "encrypt",
-                    "--vault-password-file", str(tmp / "vault-pass"), str(vault_file)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            playbook.ANSIBLE_PLAYBOOK.with_name("ansible-vault"),
+            "encrypt",
+            "--vault-password-file",
+            str(tmp / "vault-pass"),
+            str(vault_file),
+        ],
+        check=True,
+        capture_output=True,
+    )
     settings = tmp / "userdata-settings.json"
-    settings.write_text(json.dumps({
-        "target": HOST, "dest": str(tmp / "user-data"),
-        "leam_userdata_repo": "file:///srv/leam.git",
-        "leam_userdata_vault_password_file": str(tmp / "vault-pass"),
-        "leam_userdata_pip_args": PIP_ARGS}))
-    out = playbook.run(inv, "playbooks/userdata.yml", "--vault-password-file",
-                       str(tmp / "vault-pass"), "-e", f"@{settings}", log_dir=tmp)
+    settings.write_text(
+        json.dumps(
+            {
+                "target": HOST,
+                "dest": str(tmp / "user-data"),
+                "leam_userdata_repo": "file:///srv/leam.git",
+                "leam_userdata_vault_password_file": str(tmp / "vault-pass"),
+                "leam_userdata_pip_args": PIP_ARGS,
+            }
+        )
+    )
+    out = playbook.run(
+        inv,
+        "playbooks/userdata.yml",
+        "--vault-password-file",
+        str(tmp / "vault-pass"),
+        "-e",
+        f"@{settings}",
+        log_dir=tmp,
+    )
     assert out.returncode == 0, out.stdout[-3000:]
     return (tmp / "user-data").read_text()
 
 
 def host_vars(portal: PortalStandin) -> dict:
     return {
-        "leam_projects": [{"name": PROJECT, "portal_url": portal.url, "portal_user": "poller",
-                           "portal_password": "{{ vault_cloud_password }}", "speed": 1,
-                           "min_free_disk": "10M", "min_free_mem": "10M"}],
+        "leam_projects": [
+            {
+                "name": PROJECT,
+                "portal_url": portal.url,
+                "portal_user": "poller",
+                "portal_password": "{{ vault_cloud_password }}",
+                "speed": 1,
+                "min_free_disk": "10M",
+                "min_free_mem": "10M",
+            }
+        ],
         "leam_jobdir_min_free": "20M",
         "leampoll_pip_extra_args": PIP_ARGS,
         "leampoll_drain_timeout": 300,
@@ -131,8 +185,9 @@ def host_vars(portal: PortalStandin) -> dict:
 class Cloud:
     """The self-provisioned host, its portal, and what the controller may run at it."""
 
-    def __init__(self, sandbox: Sandbox, host: Host, portal: PortalStandin, tmp: Path,
-                 user_data: str) -> None:
+    def __init__(
+        self, sandbox: Sandbox, host: Host, portal: PortalStandin, tmp: Path, user_data: str
+    ) -> None:
         self.sandbox, self.host, self.portal, self.dir = sandbox, host, portal, tmp
         self.user_data = user_data
         self.inventory = tmp / "inventory.yml"
@@ -152,8 +207,7 @@ class Cloud:
         return out.split()[1] if len(out.split()) > 1 else "MISSING"
 
     def poller_log(self) -> str:
-        return self.host.ssh(f"cat /var/log/supervisor/leampoll-{PROJECT}.log",
-                             timeout=60).stdout
+        return self.host.ssh(f"cat /var/log/supervisor/leampoll-{PROJECT}.log", timeout=60).stdout
 
     def fingerprint(self) -> str:
         """Checksums and times of what the provisioning wrote."""
@@ -161,7 +215,8 @@ class Cloud:
             "cd / && sha256sum etc/supervisor/conf.d/leampoll-*.conf etc/leampoll/projects.json "
             "opt/leampoll/venv/leampoll-wheel.txt && stat -c '%n %Y' "
             "etc/supervisor/conf.d/leampoll-*.conf opt/leampoll/venv/leampoll-wheel.txt "
-            "opt/leam-ansible/venv/bin/ansible-playbook")
+            "opt/leam-ansible/venv/bin/ansible-playbook"
+        )
 
     def boot(self) -> None:
         self.sandbox.boot(self.host)
@@ -180,15 +235,16 @@ def cloud(tmp_path_factory):
         seed = {
             "/var/lib/cloud/seed/nocloud/user-data": (user_data, 0o600),
             "/var/lib/cloud/seed/nocloud/meta-data": (
-                f"instance-id: leam-{HOST}\nlocal-hostname: {HOST}\n", 0o600),
+                f"instance-id: leam-{HOST}\nlocal-hostname: {HOST}\n",
+                0o600,
+            ),
             "/etc/cloud/cloud.cfg.d/99-leam-sandbox.cfg": (SANDBOX_CLOUD_CFG, 0o644),
             # Delivered out of band, as a cloud's secret store would.
             "/etc/leam/vault-password": (VAULT_PASSWORD + "\n", 0o600),
             WHEELHOUSE: (wheelhouse(tmp / "wheelhouse"), 0o755),
             "/srv/leam.git": (bare_repository(tmp / "leam.git"), 0o755),
         }
-        host = s.sandbox.up(HOST, include=IMAGE_PACKAGES, files=seed,
-                            timeout=PROVISION_TIMEOUT)
+        host = s.sandbox.up(HOST, include=IMAGE_PACKAGES, files=seed, timeout=PROVISION_TIMEOUT)
         c = Cloud(s.sandbox, host, portal, tmp, user_data)
         c.write_inventory()
         yield c
@@ -216,8 +272,9 @@ def test_host_provisions_itself_and_runs_a_job(cloud):
     cloud.portal.queue("first", "sh -c 'test \"$(id -un)\" = leam'")
     wait_job_state(cloud.portal, "first", "success", timeout=120)
     # The host's copy of its variables: root only, the password still vaulted.
-    listing = cloud.ssh("stat -c '%a %U %n' /etc/leam/inventory/host_vars/*.yml "
-                        "/etc/leam/vault-password")
+    listing = cloud.ssh(
+        "stat -c '%a %U %n' /etc/leam/inventory/host_vars/*.yml /etc/leam/vault-password"
+    )
     assert all(line.startswith("600 root ") for line in listing.splitlines()), listing
     assert PASSWORD not in cloud.ssh("cat /etc/leam/inventory/host_vars/*.yml")
 
@@ -236,16 +293,20 @@ def test_second_boot_changes_nothing(cloud):
 
 def test_retire_lets_the_job_finish_then_powers_off(cloud):
     release = f"{JOBDIR}/release-long"
-    cloud.portal.queue("long", f"sh -c 'touch started; while [ ! -e {release} ]; "
-                               "do sleep 0.2; done'")
+    cloud.portal.queue(
+        "long", f"sh -c 'touch started; while [ ! -e {release} ]; do sleep 0.2; done'"
+    )
     cloud.portal.queue("next", "true")
     wait_job_state(cloud.portal, "long", "running", timeout=60)
     log = cloud.dir / "retire-long.log"
     with open(log, "w") as out:
         run = subprocess.Popen(
             [playbook.ANSIBLE_PLAYBOOK, "-i", str(cloud.inventory), "playbooks/retire.yml"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        )
     try:
         wait_until(lambda: "SIGUSR1: draining" in cloud.poller_log(), 120, "the drain")
         assert cloud.host.alive and job_state(cloud.portal, "long") == "running"
@@ -265,8 +326,9 @@ def test_retire_lets_the_job_finish_then_powers_off(cloud):
 def test_retire_requeues_a_job_that_outlasts_the_bound_then_powers_off(cloud):
     cloud.boot()
     wait_job_state(cloud.portal, "next", "success", timeout=120)  # popped once back
-    cloud.portal.queue("stuck", f"sh -c 'while [ ! -e {JOBDIR}/release-stuck ]; "
-                                "do sleep 0.2; done'")
+    cloud.portal.queue(
+        "stuck", f"sh -c 'while [ ! -e {JOBDIR}/release-stuck ]; do sleep 0.2; done'"
+    )
     wait_job_state(cloud.portal, "stuck", "running", timeout=60)
     out = cloud.retire("-e", "leam_ops_wait_timeout=3")
     assert out.returncode == 0, out.stdout[-4000:]
@@ -281,14 +343,21 @@ def test_idle_shutdown_spares_a_busy_host_then_powers_off_an_idle_one(cloud):
     wait_job_state(cloud.portal, "stuck", "running", timeout=120)  # popped again
     drains = cloud.poller_log().count("SIGUSR1: draining")
     # A drain here would be a bug (the poller's program is unchanged): fail fast.
-    cloud.write_inventory(leampoll_idle_shutdown=True, leampoll_idle_shutdown_after=5,
-                          leampoll_idle_shutdown_check=1, leampoll_drain_timeout=20)
+    cloud.write_inventory(
+        leampoll_idle_shutdown=True,
+        leampoll_idle_shutdown_after=5,
+        leampoll_idle_shutdown_check=1,
+        leampoll_drain_timeout=20,
+    )
     out = playbook.run(cloud.inventory, "site.yml", log_dir=cloud.dir)
     assert out.returncode == 0 and recap(out.stdout)[HOST]["failed"] == 0, out.stdout[-4000:]
     assert cloud.poller_log().count("SIGUSR1: draining") == drains  # the job was left alone
     log = "/var/log/supervisor/leam-idle-shutdown.log"
-    wait_until(lambda: "not idle: cloudproj: running job stuck" in cloud.ssh(f"cat {log}"),
-               60, "the idle shut-down to see the busy poller")
+    wait_until(
+        lambda: "not idle: cloudproj: running job stuck" in cloud.ssh(f"cat {log}"),
+        60,
+        "the idle shut-down to see the busy poller",
+    )
     assert cloud.host.alive and job_state(cloud.portal, "stuck") == "running"
     cloud.ssh(f"touch {JOBDIR}/release-stuck")
     wait_job_state(cloud.portal, "stuck", "success", timeout=60)

@@ -35,9 +35,11 @@ GALAXY = Path(sys.executable).with_name("ansible-galaxy")
 STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest"))
 PASSWORD = "collection-Pa55 %word"
 
+
 def release(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([*RELEASE, "--root", str(root), *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [*RELEASE, "--root", str(root), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 # -- versions -------------------------------------------------------------------------
@@ -49,9 +51,13 @@ def test_poller_collection_and_changelog_name_one_version():
     assert out.stdout.strip() == __version__
     galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text())
     assert (galaxy["namespace"], galaxy["name"], galaxy["version"]) == (
-        "leam", "jobserver", __version__)
-    shown = subprocess.run([*LEAMPOLL, "--version"], capture_output=True, text=True,
-                           timeout=30, cwd=ROOT)
+        "leam",
+        "jobserver",
+        __version__,
+    )
+    shown = subprocess.run(
+        [*LEAMPOLL, "--version"], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
     assert shown.returncode == 0 and shown.stdout.strip() == f"leampoll {__version__}"
 
 
@@ -82,8 +88,9 @@ def test_bump_moves_every_file_and_the_unreleased_entries(tree):
     assert f'__version__ = "{new}"' in (tree / "leampoll/__init__.py").read_text()
     assert yaml.safe_load((tree / "galaxy.yml").read_text())["version"] == new
     after = (tree / "CHANGELOG.md").read_text()
-    section = re.search(rf"^## \[{re.escape(new)}\] - \d{{4}}-\d\d-\d\d\n(.*?)^## \[",
-                        after, re.M | re.S)
+    section = re.search(
+        rf"^## \[{re.escape(new)}\] - \d{{4}}-\d\d-\d\d\n(.*?)^## \[", after, re.M | re.S
+    )
     assert section and section.group(1).strip() == unreleased
     assert re.search(r"^## \[Unreleased\]\n\n## \[", after, re.M)  # empty again
     # Nothing new to release, and no going back.
@@ -124,18 +131,31 @@ def test_tarball_holds_every_role_and_playbook_and_the_poller_source(tarball):
         manifest = json.load(tar.extractfile("MANIFEST.json"))
     assert manifest["collection_info"]["version"] == __version__
     # Whatever is in the checkout's playbooks/ and roles/, added later too.
-    for path in [*(ROOT / "playbooks").rglob("*"), *(ROOT / "roles").rglob("*"),
-                 *(ROOT / "leampoll").glob("*.py"), *(ROOT / "monitoring").glob("*.*")]:
+    for path in [
+        *(ROOT / "playbooks").rglob("*"),
+        *(ROOT / "roles").rglob("*"),
+        *(ROOT / "leampoll").glob("*.py"),
+        *(ROOT / "monitoring").glob("*.*"),
+    ]:
         if path.is_file() and "__pycache__" not in path.parts:
             assert str(path.relative_to(ROOT)) in names, path
-    assert {"pyproject.toml", "README.md", "CHANGELOG.md", "meta/runtime.yml",
-            "man/leampoll.1"} <= names  # the leampoll role installs the man page from it
-    leaked = [n for n in names
-              if n.split("/")[0] in {"tests", "testing", "bench", "tools", ".venv", ".ci", "dist",
-                                     "build"}
-              or "__pycache__" in n or n.endswith(".pyc")
-              or n in {"site.yml", "ansible.cfg", "Makefile", "requirements-dev.txt"}
-              or n.startswith(("monitoring/tests", "."))]
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "CHANGELOG.md",
+        "meta/runtime.yml",
+        "man/leampoll.1",
+    } <= names  # the leampoll role installs the man page from it
+    leaked = [
+        n
+        for n in names
+        if n.split("/")[0]
+        in {"tests", "testing", "bench", "tools", ".venv", ".ci", "dist", "build"}
+        or "__pycache__" in n
+        or n.endswith(".pyc")
+        or n in {"site.yml", "ansible.cfg", "Makefile", "requirements-dev.txt"}
+        or n.startswith(("monitoring/tests", "."))
+    ]
     assert leaked == []
 
 
@@ -143,8 +163,13 @@ def test_tarball_holds_every_role_and_playbook_and_the_poller_source(tarball):
 def installed(tarball, tmp_path_factory) -> Path:
     """The tarball installed into a collections path of its own."""
     path = tmp_path_factory.mktemp("collections")
-    out = subprocess.run([str(GALAXY), "collection", "install", str(tarball), "-p", str(path)],
-                         capture_output=True, text=True, timeout=300, cwd=path)
+    out = subprocess.run(
+        [str(GALAXY), "collection", "install", str(tarball), "-p", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert (path / "ansible_collections/leam/jobserver/playbooks/site.yml").is_file()
     return path
@@ -158,9 +183,11 @@ def outside(installed, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     assert ROOT not in work.parents
     (work / "ansible.cfg").write_text("[defaults]\n")
     (work / "no-roles").mkdir()
-    env = {"ANSIBLE_CONFIG": str(work / "ansible.cfg"),
-           "ANSIBLE_ROLES_PATH": str(work / "no-roles"),
-           "ANSIBLE_COLLECTIONS_PATH": str(installed)}
+    env = {
+        "ANSIBLE_CONFIG": str(work / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(work / "no-roles"),
+        "ANSIBLE_COLLECTIONS_PATH": str(installed),
+    }
     return work, env
 
 
@@ -170,20 +197,43 @@ def converged(outside, tmp_path_factory) -> Iterator[dict]:
     work, env = outside
     sandbox = Sandbox(STATE_DIR / "collection")
     sandbox.down_all()  # leftovers of an interrupted earlier run
-    with PortalStandin("poller", PASSWORD, base_path="/coll") as portal, \
-            sandbox.hosts_up(["coll"]) as (host,):
+    with (
+        PortalStandin("poller", PASSWORD, base_path="/coll") as portal,
+        sandbox.hosts_up(["coll"]) as (host,),
+    ):
         inventory = sandbox.write_inventory(
             work / "inventory.yml",
-            host_vars={"coll": {"leam_projects": [{
-                "name": "coll", "portal_url": portal.url, "portal_user": "poller",
-                "portal_password": PASSWORD, "speed": 1, "min_free_disk": "10M",
-                "min_free_mem": "10M"}]}},
-            group_vars={"leam_jobservers": {"leampoll_install_mode": "wheelhouse",
-                                            "leam_jobdir_min_free": "20M"}})
-        out = playbook.run(inventory, "leam.jobserver.site", "-vv", env=env, cwd=work,
-                           log_dir=work)
-        yield {"out": out, "host": host, "portal": portal, "inventory": inventory,
-               "work": work, "env": env}
+            host_vars={
+                "coll": {
+                    "leam_projects": [
+                        {
+                            "name": "coll",
+                            "portal_url": portal.url,
+                            "portal_user": "poller",
+                            "portal_password": PASSWORD,
+                            "speed": 1,
+                            "min_free_disk": "10M",
+                            "min_free_mem": "10M",
+                        }
+                    ]
+                }
+            },
+            group_vars={
+                "leam_jobservers": {
+                    "leampoll_install_mode": "wheelhouse",
+                    "leam_jobdir_min_free": "20M",
+                }
+            },
+        )
+        out = playbook.run(inventory, "leam.jobserver.site", "-vv", env=env, cwd=work, log_dir=work)
+        yield {
+            "out": out,
+            "host": host,
+            "portal": portal,
+            "inventory": inventory,
+            "work": work,
+            "env": env,
+        }
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "playbooks").glob("*.yml")))
@@ -191,8 +241,9 @@ def test_every_playbook_is_callable_by_its_full_name(outside, name):
     work, env = outside
     inventory = work / "empty.yml"
     inventory.write_text("all:\n  children:\n    leam_jobservers:\n      hosts: {}\n")
-    out = playbook.run(inventory, f"leam.jobserver.{name}", "--syntax-check", env=env,
-                       cwd=work, timeout=120)
+    out = playbook.run(
+        inventory, f"leam.jobserver.{name}", "--syntax-check", env=env, cwd=work, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"ansible_collections/leam/jobserver/playbooks/{name}.yml" in out.stdout
 
@@ -201,7 +252,8 @@ def test_every_playbook_is_callable_by_its_full_name(outside, name):
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("debootstrap"),
-    reason="sandbox hosts need root, unshare and debootstrap")
+    reason="sandbox hosts need root, unshare and debootstrap",
+)
 def test_installed_collection_converges_a_host_that_runs_jobs(converged, installed):
     out, host, portal = converged["out"], converged["host"], converged["portal"]
     assert out.returncode == 0, out.stdout[-4000:]
@@ -219,9 +271,13 @@ def test_installed_collection_converges_a_host_that_runs_jobs(converged, install
     portal.queue("coll-job", "true")
     portal.wait_for(lambda p: p.status.get("coll-job") == "complete", timeout=60)
     # And the fleet's table, through the collection's status playbook, shows it.
-    status = playbook.run(converged["inventory"], "leam.jobserver.status",
-                          env=converged["env"], cwd=converged["work"], timeout=300)
+    status = playbook.run(
+        converged["inventory"],
+        "leam.jobserver.status",
+        env=converged["env"],
+        cwd=converged["work"],
+        timeout=300,
+    )
     assert status.returncode == 0, status.stdout[-4000:]
-    row = next(line for line in status.stdout.splitlines()
-               if re.match(r'^\s*"coll\s', line))
+    row = next(line for line in status.stdout.splitlines() if re.match(r'^\s*"coll\s', line))
     assert row.strip().strip('",').split()[:4] == ["coll", "coll", "RUNNING", __version__]

@@ -23,22 +23,41 @@ NEW_PASSWORD = "r0tated-Pa55word"
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*LEAMPOLL, *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=60)
+    return subprocess.run(
+        [*LEAMPOLL, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
 
 
 def quick(workdir: Path) -> list[str]:
-    return ["--workdir", str(workdir), "--min-free-disk", "1M", "--min-free-mem", "1M",
-            "--min-free-inodes", "10", "--speed", "0.2", "--max-backoff", "0.5"]
+    return [
+        "--workdir",
+        str(workdir),
+        "--min-free-disk",
+        "1M",
+        "--min-free-mem",
+        "1M",
+        "--min-free-inodes",
+        "10",
+        "--speed",
+        "0.2",
+        "--max-backoff",
+        "0.5",
+    ]
 
 
 # -- the real command -------------------------------------------------------------------
 
 
 def test_environment_sets_options_and_site(portal, workdir, env, tmp_path):
-    env.update(LEAMPOLL_SITE=portal.url, LEAMPOLL_IDLE="2", LEAMPOLL_WORKDIR=str(workdir),
-               LEAMPOLL_MIN_FREE_DISK="1M", LEAMPOLL_MIN_FREE_MEM="1M",
-               LEAMPOLL_SPEED="0.2", LEAMPOLL_PRESERVE="true")
+    env.update(
+        LEAMPOLL_SITE=portal.url,
+        LEAMPOLL_IDLE="2",
+        LEAMPOLL_WORKDIR=str(workdir),
+        LEAMPOLL_MIN_FREE_DISK="1M",
+        LEAMPOLL_MIN_FREE_MEM="1M",
+        LEAMPOLL_SPEED="0.2",
+        LEAMPOLL_PRESERVE="true",
+    )
     portal.queue("j1", "true")
     out = run([], env, tmp_path)
     assert out.returncode == 0, out.stderr
@@ -49,9 +68,11 @@ def test_environment_sets_options_and_site(portal, workdir, env, tmp_path):
 
 def test_config_file_sets_options(portal, workdir, env, tmp_path):
     config = tmp_path / "leampoll.toml"
-    config.write_text(f'site = "{portal.url}"\nidle = 2\nworkdir = "{workdir}"\n'
-                      'min-free-disk = "1M"\nmin_free_mem = "1M"\nspeed = 0.2\n'
-                      'preserve = true\n')
+    config.write_text(
+        f'site = "{portal.url}"\nidle = 2\nworkdir = "{workdir}"\n'
+        'min-free-disk = "1M"\nmin_free_mem = "1M"\nspeed = 0.2\n'
+        "preserve = true\n"
+    )
     portal.queue("j1", "true")
     out = run(["--config", str(config)], env, tmp_path)
     assert out.returncode == 0, out.stderr
@@ -59,14 +80,18 @@ def test_config_file_sets_options(portal, workdir, env, tmp_path):
     assert len(portal.requests_of("pop")) == 3
 
 
-@pytest.mark.parametrize(("flag", "environ", "file", "popped"), [
-    (True, True, True, "/flag"),
-    (False, True, True, "/env"),
-    (False, False, True, "/file"),
-    (False, False, False, "/pop_queue"),
-])
-def test_precedence_flags_environment_file_defaults(portal, workdir, env, tmp_path,
-                                                     flag, environ, file, popped):
+@pytest.mark.parametrize(
+    ("flag", "environ", "file", "popped"),
+    [
+        (True, True, True, "/flag"),
+        (False, True, True, "/env"),
+        (False, False, True, "/file"),
+        (False, False, False, "/pop_queue"),
+    ],
+)
+def test_precedence_flags_environment_file_defaults(
+    portal, workdir, env, tmp_path, flag, environ, file, popped
+):
     """The pop view path each layer names is the one the portal sees popped."""
     config = tmp_path / "leampoll.toml"
     config.write_text('popq = "/file"\n' if file else "")
@@ -76,22 +101,27 @@ def test_precedence_flags_environment_file_defaults(portal, workdir, env, tmp_pa
     args = [*quick(workdir), "--once", *(["--popq", "/flag"] if flag else []), portal.url]
     run(args, env, tmp_path)
     assert [r.path for r in portal.requests_of("pop") + portal.requests_of("other")] == [
-        "/portal" + popped]
+        "/portal" + popped
+    ]
 
 
-@pytest.mark.parametrize(("setting", "needle"), [
-    ({"LEAMPOLL_SPEDE": "1"}, "environment variable LEAMPOLL_SPEDE matches no option"),
-    ({"LEAMPOLL_SPEED": "fast"}, "LEAMPOLL_SPEED: invalid value 'fast' for --speed"),
-    ({"LEAMPOLL_MIN_FREE_DISK": "lots"}, "LEAMPOLL_MIN_FREE_DISK: 'lots' is not a size"),
-    ({"LEAMPOLL_PRESERVE": "maybe"}, "LEAMPOLL_PRESERVE: expects a boolean"),
-    ({"file": "spede = 1\n"}, "key 'spede' matches no option (did you mean 'speed'?)"),
-    ({"file": "[speed]\nx = 1\n"}, "key 'speed': expects a value as --speed takes it"),
-    ({"file": "speed = [1, 2]\n"}, "key 'speed': expects one value, got a list"),
-    ({"file": "speed = = 1\n"}, "not valid TOML"),
-    ({"file": 'password = "x"\n'}, "key 'password': a config file may not hold the password"),
-])
-def test_bad_settings_exit_2_naming_the_variable_or_key(portal, workdir, env, tmp_path,
-                                                        setting, needle):
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ({"LEAMPOLL_SPEDE": "1"}, "environment variable LEAMPOLL_SPEDE matches no option"),
+        ({"LEAMPOLL_SPEED": "fast"}, "LEAMPOLL_SPEED: invalid value 'fast' for --speed"),
+        ({"LEAMPOLL_MIN_FREE_DISK": "lots"}, "LEAMPOLL_MIN_FREE_DISK: 'lots' is not a size"),
+        ({"LEAMPOLL_PRESERVE": "maybe"}, "LEAMPOLL_PRESERVE: expects a boolean"),
+        ({"file": "spede = 1\n"}, "key 'spede' matches no option (did you mean 'speed'?)"),
+        ({"file": "[speed]\nx = 1\n"}, "key 'speed': expects a value as --speed takes it"),
+        ({"file": "speed = [1, 2]\n"}, "key 'speed': expects one value, got a list"),
+        ({"file": "speed = = 1\n"}, "not valid TOML"),
+        ({"file": 'password = "x"\n'}, "key 'password': a config file may not hold the password"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_variable_or_key(
+    portal, workdir, env, tmp_path, setting, needle
+):
     config = tmp_path / "leampoll.toml"
     config.write_text(setting.pop("file", ""))
     env.update(setting)
@@ -141,13 +171,19 @@ def file_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_password_file_rotated_is_used_after_sighup_without_restart(portal, start_poller,
-                                                                     file_env, tmp_path):
+def test_password_file_rotated_is_used_after_sighup_without_restart(
+    portal, start_poller, file_env, tmp_path
+):
     go = tmp_path / "go"
     # The job checks the password it was given, and waits (bounded) for the test.
-    portal.queue("j1", "sh -c " + repr(
-        f'test "$PORTAL_PASSWORD" = "{PASSWORD}" || exit 3; '
-        f'for i in $(seq 600); do [ -e {go} ] && exit 0; sleep 0.05; done; exit 1'))
+    portal.queue(
+        "j1",
+        "sh -c "
+        + repr(
+            f'test "$PORTAL_PASSWORD" = "{PASSWORD}" || exit 3; '
+            f"for i in $(seq 600); do [ -e {go} ] && exit 0; sleep 0.05; done; exit 1"
+        ),
+    )
     p = start_poller()
     portal.wait_for(lambda pt: pt.status.get("j1") == "running")
     pid = p.proc.pid
@@ -173,8 +209,9 @@ def test_password_file_rotated_is_used_after_sighup_without_restart(portal, star
     assert PASSWORD not in p.log and NEW_PASSWORD not in p.log
 
 
-def test_unusable_password_file_on_sighup_keeps_the_current_password(portal, start_poller,
-                                                                      file_env):
+def test_unusable_password_file_on_sighup_keeps_the_current_password(
+    portal, start_poller, file_env
+):
     p = start_poller()
     portal.wait_for(lambda pt: pt.requests_of("pop"))
     path = Path(file_env["PORTAL_PASSWORD_FILE"])
@@ -188,12 +225,16 @@ def test_unusable_password_file_on_sighup_keeps_the_current_password(portal, sta
     assert p.proc.poll() is None
 
 
-@pytest.mark.parametrize(("mode", "code", "needle"), [
-    (0o644, 1, "is readable by everybody (mode 0644)"),
-    (0o640, 0, "readable by its group (mode 0640)"),
-])
-def test_password_file_permissions_at_start(portal, workdir, file_env, tmp_path,
-                                            mode, code, needle):
+@pytest.mark.parametrize(
+    ("mode", "code", "needle"),
+    [
+        (0o644, 1, "is readable by everybody (mode 0644)"),
+        (0o640, 0, "readable by its group (mode 0640)"),
+    ],
+)
+def test_password_file_permissions_at_start(
+    portal, workdir, file_env, tmp_path, mode, code, needle
+):
     os.chmod(file_env["PORTAL_PASSWORD_FILE"], mode)
     out = run([*quick(workdir), "--check", portal.url], file_env, tmp_path)
     assert out.returncode == code, out.stdout + out.stderr
@@ -209,8 +250,9 @@ def test_password_and_password_file_together_are_refused(portal, file_env, tmp_p
 def test_password_file_from_config_file(portal, workdir, file_env, tmp_path):
     config = tmp_path / "leampoll.toml"
     config.write_text(f'password_file = "{file_env.pop("PORTAL_PASSWORD_FILE")}"\n')
-    out = run([*quick(workdir), "--config", str(config), "--idle", "1", portal.url],
-              file_env, tmp_path)
+    out = run(
+        [*quick(workdir), "--config", str(config), "--idle", "1", portal.url], file_env, tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert [r.user for r in portal.requests_of("pop")] == [USER]
 
@@ -236,10 +278,19 @@ def parse(argv: list[str], environ: dict[str, str]) -> argparse.Namespace:
 
 
 def test_generic_environment_values_of_each_kind():
-    ns = parse([], {"X": "1", "LEAMPOLL_TOKEN": "t", "LEAMPOLL_TRUSTED_ORIGIN": "https://a, https://b",
-                    "LEAMPOLL_ALLOW_INSECURE_HTTP": "on", "LEAMPOLL_VERIFY": "false",
-                    "LEAMPOLL_CA_FILE": "/etc/ca.pem", "LEAMPOLL_INTERVAL": "7",
-                    "LEAMPOLL_MODE": "b"})
+    ns = parse(
+        [],
+        {
+            "X": "1",
+            "LEAMPOLL_TOKEN": "t",
+            "LEAMPOLL_TRUSTED_ORIGIN": "https://a, https://b",
+            "LEAMPOLL_ALLOW_INSECURE_HTTP": "on",
+            "LEAMPOLL_VERIFY": "false",
+            "LEAMPOLL_CA_FILE": "/etc/ca.pem",
+            "LEAMPOLL_INTERVAL": "7",
+            "LEAMPOLL_MODE": "b",
+        },
+    )
     assert ns.trusted_origin == ["https://a", "https://b"]
     assert ns.allow_insecure_http is True and ns.verify is False
     assert ns.ca_file == Path("/etc/ca.pem") and ns.interval == 7 and ns.mode == "b"
@@ -252,30 +303,43 @@ def test_generic_list_one_item_a_line_may_hold_commas():
 
 def test_generic_file_arrays_and_flags_replace_lists(tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text('token = "t"\ntrusted_origin = ["https://a", "https://b"]\n'
-                      "allow-insecure-http = true\ninterval = 9\n")
+    config.write_text(
+        'token = "t"\ntrusted_origin = ["https://a", "https://b"]\n'
+        "allow-insecure-http = true\ninterval = 9\n"
+    )
     ns = parse(["--config", str(config)], {})
     assert ns.trusted_origin == ["https://a", "https://b"] and ns.interval == 9
-    ns = parse(["--config", str(config), "--trusted-origin", "https://c"],
-               {"LEAMPOLL_INTERVAL": "8"})
+    ns = parse(
+        ["--config", str(config), "--trusted-origin", "https://c"], {"LEAMPOLL_INTERVAL": "8"}
+    )
     assert ns.trusted_origin == ["https://c"] and ns.interval == 8
     assert ns.allow_insecure_http is True
 
 
 def test_generic_defaults_and_required(capsys):
     ns = parse(["--token", "t"], {})
-    assert (ns.trusted_origin, ns.allow_insecure_http, ns.verify, ns.interval) == ([], False,
-                                                                                  True, 5)
+    assert (ns.trusted_origin, ns.allow_insecure_http, ns.verify, ns.interval) == (
+        [],
+        False,
+        True,
+        5,
+    )
     with pytest.raises(SystemExit) as exc:
         parse([], {})
     assert exc.value.code == 2 and "--token" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("environ", "needle"), [
-    ({"LEAMPOLL_MODE": "c"}, "LEAMPOLL_MODE: 'c' is not one of a, b"),
-    ({"LEAMPOLL_INTERVAL": "x"}, "LEAMPOLL_INTERVAL: invalid value 'x' for --interval"),
-    ({"LEAMPOLL_TOKENS": "t"}, "LEAMPOLL_TOKENS matches no option (did you mean LEAMPOLL_TOKEN?)"),
-])
+@pytest.mark.parametrize(
+    ("environ", "needle"),
+    [
+        ({"LEAMPOLL_MODE": "c"}, "LEAMPOLL_MODE: 'c' is not one of a, b"),
+        ({"LEAMPOLL_INTERVAL": "x"}, "LEAMPOLL_INTERVAL: invalid value 'x' for --interval"),
+        (
+            {"LEAMPOLL_TOKENS": "t"},
+            "LEAMPOLL_TOKENS matches no option (did you mean LEAMPOLL_TOKEN?)",
+        ),
+    ],
+)
 def test_generic_errors_name_the_variable(environ, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         parse(["--token", "t"], environ)
@@ -290,15 +354,17 @@ def test_every_poller_option_has_a_variable_and_a_key():
     assert "site" in configurable
 
 
-@pytest.mark.parametrize(("content", "mode", "needle"), [
-    ("", 0o600, "is empty"),
-    ("\n", 0o400, "is empty"),
-    (None, 0o600, "No such file"),
-    ("dir", 0o700, "not a regular file"),
-    ("fifo", 0o600, "not a regular file"),
-])
-def test_unusable_password_files_are_config_errors_naming_the_file(tmp_path, content, mode,
-                                                                    needle):
+@pytest.mark.parametrize(
+    ("content", "mode", "needle"),
+    [
+        ("", 0o600, "is empty"),
+        ("\n", 0o400, "is empty"),
+        (None, 0o600, "No such file"),
+        ("dir", 0o700, "not a regular file"),
+        ("fifo", 0o600, "not a regular file"),
+    ],
+)
+def test_unusable_password_files_are_config_errors_naming_the_file(tmp_path, content, mode, needle):
     path = tmp_path / "pw"
     if content == "dir":
         path.mkdir()
@@ -315,8 +381,9 @@ def test_unusable_password_files_are_config_errors_naming_the_file(tmp_path, con
 
 def test_password_file_first_line_is_the_password(tmp_path):
     path = password_file(tmp_path / "pw", "first line \twith spaces\r\nsecond")
-    config = load(["http://127.0.0.1:9/p"],
-                  {"PORTAL_USER": "u", "LEAMPOLL_PASSWORD_FILE": str(path)})
+    config = load(
+        ["http://127.0.0.1:9/p"], {"PORTAL_USER": "u", "LEAMPOLL_PASSWORD_FILE": str(path)}
+    )
     assert config.password == "first line \twith spaces" and config.password_file == path
     assert "first line" not in repr(config)
 
@@ -334,14 +401,22 @@ def test_plain_http_portal_from_environment_or_file_is_refused_off_loopback(tmp_
         load([], {**CREDENTIALS, "LEAMPOLL_CONFIG": str(config)})
     config.write_text('site = "http://portal.example/p"\nallow_insecure_http = true\n')
     assert load([], {**CREDENTIALS, "LEAMPOLL_CONFIG": str(config)}).allow_insecure_http
-    assert load([], {**CREDENTIALS, "LEAMPOLL_SITE": "http://portal.example/p",
-                     "LEAMPOLL_ALLOW_INSECURE_HTTP": "yes"}).allow_insecure_http
+    assert load(
+        [],
+        {
+            **CREDENTIALS,
+            "LEAMPOLL_SITE": "http://portal.example/p",
+            "LEAMPOLL_ALLOW_INSECURE_HTTP": "yes",
+        },
+    ).allow_insecure_http
 
 
 def test_plain_http_trusted_origin_from_environment_is_refused_off_loopback():
     with pytest.raises(ConfigError, match="--allow-insecure-http"):
-        load(["https://portal.example/p"],
-             {**CREDENTIALS, "LEAMPOLL_TRUSTED_ORIGIN": "http://reports.example"})
+        load(
+            ["https://portal.example/p"],
+            {**CREDENTIALS, "LEAMPOLL_TRUSTED_ORIGIN": "http://reports.example"},
+        )
 
 
 def test_ca_file_from_environment_or_file_must_be_readable(tmp_path):
@@ -352,5 +427,7 @@ def test_ca_file_from_environment_or_file_must_be_readable(tmp_path):
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     config = tmp_path / "leampoll.toml"
     config.write_text(f'ca_file = "{ca}"\n')
-    assert load(["https://portal.example/p"],
-                {**CREDENTIALS, "LEAMPOLL_CONFIG": str(config)}).ca_file == ca
+    assert (
+        load(["https://portal.example/p"], {**CREDENTIALS, "LEAMPOLL_CONFIG": str(config)}).ca_file
+        == ca
+    )

@@ -20,6 +20,7 @@ CREDS = {"PORTAL_USER": "poller", "PORTAL_PASSWORD": "s3cret"}
 
 # -- config.parse_size / Size / human ----------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -59,8 +60,26 @@ def test_parse_size_percent(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["abc", "-1G", "5X", "150%", "100.5%", "", "   ", "G", "%", "5G5", "1e3", "5 G B x",
-     "-5%", "1,5G", "0x10", "5KG", "nan", "inf"],
+    [
+        "abc",
+        "-1G",
+        "5X",
+        "150%",
+        "100.5%",
+        "",
+        "   ",
+        "G",
+        "%",
+        "5G5",
+        "1e3",
+        "5 G B x",
+        "-5%",
+        "1,5G",
+        "0x10",
+        "5KG",
+        "nan",
+        "inf",
+    ],
 )
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError):
@@ -137,6 +156,7 @@ def test_parse_size_huge_number_is_rejected_or_usable():
 
 # -- config.load -------------------------------------------------------------------------
 
+
 def test_load_without_url_is_a_config_error():
     with pytest.raises(ConfigError, match="URL"):
         load([], CREDS)
@@ -144,9 +164,13 @@ def test_load_without_url_is_a_config_error():
 
 @pytest.mark.parametrize(
     "env",
-    [{}, {"PORTAL_USER": "poller"}, {"PORTAL_PASSWORD": "s3cret"},
-     {"PORTAL_USER": "", "PORTAL_PASSWORD": "s3cret"},
-     {"PORTAL_USER": "poller", "PORTAL_PASSWORD": ""}],
+    [
+        {},
+        {"PORTAL_USER": "poller"},
+        {"PORTAL_PASSWORD": "s3cret"},
+        {"PORTAL_USER": "", "PORTAL_PASSWORD": "s3cret"},
+        {"PORTAL_USER": "poller", "PORTAL_PASSWORD": ""},
+    ],
 )
 def test_load_missing_credentials(env):
     with pytest.raises(ConfigError) as excinfo:
@@ -190,9 +214,17 @@ def test_load_mixes_command_line_user_and_environment_password():
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://portal.example.org", "portal.example.org", "portal.example.org/region",
-     "file:///etc/passwd", "http://", "https:///pop_queue", "javascript:alert(1)",
-     "//portal.example.org", "gopher://portal.example.org/"],
+    [
+        "ftp://portal.example.org",
+        "portal.example.org",
+        "portal.example.org/region",
+        "file:///etc/passwd",
+        "http://",
+        "https:///pop_queue",
+        "javascript:alert(1)",
+        "//portal.example.org",
+        "gopher://portal.example.org/",
+    ],
 )
 def test_load_rejects_non_http_urls(url):
     with pytest.raises(ConfigError, match="http"):
@@ -201,8 +233,12 @@ def test_load_rejects_non_http_urls(url):
 
 @pytest.mark.parametrize(
     "url",
-    ["https://bob:secret@portal.example.org", "https://bob@portal.example.org",
-     "http://bob:secret@portal.example.org:8080/region", "https://:secret@portal.example.org"],
+    [
+        "https://bob:secret@portal.example.org",
+        "https://bob@portal.example.org",
+        "http://bob:secret@portal.example.org:8080/region",
+        "https://:secret@portal.example.org",
+    ],
 )
 def test_load_rejects_credentials_in_url(url):
     with pytest.raises(ConfigError, match="PORTAL_USER"):
@@ -211,8 +247,13 @@ def test_load_rejects_credentials_in_url(url):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://localhost:8080/portal", "https://portal.example.org", "HTTPS://portal.example.org",
-     "https://portal.example.org:8443/region", "http://127.0.0.1:8080/"],
+    [
+        "http://localhost:8080/portal",
+        "https://portal.example.org",
+        "HTTPS://portal.example.org",
+        "https://portal.example.org:8443/region",
+        "http://127.0.0.1:8080/",
+    ],
 )
 def test_load_accepts_http_urls(url):
     assert load([url], CREDS).site == url.rstrip("/")
@@ -282,8 +323,9 @@ def test_load_old_flags():
 
 
 def test_load_sizes():
-    config = load([SITE, "--min-free-disk", "10%", "--min-free-mem", "512M",
-                   "--min-free-inodes", "5%"], CREDS)
+    config = load(
+        [SITE, "--min-free-disk", "10%", "--min-free-mem", "512M", "--min-free-inodes", "5%"], CREDS
+    )
     assert config.min_free_disk == Size(10, percent=True)
     assert config.min_free_mem == Size(512 * M)
     assert config.min_free_inodes == Size(5, percent=True)
@@ -299,9 +341,18 @@ def test_load_bad_min_free_disk_exits_2(value, capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--min-free-mem=lots"], ["--min-free-inodes=5G"], ["--speed=-1"], ["--speed=nan"],
-     ["--idle=-2"], ["--idle=1.5"], ["--max-backoff=x"], ["--job-timeout=-5"],
-     ["--once", "--check"], ["--no-such-option"]],
+    [
+        ["--min-free-mem=lots"],
+        ["--min-free-inodes=5G"],
+        ["--speed=-1"],
+        ["--speed=nan"],
+        ["--idle=-2"],
+        ["--idle=1.5"],
+        ["--max-backoff=x"],
+        ["--job-timeout=-5"],
+        ["--once", "--check"],
+        ["--no-such-option"],
+    ],
 )
 def test_load_bad_options_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as excinfo:
@@ -323,10 +374,19 @@ def test_load_version_exits_0(capsys):
     assert "leampoll" in capsys.readouterr().out
 
 
-
 def test_trusted_origin_option(tmp_path):
-    config = load(["--trusted-origin", "https://public.example.org", "--trusted-origin",
-                   "http://localhost:8080", "--workdir", str(tmp_path), LUC], CREDS)
+    config = load(
+        [
+            "--trusted-origin",
+            "https://public.example.org",
+            "--trusted-origin",
+            "http://localhost:8080",
+            "--workdir",
+            str(tmp_path),
+            LUC,
+        ],
+        CREDS,
+    )
     assert config.trusted.allows("http://localhost:8080/luc/x")
     assert config.trusted.allows("https://public.example.org/luc/x")
     with pytest.raises(ConfigError, match="--trusted-origin"):
@@ -337,6 +397,8 @@ def test_new_options_defaults(tmp_path):
     config = load(["--workdir", str(tmp_path), LUC], CREDS)
     assert config.auth_check_interval == 600 and not config.keep_failed_running
     assert config.trusted_origins == ()
-    config = load(["--workdir", str(tmp_path), "--keep-failed-running",
-                   "--auth-check-interval", "60", LUC], CREDS)
+    config = load(
+        ["--workdir", str(tmp_path), "--keep-failed-running", "--auth-check-interval", "60", LUC],
+        CREDS,
+    )
     assert config.auth_check_interval == 60 and config.keep_failed_running

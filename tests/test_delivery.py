@@ -11,8 +11,11 @@ JOB_URL = "https://portal.example.org/luc/scenarios/x"
 
 
 def report(kind: str, job_url: str = JOB_URL) -> Report:
-    url = {"success": job_url + "/success", "error": job_url + "/error",
-           "requeue": job_url + "/requeue"}[kind]
+    url = {
+        "success": job_url + "/success",
+        "error": job_url + "/error",
+        "requeue": job_url + "/requeue",
+    }[kind]
     fallback = job_url + "/error" if kind == "requeue" else ""
     return Report(kind, url, "the message", "x", fallback, job_url=job_url)
 
@@ -24,16 +27,19 @@ def chain(rep: Report, known: bool = False, keep: bool = False) -> list[tuple[st
 def test_success_chain():
     assert chain(report("success")) == [
         ("on_success", {"message": "the message"}),
-        ("end_run", {"status": "complete", "message": "the message"})]
+        ("end_run", {"status": "complete", "message": "the message"}),
+    ]
     assert chain(report("success"), known=True) == [
-        ("end_run", {"status": "complete", "message": "the message"})]
+        ("end_run", {"status": "complete", "message": "the message"})
+    ]
     assert chain(report("success"), known=True, keep=True) == chain(report("success"), True)
 
 
 def test_error_chain():
     assert [e for e, _ in chain(report("error"))] == ["on_error", "end_run"]
     assert chain(report("error"), known=True) == [
-        ("end_run", {"status": "error", "message": "the message"})]
+        ("end_run", {"status": "error", "message": "the message"})
+    ]
     assert [e for e, _ in chain(report("error"), keep=True)] == ["on_error"]
     assert chain(report("error"), known=True, keep=True) == []
 

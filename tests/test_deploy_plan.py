@@ -17,7 +17,8 @@ import pytest
 from testing.playbook import ROOT
 
 _spec = importlib.util.spec_from_file_location(
-    "deploy_plan", ROOT / "plugins" / "filter" / "deploy_plan.py")
+    "deploy_plan", ROOT / "plugins" / "filter" / "deploy_plan.py"
+)
 dp = importlib.util.module_from_spec(_spec)
 sys.modules["deploy_plan"] = dp  # dataclasses look their module up there
 _spec.loader.exec_module(dp)
@@ -27,17 +28,21 @@ INSTALLED = dp.sha1(BUILD.marker)
 FILES = {"chicago": "c1", "peoria": "p1", "stlouis": "s1"}
 
 
-def wanted(*projects: str | tuple[str, str], files: dict | None = None, **settings
-           ) -> dp.Wanted:
+def wanted(*projects: str | tuple[str, str], files: dict | None = None, **settings) -> dp.Wanted:
     """Projects by name, or (name, state)."""
     listed = [dp.Project(*((p,) if isinstance(p, str) else p)) for p in projects]
     sums = {p.name: FILES[p.name] for p in listed if p.state != "absent"}
-    return dp.Wanted(projects=listed, files={**sums, **(files or {})},
-                     **{"build": BUILD, **settings})
+    return dp.Wanted(
+        projects=listed, files={**sums, **(files or {})}, **{"build": BUILD, **settings}
+    )
 
 
-def host(states: dict[str, str] | None = None, files: dict | None = None,
-         installed: str | None = INSTALLED, **more) -> dp.Host:
+def host(
+    states: dict[str, str] | None = None,
+    files: dict | None = None,
+    installed: str | None = INSTALLED,
+    **more,
+) -> dp.Host:
     """A host whose program files are as wanted unless `files` says otherwise."""
     states = states if states is not None else {}
     on_disk = {n: dp.ProgramFile(FILES[n]) for n in states if n in FILES}
@@ -67,52 +72,76 @@ def test_first_install_in_check_mode_links_nothing_not_yet_installed():
 
 
 def test_a_re_run_changes_nothing_and_touches_no_poller():
-    plan = dp.deploy(host({"chicago": "RUNNING", "peoria": "RUNNING"}),
-                     wanted("chicago", "peoria"))
+    plan = dp.deploy(host({"chicago": "RUNNING", "peoria": "RUNNING"}), wanted("chicago", "peoria"))
     assert not plan.upgrade and not plan.install and plan.link
     assert plan.changed == [] and steps(plan) == {}
     assert plan.left_running == ["chicago", "peoria"]
 
 
 def test_a_changed_setting_drains_and_replaces_only_that_poller():
-    plan = dp.deploy(host({"chicago": "RUNNING", "peoria": "RUNNING"}),
-                     wanted("chicago", "peoria", files={"chicago": "c2"}))
+    plan = dp.deploy(
+        host({"chicago": "RUNNING", "peoria": "RUNNING"}),
+        wanted("chicago", "peoria", files={"chicago": "c2"}),
+    )
     assert plan.changed == ["chicago"] and not plan.upgrade
-    assert steps(plan) == {"drain": ["chicago"], "wait": ["chicago"], "remove": ["chicago"],
-                           "write": ["chicago"], "add": ["chicago"], "start": ["chicago"]}
+    assert steps(plan) == {
+        "drain": ["chicago"],
+        "wait": ["chicago"],
+        "remove": ["chicago"],
+        "write": ["chicago"],
+        "add": ["chicago"],
+        "start": ["chicago"],
+    }
     assert plan.left_running == ["peoria"]  # a new password reaches it by SIGHUP
 
 
-@pytest.mark.parametrize("found", [dp.ProgramFile("c1", mode="0644"),
-                                   dp.ProgramFile("c1", owner="leam"),
-                                   dp.ProgramFile("c1", group="leam")],
-                         ids=["mode", "owner", "group"])
+@pytest.mark.parametrize(
+    "found",
+    [
+        dp.ProgramFile("c1", mode="0644"),
+        dp.ProgramFile("c1", owner="leam"),
+        dp.ProgramFile("c1", group="leam"),
+    ],
+    ids=["mode", "owner", "group"],
+)
 def test_a_program_file_readable_beyond_root_is_rewritten(found):
     plan = dp.deploy(host({"chicago": "EXITED"}, files={"chicago": found}), wanted("chicago"))
     assert plan.changed == ["chicago"]
-    assert steps(plan) == {"remove": ["chicago"], "write": ["chicago"], "add": ["chicago"],
-                           "start": ["chicago"]}
+    assert steps(plan) == {
+        "remove": ["chicago"],
+        "write": ["chicago"],
+        "add": ["chicago"],
+        "start": ["chicago"],
+    }
 
 
 def test_a_missing_program_of_a_known_file_is_added_again():
-    plan = dp.deploy(host({"chicago": "RUNNING"}, files={"peoria": dp.ProgramFile("p1")}),
-                     wanted("chicago", "peoria"))
+    plan = dp.deploy(
+        host({"chicago": "RUNNING"}, files={"peoria": dp.ProgramFile("p1")}),
+        wanted("chicago", "peoria"),
+    )
     assert plan.changed == [] and steps(plan) == {"add": ["peoria"]}
 
 
 def test_a_stopped_poller_of_a_present_project_is_started():
-    plan = dp.deploy(host({"chicago": "EXITED", "peoria": "STOPPED"}),
-                     wanted("chicago", "peoria"))
+    plan = dp.deploy(host({"chicago": "EXITED", "peoria": "STOPPED"}), wanted("chicago", "peoria"))
     assert steps(plan) == {"start": ["chicago", "peoria"]}
 
 
 def test_a_drained_project_is_drained_and_its_program_kept_stopped():
     # Its program file changes to autostart=false: it is replaced, and not started.
-    plan = dp.deploy(host({"chicago": "RUNNING", "peoria": "RUNNING"}),
-                     wanted("chicago", ("peoria", "drained"), files={"peoria": "p-drained"}))
+    plan = dp.deploy(
+        host({"chicago": "RUNNING", "peoria": "RUNNING"}),
+        wanted("chicago", ("peoria", "drained"), files={"peoria": "p-drained"}),
+    )
     assert plan.drained == ["peoria"] and plan.present == ["chicago"]
-    assert steps(plan) == {"drain": ["peoria"], "wait": ["peoria"], "remove": ["peoria"],
-                           "write": ["peoria"], "add": ["peoria"]}
+    assert steps(plan) == {
+        "drain": ["peoria"],
+        "wait": ["peoria"],
+        "remove": ["peoria"],
+        "write": ["peoria"],
+        "add": ["peoria"],
+    }
 
 
 def test_a_drained_project_found_running_is_drained_again_but_not_rewritten():
@@ -128,11 +157,16 @@ def test_a_new_drained_project_gets_its_program_but_no_start():
 
 
 def test_an_absent_project_is_drained_and_removed():
-    plan = dp.deploy(host({"chicago": "RUNNING", "peoria": "RUNNING"}),
-                     wanted("chicago", ("peoria", "absent")))
+    plan = dp.deploy(
+        host({"chicago": "RUNNING", "peoria": "RUNNING"}), wanted("chicago", ("peoria", "absent"))
+    )
     assert plan.absent == ["peoria"] and plan.present == ["chicago"]
-    assert steps(plan) == {"drain": ["peoria"], "wait": ["peoria"],
-                           "remove_files": ["peoria"], "remove": ["peoria"]}
+    assert steps(plan) == {
+        "drain": ["peoria"],
+        "wait": ["peoria"],
+        "remove_files": ["peoria"],
+        "remove": ["peoria"],
+    }
     assert plan.left_running == ["chicago"]
 
 
@@ -159,22 +193,30 @@ def test_a_changed_setting_busy_past_the_bound_changes_nothing_there():
 
 
 def test_an_upgrade_drains_every_running_poller_and_starts_them_again():
-    plan = dp.deploy(host({"chicago": "RUNNING", "peoria": "EXITED"}, installed="old"),
-                     wanted("chicago", "peoria"))
+    plan = dp.deploy(
+        host({"chicago": "RUNNING", "peoria": "EXITED"}, installed="old"),
+        wanted("chicago", "peoria"),
+    )
     assert plan.upgrade and plan.install and plan.link
-    assert steps(plan) == {"drain": ["chicago"], "wait": ["chicago"],
-                           "start": ["chicago", "peoria"]}
+    assert steps(plan) == {
+        "drain": ["chicago"],
+        "wait": ["chicago"],
+        "start": ["chicago", "peoria"],
+    }
     assert plan.build["marker"] == "leampoll-3.0.0-py3-none-any.whl sha256:ab12\n"
 
 
 def test_an_upgrade_with_a_busy_poller_is_postponed_the_others_start_again():
-    fleet = host({"chicago": "RUNNING", "stlouis": "RUNNING"}, installed="old",
-                 busy=["chicago"])
+    fleet = host({"chicago": "RUNNING", "stlouis": "RUNNING"}, installed="old", busy=["chicago"])
     plan = dp.deploy(fleet, wanted("chicago", "stlouis"))
     assert plan.upgrade and not plan.install and plan.link  # the old build stays linked
     assert plan.busy == ["chicago"]
-    assert steps(plan) == {"drain": ["chicago", "stlouis"], "wait": ["chicago", "stlouis"],
-                           "busy": ["chicago"], "start": ["stlouis"]}
+    assert steps(plan) == {
+        "drain": ["chicago", "stlouis"],
+        "wait": ["chicago", "stlouis"],
+        "busy": ["chicago"],
+        "start": ["stlouis"],
+    }
 
 
 def test_the_metrics_extra_is_part_of_the_installed_build():
@@ -185,11 +227,17 @@ def test_the_metrics_extra_is_part_of_the_installed_build():
 
 
 def test_pollers_starting_or_backing_off_are_not_drained_and_are_started():
-    plan = dp.deploy(host({"chicago": "STARTING", "peoria": "BACKOFF"}, installed="old"),
-                     wanted("chicago", "peoria", files={"peoria": "p2"}))
+    plan = dp.deploy(
+        host({"chicago": "STARTING", "peoria": "BACKOFF"}, installed="old"),
+        wanted("chicago", "peoria", files={"peoria": "p2"}),
+    )
     assert plan.drain == [] and plan.left_running == []
-    assert steps(plan) == {"remove": ["peoria"], "write": ["peoria"], "add": ["peoria"],
-                           "start": ["chicago", "peoria"]}
+    assert steps(plan) == {
+        "remove": ["peoria"],
+        "write": ["peoria"],
+        "add": ["peoria"],
+        "start": ["chicago", "peoria"],
+    }
 
 
 def test_programs_unknown_to_the_inventory_are_left_alone():
@@ -198,15 +246,18 @@ def test_programs_unknown_to_the_inventory_are_left_alone():
 
 
 def test_check_mode_waits_for_nothing_and_sees_no_busy_poller():
-    plan = dp.deploy(host({"chicago": "RUNNING"}, busy=["chicago"], installed="old"),
-                     wanted("chicago", check_mode=True))
+    plan = dp.deploy(
+        host({"chicago": "RUNNING"}, busy=["chicago"], installed="old"),
+        wanted("chicago", check_mode=True),
+    )
     assert plan.drain == ["chicago"] and plan.wait == [] and plan.busy == []
     assert plan.install
 
 
 def test_the_wait_is_bounded_in_polls():
-    plan = dp.deploy(host({"chicago": "RUNNING"}), wanted("chicago", files={"chicago": "x"},
-                                                          timeout=25, poll=10))
+    plan = dp.deploy(
+        host({"chicago": "RUNNING"}), wanted("chicago", files={"chicago": "x"}, timeout=25, poll=10)
+    )
     assert (plan.wait_retries, plan.wait_delay, plan.wait_timeout) == (3, 10, 25)
 
 
@@ -229,17 +280,32 @@ def test_drain_chooses_the_running_pollers_named():
 def test_drain_without_waiting_and_with_a_busy_poller():
     running = {"chicago": "RUNNING", "stlouis": "RUNNING"}
     assert steps(dp.drain(host(running), dp.Wanted(wait=False))) == {
-        "drain": ["chicago", "stlouis"]}
+        "drain": ["chicago", "stlouis"]
+    }
     plan = dp.drain(host(running, busy=["stlouis"]), dp.Wanted(timeout=120, poll=10))
     assert plan.busy == ["stlouis"] and plan.wait_retries == 12
 
 
 def test_resume_starts_exited_pollers_of_present_projects_named():
-    states = {"chicago": "EXITED", "peoria": "STOPPED", "stlouis": "RUNNING",
-              "drained": "EXITED", "fatal": "FATAL", "old": "EXITED", "back": "BACKOFF"}
-    every = dp.Wanted(projects=[dp.Project("chicago"), dp.Project("peoria"),
-                                dp.Project("stlouis"), dp.Project("drained", "drained"),
-                                dp.Project("fatal"), dp.Project("back")])
+    states = {
+        "chicago": "EXITED",
+        "peoria": "STOPPED",
+        "stlouis": "RUNNING",
+        "drained": "EXITED",
+        "fatal": "FATAL",
+        "old": "EXITED",
+        "back": "BACKOFF",
+    }
+    every = dp.Wanted(
+        projects=[
+            dp.Project("chicago"),
+            dp.Project("peoria"),
+            dp.Project("stlouis"),
+            dp.Project("drained", "drained"),
+            dp.Project("fatal"),
+            dp.Project("back"),
+        ]
+    )
     assert dp.resume(host(states), every).start == ["chicago", "peoria", "fatal"]
     every.chosen = ["peoria", "drained"]
     assert dp.resume(host(states), every).start == ["peoria"]
@@ -257,38 +323,80 @@ leampoll-tinyproj                FATAL     Exited too quickly (process log may h
 
 
 def test_supervisor_status_is_read_per_project():
-    assert dp.states(STATUS) == {"chicago": "RUNNING", "peoria": "EXITED",
-                                 "stlouis": "BACKOFF", "tinyproj": "FATAL"}
+    assert dp.states(STATUS) == {
+        "chicago": "RUNNING",
+        "peoria": "EXITED",
+        "stlouis": "BACKOFF",
+        "tinyproj": "FATAL",
+    }
     assert dp.settling(STATUS) == ["stlouis"]
     assert dp.states("") == {} and dp.states(None) == {}
 
 
 def test_busy_pollers_are_read_from_the_drain_waits_results():
-    waited = {"results": [{"item": "chicago", "stdout": "leampoll-chicago  RUNNING  pid 40"},
-                          {"item": "peoria", "stdout": "leampoll-peoria  EXITED  Nov 27"},
-                          {"item": "stlouis", "skipped": True}]}
+    waited = {
+        "results": [
+            {"item": "chicago", "stdout": "leampoll-chicago  RUNNING  pid 40"},
+            {"item": "peoria", "stdout": "leampoll-peoria  EXITED  Nov 27"},
+            {"item": "stlouis", "skipped": True},
+        ]
+    }
     assert dp.busy(waited) == ["chicago"]
     assert dp.busy({"results": [], "skipped": True}) == [] and dp.busy(None) == []
 
 
 def test_the_filter_takes_what_the_role_registered():
-    found = [{"path": "/etc/supervisor/conf.d/leampoll-chicago.conf", "checksum": "c1",
-              "mode": "0600", "pw_name": "root", "gr_name": "root"},
-             {"path": "/etc/supervisor/conf.d/leampoll-peoria.conf", "checksum": "p1",
-              "mode": "0600", "pw_name": "root", "gr_name": "root"}]
+    found = [
+        {
+            "path": "/etc/supervisor/conf.d/leampoll-chicago.conf",
+            "checksum": "c1",
+            "mode": "0600",
+            "pw_name": "root",
+            "gr_name": "root",
+        },
+        {
+            "path": "/etc/supervisor/conf.d/leampoll-peoria.conf",
+            "checksum": "p1",
+            "mode": "0600",
+            "pw_name": "root",
+            "gr_name": "root",
+        },
+    ]
     plan = dp.leampoll_plan(
-        {"states": STATUS, "files": found, "supervisor": True,
-         "installed": {"exists": True, "checksum": INSTALLED}},
-        {"projects": [{"name": "chicago", "portal_url": "https://x"},
-                      {"name": "peoria", "state": "absent"}, {"name": "stlouis"}],
-         "files": {"chicago": "c1", "stlouis": "s1"},
-         "build": {"wheel": BUILD.wheel, "sha256": "ab12", "dir": "/cache/k"}, "extras": "",
-         "timeout": "300", "poll": 10, "wait": True, "check_mode": False})
+        {
+            "states": STATUS,
+            "files": found,
+            "supervisor": True,
+            "installed": {"exists": True, "checksum": INSTALLED},
+        },
+        {
+            "projects": [
+                {"name": "chicago", "portal_url": "https://x"},
+                {"name": "peoria", "state": "absent"},
+                {"name": "stlouis"},
+            ],
+            "files": {"chicago": "c1", "stlouis": "s1"},
+            "build": {"wheel": BUILD.wheel, "sha256": "ab12", "dir": "/cache/k"},
+            "extras": "",
+            "timeout": "300",
+            "poll": 10,
+            "wait": True,
+            "check_mode": False,
+        },
+    )
     assert isinstance(plan, dict) and plan["upgrade"] is False
-    assert {k: v for k, v in plan.items() if k in ("remove_files", "remove", "write", "add",
-                                                   "start", "drain")} == {
-        "drain": [], "remove_files": ["peoria"], "remove": ["peoria", "stlouis"],
-        "write": ["stlouis"], "add": ["stlouis"], "start": ["stlouis"]}
+    assert {
+        k: v
+        for k, v in plan.items()
+        if k in ("remove_files", "remove", "write", "add", "start", "drain")
+    } == {
+        "drain": [],
+        "remove_files": ["peoria"],
+        "remove": ["peoria", "stlouis"],
+        "write": ["stlouis"],
+        "add": ["stlouis"],
+        "start": ["stlouis"],
+    }
     assert plan["wait_retries"] == 30
 
 
@@ -308,17 +416,43 @@ def test_the_filter_reads_the_ops_playbooks_choices():
 
 
 def test_not_ready_names_pollers_not_back_on_the_new_version():
-    rows = [{"project": "chicago", "supervisor": "RUNNING", "version": "3.99.0",
-             "last_poll_ago": 1.5, "uptime": 20},
-            {"project": "peoria", "supervisor": "RUNNING", "version": "3.98.0",
-             "last_poll_ago": 1, "uptime": 20},
-            {"project": "stlouis", "supervisor": "RUNNING", "version": "3.99.0",
-             "last_poll_ago": 30, "uptime": 20},  # its last poll was before its start
-            {"project": "quiet", "supervisor": "RUNNING", "version": "3.99.0",
-             "last_poll_ago": None, "uptime": 5}]
+    rows = [
+        {
+            "project": "chicago",
+            "supervisor": "RUNNING",
+            "version": "3.99.0",
+            "last_poll_ago": 1.5,
+            "uptime": 20,
+        },
+        {
+            "project": "peoria",
+            "supervisor": "RUNNING",
+            "version": "3.98.0",
+            "last_poll_ago": 1,
+            "uptime": 20,
+        },
+        {
+            "project": "stlouis",
+            "supervisor": "RUNNING",
+            "version": "3.99.0",
+            "last_poll_ago": 30,
+            "uptime": 20,
+        },  # its last poll was before its start
+        {
+            "project": "quiet",
+            "supervisor": "RUNNING",
+            "version": "3.99.0",
+            "last_poll_ago": None,
+            "uptime": 5,
+        },
+    ]
     projects = [{"name": n} for n in ("chicago", "peoria", "stlouis", "quiet", "missing")]
     projects.append({"name": "off", "state": "drained"})
     assert dp.not_ready(projects, json.dumps(rows), "leampoll 3.99.0") == [
-        "peoria", "stlouis", "quiet", "missing"]
+        "peoria",
+        "stlouis",
+        "quiet",
+        "missing",
+    ]
     assert dp.not_ready([{"name": "chicago"}], "", "leampoll 3.99.0") == ["chicago"]
     assert dp.not_ready([{"name": "chicago"}], "not json", "leampoll 3.99.0") == ["chicago"]

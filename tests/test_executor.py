@@ -140,6 +140,7 @@ def test_rundir_name_long_ids_sharing_a_prefix_differ(first, second):
 
 # -- executor.Outcome.describe -----------------------------------------------------------
 
+
 def test_describe_success():
     text = Outcome(True, duration=3.21).describe()
     assert text == "succeeded in 3.2s"
@@ -208,6 +209,7 @@ def test_describe_detail_with_tail():
 
 
 # -- executor.tail -----------------------------------------------------------------------
+
 
 def test_tail_many_lines(tmp_path):
     lines = [f"line {i}" for i in range(1000)]

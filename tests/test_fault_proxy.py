@@ -16,14 +16,17 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def proxied():
-    with PortalStandin(USER, PASSWORD) as portal, \
-            FaultProxy(portal.root, site_path=portal.base_path) as proxy:
+    with (
+        PortalStandin(USER, PASSWORD) as portal,
+        FaultProxy(portal.root, site_path=portal.base_path) as proxy,
+    ):
         yield portal, proxy
 
 
 def pop(proxy: FaultProxy, timeout: float = 5.0) -> requests.Response:
-    return requests.get(proxy.url + "/pop_queue", auth=(USER, PASSWORD), timeout=timeout,
-                        allow_redirects=False)
+    return requests.get(
+        proxy.url + "/pop_queue", auth=(USER, PASSWORD), timeout=timeout, allow_redirects=False
+    )
 
 
 def test_forwards_and_names_itself_in_job_urls(proxied):

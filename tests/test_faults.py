@@ -89,9 +89,16 @@ def running(portal: PortalStandin, jobs: list[str]) -> bool:
 class FaultFleet:
     """The hosts, the portal behind its proxy, and what each case needs to check."""
 
-    def __init__(self, sandbox: Sandbox, hosts: dict[str, Host], portal: PortalStandin,
-                 proxy: FaultProxy, solo: PortalStandin, mem: PortalStandin,
-                 workdir: Path) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        hosts: dict[str, Host],
+        portal: PortalStandin,
+        proxy: FaultProxy,
+        solo: PortalStandin,
+        mem: PortalStandin,
+        workdir: Path,
+    ) -> None:
         self.sandbox = sandbox
         self.hosts = hosts
         self.portal = portal
@@ -102,26 +109,39 @@ class FaultFleet:
         self.inventory = workdir / "inventory.yml"
 
     def project(self, name: str, url: str, **settings: object) -> dict:
-        return {"name": name, "portal_url": url, "portal_user": "poller",
-                "portal_password": PASSWORD, "speed": 1, "min_free_disk": "10M",
-                "min_free_mem": "10M", **settings}
+        return {
+            "name": name,
+            "portal_url": url,
+            "portal_user": "poller",
+            "portal_password": PASSWORD,
+            "speed": 1,
+            "min_free_disk": "10M",
+            "min_free_mem": "10M",
+            **settings,
+        }
 
     def converge(self, extra: dict[str, list[dict]] | None = None, *args: str) -> None:
         """Run site.yml; ``extra``: more projects by host, ``args``: for ansible-playbook."""
-        host_vars = {h: {"leam_projects": [self.project(p, self.proxy.url) for p in PROJECTS]}
-                     for h in HOSTS}
+        host_vars = {
+            h: {"leam_projects": [self.project(p, self.proxy.url) for p in PROJECTS]} for h in HOSTS
+        }
         host_vars["fa"]["leam_projects"] += [
             self.project("solo", self.solo.url),
         ]
         # Metrics on fa, served on its own address (127.0.0.1:9100 may be taken here).
-        host_vars["fa"].update(leampoll_metrics=True,
-                               leampoll_node_exporter_listen_address=self.metrics_address)
+        host_vars["fa"].update(
+            leampoll_metrics=True, leampoll_node_exporter_listen_address=self.metrics_address
+        )
         for host, projects in (extra or {}).items():
             host_vars[host]["leam_projects"] += projects
-        group_vars = {"leam_jobservers": {
-            "leampoll_install_mode": "wheelhouse", "leam_jobdir_min_free": "20M",
-            "leampoll_drain_timeout": 120,
-            "leampoll_extra_args": ["--max-backoff", "4", "--timeout", "3"]}}
+        group_vars = {
+            "leam_jobservers": {
+                "leampoll_install_mode": "wheelhouse",
+                "leam_jobdir_min_free": "20M",
+                "leampoll_drain_timeout": 120,
+                "leampoll_extra_args": ["--max-backoff", "4", "--timeout", "3"],
+            }
+        }
         self.sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars=group_vars)
         out = playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
         assert out.returncode == 0, out.stdout[-4000:]
@@ -136,8 +156,10 @@ class FaultFleet:
     def runs(self, cuts: dict[str, float] | None = None) -> Runs:
         """Every job run the ledgers show; ``cuts``: hosts that lost power, and when."""
         names = list(self.hosts)
-        texts = [self.hosts[n].ssh("cat /mnt/jobdir/*/ledger.txt 2>/dev/null; true").stdout
-                 for n in names]
+        texts = [
+            self.hosts[n].ssh("cat /mnt/jobdir/*/ledger.txt 2>/dev/null; true").stdout
+            for n in names
+        ]
         return Runs.parse(texts, [(cuts or {}).get(n) for n in names])
 
     def program_states(self, host: str) -> dict[str, str]:
@@ -153,8 +175,10 @@ class FaultFleet:
         directory, jobs in a run directory below it), by host."""
         found = {}
         for name, host in self.hosts.items():
-            out = host.ssh("for p in /proc/[0-9]*; do d=$(readlink $p/cwd 2>/dev/null) && "
-                           "case $d in /mnt/jobdir/*/*) echo ${p#/proc/} $d;; esac; done; true")
+            out = host.ssh(
+                "for p in /proc/[0-9]*; do d=$(readlink $p/cwd 2>/dev/null) && "
+                "case $d in /mnt/jobdir/*/*) echo ${p#/proc/} $d;; esac; done; true"
+            )
             if out.stdout.strip():
                 found[name] = out.stdout.strip()
         return found
@@ -162,10 +186,25 @@ class FaultFleet:
     def written_outside(self, since: float) -> dict[str, str]:
         """Files changed since ``since`` outside the job tree and the usual
         places a running system writes (logs, metrics, state, caches)."""
-        skip = ["/mnt/jobdir/*", "/var/log/*", "/var/lib/leampoll/*", "/proc/*", "/sys/*",
-                "/run/*", "/tmp/*", "/var/tmp/*", "/dev/*", "/root/.ansible/*",
-                "/var/lib/systemd/*", "/var/cache/*", "/var/lib/apt/*", "/var/lib/dpkg/*",
-                "/var/lib/private/*", "/etc/machine-id", "/var/lib/dbus/*"]
+        skip = [
+            "/mnt/jobdir/*",
+            "/var/log/*",
+            "/var/lib/leampoll/*",
+            "/proc/*",
+            "/sys/*",
+            "/run/*",
+            "/tmp/*",
+            "/var/tmp/*",
+            "/dev/*",
+            "/root/.ansible/*",
+            "/var/lib/systemd/*",
+            "/var/cache/*",
+            "/var/lib/apt/*",
+            "/var/lib/dpkg/*",
+            "/var/lib/private/*",
+            "/etc/machine-id",
+            "/var/lib/dbus/*",
+        ]
         cond = " ".join(f"-not -path '{p}'" for p in skip)
         found = {}
         for name, host in self.hosts.items():
@@ -182,30 +221,48 @@ class FaultFleet:
     def guard_series(self, guard: str) -> dict[str, float]:
         """``leampoll_guard_hold{guard=...}`` by project, as fa's node_exporter serves it."""
         text = requests.get(f"http://{self.metrics_address}/metrics", timeout=10).text
-        return {s.labels["project"]: s.value
-                for family in text_string_to_metric_families(text)
-                if family.name == "leampoll_guard_hold"
-                for s in family.samples if s.labels.get("guard") == guard}
+        return {
+            s.labels["project"]: s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "leampoll_guard_hold"
+            for s in family.samples
+            if s.labels.get("guard") == guard
+        }
 
     def settle(self, jobs: list[str], timeout: float, portal: PortalStandin | None = None) -> None:
         portal = portal or self.portal
-        wait_until(lambda: all(ended(portal, j) for j in jobs), timeout,
-                   f"all {len(jobs)} jobs ended in the portal")
-        wait_until(lambda: not self.job_processes(), 30,
-                   f"no job process left on the hosts ({self.job_processes()})")
+        wait_until(
+            lambda: all(ended(portal, j) for j in jobs),
+            timeout,
+            f"all {len(jobs)} jobs ended in the portal",
+        )
+        wait_until(
+            lambda: not self.job_processes(),
+            30,
+            f"no job process left on the hosts ({self.job_processes()})",
+        )
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Iterator[FaultFleet]:
     sandbox = Sandbox(STATE_DIR)
     sandbox.down_all()
-    with PortalStandin("poller", PASSWORD) as portal, \
-            PortalStandin("poller", PASSWORD, base_path="/solo") as solo, \
-            PortalStandin("poller", PASSWORD, base_path="/mem") as mem, \
-            FaultProxy(portal.root, site_path=portal.base_path) as proxy, \
-            sandbox.hosts_up(HOSTS, jobdir_size={"fa": "64M"}) as hosts:
-        f = FaultFleet(sandbox, {h.name: h for h in hosts}, portal, proxy, solo, mem,
-                       tmp_path_factory.mktemp("faults"))
+    with (
+        PortalStandin("poller", PASSWORD) as portal,
+        PortalStandin("poller", PASSWORD, base_path="/solo") as solo,
+        PortalStandin("poller", PASSWORD, base_path="/mem") as mem,
+        FaultProxy(portal.root, site_path=portal.base_path) as proxy,
+        sandbox.hosts_up(HOSTS, jobdir_size={"fa": "64M"}) as hosts,
+    ):
+        f = FaultFleet(
+            sandbox,
+            {h.name: h for h in hosts},
+            portal,
+            proxy,
+            solo,
+            mem,
+            tmp_path_factory.mktemp("faults"),
+        )
         f.converge()
         yield f
 
@@ -216,9 +273,16 @@ def case(fleet, reliability):
     started, wall = time.monotonic(), time.time()
     before = dict(fleet.proxy.injected)
 
-    def finish(name: str, jobs: list[str], note: str = "", runs_expected: int | None = 1,
-               since: float | None = None, portal: PortalStandin | None = None,
-               cuts: dict[str, float] | None = None, quiet_since: float | None = None) -> Case:
+    def finish(
+        name: str,
+        jobs: list[str],
+        note: str = "",
+        runs_expected: int | None = 1,
+        since: float | None = None,
+        portal: PortalStandin | None = None,
+        cuts: dict[str, float] | None = None,
+        quiet_since: float | None = None,
+    ) -> Case:
         """Check the promise for ``jobs`` and keep the case's figures.
 
         ``runs_expected``: completed runs each job's ledger must show (None: the
@@ -231,18 +295,23 @@ def case(fleet, reliability):
         twice = [j for j in runs.overlapping() if j in set(jobs)]
         per_pop = {j: reports_per_pop(portal, j) for j in jobs}
         faults = {k: v - before.get(k, 0) for k, v in fleet.proxy.injected.items()}
-        result = reliability.add(Case(
-            name=name, jobs=len(jobs), faults={k: v for k, v in faults.items() if v},
-            lost=sum(1 for j in jobs if not ended(portal, j)),
-            run_twice=sum(1 for j in jobs if runs.completed(j) > (runs_expected or 1))
-            + len(twice),
-            repeated_reports=sum(max(0, n - 1) for taken in per_pop.values() for n in taken),
-            seconds=time.monotonic() - (since or started), note=note))
+        result = reliability.add(
+            Case(
+                name=name,
+                jobs=len(jobs),
+                faults={k: v for k, v in faults.items() if v},
+                lost=sum(1 for j in jobs if not ended(portal, j)),
+                run_twice=sum(1 for j in jobs if runs.completed(j) > (runs_expected or 1))
+                + len(twice),
+                repeated_reports=sum(max(0, n - 1) for taken in per_pop.values() for n in taken),
+                seconds=time.monotonic() - (since or started),
+                note=note,
+            )
+        )
         assert {j: t for j, t in per_pop.items() if not t or 0 in t} == {}  # never left running
         assert twice == []
         if runs_expected is not None:
-            assert {j: runs.completed(j) for j in jobs
-                    if runs.completed(j) != runs_expected} == {}
+            assert {j: runs.completed(j) for j in jobs if runs.completed(j) != runs_expected} == {}
         assert result.lost == 0
         assert fleet.written_outside(quiet_since or wall) == {}
         return result
@@ -259,13 +328,17 @@ def test_portal_down_for_a_minute_then_back(fleet, case):
     fleet.proxy.set("none")
     fleet.settle(jobs, 120)
     recovered = time.monotonic() - back
-    case("portal down for a minute, then back (12 pollers)", jobs,
-         note=f"all ended {recovered:.1f} s after the portal came back (backoff cap 4 s)")
+    case(
+        "portal down for a minute, then back (12 pollers)",
+        jobs,
+        note=f"all ended {recovered:.1f} s after the portal came back (backoff cap 4 s)",
+    )
 
 
 def test_portal_flapping_through_every_fault(fleet, case):
-    jobs = [fleet.portal.queue(f"flap-{i}", job_cmdline(seconds=1 + i % 10))["id"]
-            for i in range(120)]
+    jobs = [
+        fleet.portal.queue(f"flap-{i}", job_cmdline(seconds=1 + i % 10))["id"] for i in range(120)
+    ]
     minutes = float(os.environ.get("LEAM_FAULTS_FLAP_MINUTES", "2"))
     fleet.proxy.flap(minutes * 60, period=(1, 6), seed=12, slow_seconds=5)
     fleet.settle(jobs, 180)
@@ -297,14 +370,17 @@ def test_load_twelve_pollers_with_random_faults(fleet, case, reliability):
         injector.join(20)
     rate = len(jobs) / (time.monotonic() - t0)
     fleet.settle(jobs, 60)
-    result = case(f"load: {LOAD_JOBS} short jobs, 12 pollers, random faults", jobs, since=t0,
-                  note=f"{rate:.1f} jobs/s vs {solo_rate:.1f} jobs/s for one poller "
-                       f"without faults ({rate / solo_rate:.1f}x)")
+    result = case(
+        f"load: {LOAD_JOBS} short jobs, 12 pollers, random faults",
+        jobs,
+        since=t0,
+        note=f"{rate:.1f} jobs/s vs {solo_rate:.1f} jobs/s for one poller "
+        f"without faults ({rate / solo_rate:.1f}x)",
+    )
     assert result.jobs == LOAD_JOBS
 
 
-DISRUPTIONS = ["supervisorctl restart all", "systemctl restart supervisor", "reboot",
-               "power cut"]
+DISRUPTIONS = ["supervisorctl restart all", "systemctl restart supervisor", "reboot", "power cut"]
 
 
 @pytest.mark.parametrize("how", DISRUPTIONS)
@@ -330,8 +406,12 @@ def test_jobs_running_through_a_disruption_are_handed_back_and_run_once(fleet, c
     handed_back = sorted(j for j in jobs if runs.interrupted(j))
     assert len(handed_back) == len(PROJECTS), runs.by_job
     assert {j: requeues(fleet.portal, j) for j in handed_back} == dict.fromkeys(handed_back, 1)
-    case(f"{how} on one host while 12 jobs run", jobs, cuts=cut,
-         note=f"{len(handed_back)} jobs handed back once and run again")
+    case(
+        f"{how} on one host while 12 jobs run",
+        jobs,
+        cuts=cut,
+        note=f"{len(handed_back)} jobs handed back once and run again",
+    )
 
 
 def test_kill_9_twice_ends_the_job_as_an_error(fleet, case):
@@ -352,8 +432,13 @@ def test_kill_9_twice_ends_the_job_as_an_error(fleet, case):
     wait_until(lambda: not fleet.job_processes(), 30, "no job process left")
     assert requeues(fleet.solo, "killer") == 1
     assert fleet.program_states("fa")["leampoll-solo"] == "RUNNING"
-    case("kill -9 of the poller mid-job, twice for one job", ["killer"], portal=fleet.solo,
-         runs_expected=0, note="handed back once, then ended as an error")
+    case(
+        "kill -9 of the poller mid-job, twice for one job",
+        ["killer"],
+        portal=fleet.solo,
+        runs_expected=0,
+        note="handed back once, then ended as an error",
+    )
 
 
 def test_disk_fills_during_a_job(fleet, case):
@@ -368,16 +453,23 @@ def test_disk_fills_during_a_job(fleet, case):
     fa.ssh("rm -rf /mnt/jobdir/solo/fill")
     fleet.solo.wait_for(lambda p: ended(p, "after-fill"), timeout=60)
     assert fleet.program_states("fa")["leampoll-solo"] == "RUNNING"
-    case("disk fills during a job", ["fill", "after-fill"], portal=fleet.solo,
-         runs_expected=None, note="job ended; pops held until space returned")
+    case(
+        "disk fills during a job",
+        ["fill", "after-fill"],
+        portal=fleet.solo,
+        runs_expected=None,
+        note="job ended; pops held until space returned",
+    )
 
 
 def hog_cmdline(size: int, limit: float = 300) -> str:
     """A job that takes ``size`` bytes of memory (written, so the kernel really
     gives them) and keeps them until a file `release` appears in its run
     directory, or for ``limit`` seconds at most; says `allocated` when it has them."""
-    script = (f"import os, time; hog = b'x' * {size}; open('allocated', 'w').close(); "
-              f"any(os.path.exists('release') or time.sleep(0.2) for _ in range({int(limit * 5)}))")
+    script = (
+        f"import os, time; hog = b'x' * {size}; open('allocated', 'w').close(); "
+        f"any(os.path.exists('release') or time.sleep(0.2) for _ in range({int(limit * 5)}))"
+    )
     return "python3 -c " + json.dumps(script)
 
 
@@ -394,8 +486,11 @@ def test_memory_pressure_holds_pops_until_memory_returns(fleet, case):
         pytest.skip(f"only {available / GIB:.1f} GB available: too little to press on")
     need = available - hog // 2  # a margin of hog/2 either side of the guard
     # Set the guard the way a user would: inventory, then converge (fa only).
-    fleet.converge({"fa": [fleet.project(m, fleet.mem.url, min_free_mem=f"{need >> 20}M")
-                           for m in GUARDED]}, "--limit", "fa")
+    fleet.converge(
+        {"fa": [fleet.project(m, fleet.mem.url, min_free_mem=f"{need >> 20}M") for m in GUARDED]},
+        "--limit",
+        "fa",
+    )
     quiet, t0 = time.time(), time.monotonic()
     everyone = [*PROJECTS, "solo", *GUARDED]  # fa's pollers
 
@@ -405,38 +500,51 @@ def test_memory_pressure_holds_pops_until_memory_returns(fleet, case):
 
     def prom_written() -> dict[str, float]:
         out = fa.ssh("stat -c '%n %.3Y' /var/lib/leampoll/metrics/leampoll-m?.prom", check=True)
-        return {Path(n).stem.removeprefix("leampoll-"): float(t)
-                for n, t in (line.split() for line in out.stdout.splitlines())}
+        return {
+            Path(n).stem.removeprefix("leampoll-"): float(t)
+            for n, t in (line.split() for line in out.stdout.splitlines())
+        }
 
     def logs() -> dict[str, str]:
         return {m: fa.ssh(f"cat /var/log/supervisor/leampoll-{m}.log").stdout for m in GUARDED}
 
-    wait_until(lambda: all(fleet.pollers("fa")[m]["last_poll_ago"] is not None
-                           for m in GUARDED), 60, "m1 and m2 polling")
+    wait_until(
+        lambda: all(fleet.pollers("fa")[m]["last_poll_ago"] is not None for m in GUARDED),
+        60,
+        "m1 and m2 polling",
+    )
     assert {m: fleet.pollers("fa")[m]["guard"]["holding"] for m in GUARDED} == {
-        m: [] for m in GUARDED}
+        m: [] for m in GUARDED
+    }
     assert fleet.guard_series("memory") == dict.fromkeys(everyone, 0.0)
 
     pids = {m: fleet.pollers("fa")[m]["pid"] for m in ["solo", *GUARDED]}
     fleet.solo.queue("mem-hog", hog_cmdline(hog))
     rundir = "/mnt/jobdir/solo/mem_hog"
     try:
-        wait_until(lambda: fa.ssh(f"test -e {rundir}/allocated").returncode == 0, 120,
-                   f"the job holding {hog / GIB:.1f} GB")
+        wait_until(
+            lambda: fa.ssh(f"test -e {rundir}/allocated").returncode == 0,
+            120,
+            f"the job holding {hog / GIB:.1f} GB",
+        )
         wait_until(lambda: holding() == GUARDED, 30, "m1 and m2 holding on memory")
         held_at = time.time()
         pops_before = len(fleet.mem.requests_of("pop"))
         jobs = [fleet.mem.queue(f"mem-{i}", job_cmdline())["id"] for i in range(4)]
         queued_at = time.time()
         # Each holding cycle rewrites its metrics file: a few cycles with the jobs queued.
-        wait_until(lambda: all(t > queued_at + 3 for t in prom_written().values()), 30,
-                   "m1 and m2 checking their guards with jobs queued")
+        wait_until(
+            lambda: all(t > queued_at + 3 for t in prom_written().values()),
+            30,
+            "m1 and m2 checking their guards with jobs queued",
+        )
         assert holding() == GUARDED
         assert fleet.mem.requests_of("pop")[pops_before:] == []  # not one pop while held
         assert [fleet.mem.status[j] for j in jobs] == ["queued"] * len(jobs)
         during = fleet.pollers("fa")["m1"]["memory_available"]
-        assert {m: v for m, v in fleet.guard_series("memory").items() if m in GUARDED} == \
-            dict.fromkeys(GUARDED, 1.0)
+        assert {
+            m: v for m, v in fleet.guard_series("memory").items() if m in GUARDED
+        } == dict.fromkeys(GUARDED, 1.0)
         table = fa.ssh("leampoll status", check=True).stdout
         assert all(re.search(rf"^{m} .* memory \S+<\S+", table, re.M) for m in GUARDED), table
         assert all("guard hold, not popping: memory" in t for t in logs().values()), logs()
@@ -456,8 +564,13 @@ def test_memory_pressure_holds_pops_until_memory_returns(fleet, case):
     assert {m: fleet.pollers("fa")[m]["pid"] for m in pids} == pids
     states = fleet.program_states("fa")
     assert {m: states[f"leampoll-{m}"] for m in pids} == dict.fromkeys(pids, "RUNNING")
-    case("memory pressure during a job (2 guarded pollers)", jobs, portal=fleet.mem, since=t0,
-         quiet_since=quiet,
-         note=f"a {hog / GIB:.1f} GB job on the host; guard {need / GIB:.1f} GB, available "
-              f"{available / GIB:.1f} GB before, {during / GIB:.1f} GB during; pops held "
-              f"{released - held_at:.0f} s, none while held; the job ended once")
+    case(
+        "memory pressure during a job (2 guarded pollers)",
+        jobs,
+        portal=fleet.mem,
+        since=t0,
+        quiet_since=quiet,
+        note=f"a {hog / GIB:.1f} GB job on the host; guard {need / GIB:.1f} GB, available "
+        f"{available / GIB:.1f} GB before, {during / GIB:.1f} GB during; pops held "
+        f"{released - held_at:.0f} s, none while held; the job ended once",
+    )

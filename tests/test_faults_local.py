@@ -40,11 +40,17 @@ def start_pollers(start_poller, proxy, tmp_path, n):
 
 def record(reliability, name, jobs, runs, proxy, started, note=""):
     """Add the case's figures; the assertions themselves stay in the test."""
-    return reliability.add(Case(
-        name=name, jobs=len(jobs), faults=dict(proxy.injected),
-        lost=sum(1 for j in jobs if runs.completed(j) == 0),
-        run_twice=sum(1 for j in jobs if runs.completed(j) > 1) + len(runs.overlapping()),
-        seconds=time.monotonic() - started, note=note))
+    return reliability.add(
+        Case(
+            name=name,
+            jobs=len(jobs),
+            faults=dict(proxy.injected),
+            lost=sum(1 for j in jobs if runs.completed(j) == 0),
+            run_twice=sum(1 for j in jobs if runs.completed(j) > 1) + len(runs.overlapping()),
+            seconds=time.monotonic() - started,
+            note=note,
+        )
+    )
 
 
 def test_portal_down_then_back_nothing_lost(portal, proxy, start_poller, tmp_path, reliability):
@@ -62,8 +68,7 @@ def test_portal_down_then_back_nothing_lost(portal, proxy, start_poller, tmp_pat
     assert all(p.proc.poll() is None for p in pollers)
 
 
-def test_flapping_portal_every_job_ends_once(portal, proxy, start_poller, tmp_path,
-                                             reliability):
+def test_flapping_portal_every_job_ends_once(portal, proxy, start_poller, tmp_path, reliability):
     started = time.monotonic()
     ledger = str(tmp_path / "ledger")
     jobs = [portal.queue(f"flap-{i}", job_cmdline(ledger, 1))["id"] for i in range(60)]
@@ -77,8 +82,14 @@ def test_flapping_portal_every_job_ends_once(portal, proxy, start_poller, tmp_pa
             print(p.log[-3000:])
         raise
     runs = Runs.parse([(tmp_path / "ledger").read_text()])
-    record(reliability, "portal flapping 20 s through every fault (4 local pollers)",
-           jobs, runs, proxy, started)
+    record(
+        reliability,
+        "portal flapping 20 s through every fault (4 local pollers)",
+        jobs,
+        runs,
+        proxy,
+        started,
+    )
     assert runs.overlapping() == []
     assert {j: runs.completed(j) for j in jobs if runs.completed(j) != 1} == {}
     assert sum(proxy.injected.values()) > 0, played

@@ -20,8 +20,10 @@ def test_a_guard_holds_only_below_what_is_required():
 
 def test_inodes_are_shown_as_counts_and_bytes_as_sizes():
     assert str(Reading("inodes", 2048, 4096, 3000)) == "inodes 2048 free of 4096, need 3000"
-    assert str(Reading("disk", 2 * 1024**3, 8 * 1024**3, 3 * 1024**3)) == \
-        "disk 2.0G free of 8.0G, need 3.0G"
+    assert (
+        str(Reading("disk", 2 * 1024**3, 8 * 1024**3, 3 * 1024**3))
+        == "disk 2.0G free of 8.0G, need 3.0G"
+    )
 
 
 def test_read_measures_the_workdir_filesystem_and_memory(tmp_path):

@@ -40,10 +40,12 @@ from leampoll.portal import Empty, Job, Refused, parse_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-settings.register_profile("leam", max_examples=600, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=20_000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "leam", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "leam"))
 EXAMPLES = settings().max_examples
 # The recording executor never waits: one Lifecycle (a pipe) serves every example.
@@ -60,6 +62,7 @@ def live_lifecycle() -> Iterator[Lifecycle]:
     finally:
         life.uninstall()
 
+
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "fish", "busybox"}
 
 # -- strategies ----------------------------------------------------------------
@@ -67,35 +70,89 @@ SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "fish", "busybox"}
 # Pieces attackers and broken portals use: traversal, absolute paths, NUL,
 # shell syntax, option injection, bidi and combining characters, lone
 # surrogates (a JSON escape can carry them), Windows names, long runs.
-TOKENS = ["..", "../", "/", "/etc/passwd", "\x00", "~", "~root", "$(id)", "`id`", ";", "&&",
-          "|", ">", "<", "'", '"', "\\", "\n", "\r", "\t", " ", "-rf", "--", "-", "%s", "%(here)s",
-          "*", "?", "\u202e", "\u0301", "\ud800", "\udcff", "\ufeff", "CON", "NUL", ".", "é",
-          "\U0001f600", "\u2028", "svn", "git", "sh -c", "http://", "file:///", "a" * 300]
+TOKENS = [
+    "..",
+    "../",
+    "/",
+    "/etc/passwd",
+    "\x00",
+    "~",
+    "~root",
+    "$(id)",
+    "`id`",
+    ";",
+    "&&",
+    "|",
+    ">",
+    "<",
+    "'",
+    '"',
+    "\\",
+    "\n",
+    "\r",
+    "\t",
+    " ",
+    "-rf",
+    "--",
+    "-",
+    "%s",
+    "%(here)s",
+    "*",
+    "?",
+    "\u202e",
+    "\u0301",
+    "\ud800",
+    "\udcff",
+    "\ufeff",
+    "CON",
+    "NUL",
+    ".",
+    "é",
+    "\U0001f600",
+    "\u2028",
+    "svn",
+    "git",
+    "sh -c",
+    "http://",
+    "file:///",
+    "a" * 300,
+]
 CHARS = st.characters(codec=None)  # every code point, surrogates included
 hostile_text = st.one_of(
     st.text(CHARS, max_size=40),
-    st.lists(st.one_of(st.sampled_from(TOKENS), st.text(CHARS, max_size=4)), max_size=12)
-      .map("".join),
+    st.lists(st.one_of(st.sampled_from(TOKENS), st.text(CHARS, max_size=4)), max_size=12).map(
+        "".join
+    ),
     st.text(st.sampled_from("./-_ a\\"), min_size=200, max_size=3000),
 )
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), hostile_text)
-json_value = st.recursive(json_scalar, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)), max_leaves=12)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 FIELDS = ["id", "title", "url", "repository", "cmdline", "on_success", "on_error"]
 job_dict = st.fixed_dictionaries(
     {"status": st.one_of(st.sampled_from(["OK", "EMPTY", "ERROR", "ok", ""]), json_value)},
-    optional={f: st.one_of(hostile_text, json_value) for f in FIELDS})
+    optional={f: st.one_of(hostile_text, json_value) for f in FIELDS},
+)
 
 
 def _encode_json(data: object, ascii_only: bool) -> bytes:
     return json.dumps(data, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
 
 
-ok_job_body = st.builds(_encode_json, st.fixed_dictionaries(
-    {"status": st.just("OK"), "id": hostile_text, "cmdline": hostile_text},
-    optional={f: st.one_of(hostile_text, json_value) for f in FIELDS[1:4] + FIELDS[5:]}),
-    st.booleans())
+ok_job_body = st.builds(
+    _encode_json,
+    st.fixed_dictionaries(
+        {"status": st.just("OK"), "id": hostile_text, "cmdline": hostile_text},
+        optional={f: st.one_of(hostile_text, json_value) for f in FIELDS[1:4] + FIELDS[5:]},
+    ),
+    st.booleans(),
+)
 
 
 def _xml_text(text: str) -> str:
@@ -103,37 +160,87 @@ def _xml_text(text: str) -> str:
 
 
 xml_scenario = st.builds(
-    lambda i, t, r: (f"<?xml version='1.0' encoding='utf-8'?><model><scenario><id>{_xml_text(i)}"
-                     f"</id><title>{_xml_text(t)}</title><repository>{_xml_text(r)}"
-                     f"</repository></scenario></model>").encode("utf-8", "surrogatepass"),
-    hostile_text, hostile_text, hostile_text)
+    lambda i, t, r: (
+        f"<?xml version='1.0' encoding='utf-8'?><model><scenario><id>{_xml_text(i)}"
+        f"</id><title>{_xml_text(t)}</title><repository>{_xml_text(r)}"
+        f"</repository></scenario></model>"
+    ).encode("utf-8", "surrogatepass"),
+    hostile_text,
+    hostile_text,
+    hostile_text,
+)
 xml_body = st.one_of(
     xml_scenario,
-    st.sampled_from([b"<x>EMPTY</x>", b"<x>ERROR</x>", b"<x> EMPTY </x>", b"<model/>",
-                     b"<!DOCTYPE x [<!ENTITY a 'aaaa'>]><x>&a;</x>",
-                     b"<?xml version='1.0' encoding='utf-16'?><x>EMPTY</x>",
-                     "<x>EMPTY</x>".encode("utf-16"), b"<x>&#0;</x>", b"<x><y>" * 5000]),
+    st.sampled_from(
+        [
+            b"<x>EMPTY</x>",
+            b"<x>ERROR</x>",
+            b"<x> EMPTY </x>",
+            b"<model/>",
+            b"<!DOCTYPE x [<!ENTITY a 'aaaa'>]><x>&a;</x>",
+            b"<?xml version='1.0' encoding='utf-16'?><x>EMPTY</x>",
+            "<x>EMPTY</x>".encode("utf-16"),
+            b"<x>&#0;</x>",
+            b"<x><y>" * 5000,
+        ]
+    ),
 )
 json_body = st.one_of(
     st.builds(_encode_json, job_dict, st.booleans()),
     st.builds(_encode_json, json_value, st.booleans()),
-    st.builds(lambda b, n: b[:n], st.builds(_encode_json, job_dict, st.booleans()),
-              st.integers(0, 400)),  # cut short
+    st.builds(
+        lambda b, n: b[:n], st.builds(_encode_json, job_dict, st.booleans()), st.integers(0, 400)
+    ),  # cut short
     st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),
-    st.sampled_from([b"", b"null", b"NaN", b"1e999", b'{"status": "OK"}', b"\xff\xfe",
-                     b'{"status": "OK", "id": "\\ud800", "cmdline": "true"}']),
+    st.sampled_from(
+        [
+            b"",
+            b"null",
+            b"NaN",
+            b"1e999",
+            b'{"status": "OK"}',
+            b"\xff\xfe",
+            b'{"status": "OK", "id": "\\ud800", "cmdline": "true"}',
+        ]
+    ),
 )
 body = st.one_of(json_body, xml_body, st.binary(max_size=300))
-CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
-                 "application/xml;;charset=UTF-8", "application/xml", "text/xml",
-                 "text/html; charset=utf-8", "text/plain", "", ";", ";;;", "application/json;;;",
-                 " application/json ", "application/xml;charset=UTF-16"]
+CONTENT_TYPES = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "APPLICATION/JSON",
+    "application/xml;;charset=UTF-8",
+    "application/xml",
+    "text/xml",
+    "text/html; charset=utf-8",
+    "text/plain",
+    "",
+    ";",
+    ";;;",
+    "application/json;;;",
+    " application/json ",
+    "application/xml;charset=UTF-16",
+]
 content_type = st.one_of(st.sampled_from(CONTENT_TYPES), hostile_text)
-status = st.one_of(st.sampled_from([200, 200, 200, 204, 301, 302, 401, 403, 404, 500, 503]),
-                   st.integers(-1, 1000))
-retry_after = st.one_of(st.none(), hostile_text,
-                        st.sampled_from(["0", "120", "9" * 400, "Wed, 21 Oct 2015 07:28:00 GMT",
-                                         "Fri, 31 Dec 9999 23:59:59 GMT", "²", "-1", "1.5"]))
+status = st.one_of(
+    st.sampled_from([200, 200, 200, 204, 301, 302, 401, 403, 404, 500, 503]), st.integers(-1, 1000)
+)
+retry_after = st.one_of(
+    st.none(),
+    hostile_text,
+    st.sampled_from(
+        [
+            "0",
+            "120",
+            "9" * 400,
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "²",
+            "-1",
+            "1.5",
+        ]
+    ),
+)
 
 
 def _encodable(text: str) -> bool:
@@ -166,8 +273,9 @@ def test_any_answer_parses_to_a_job_empty_or_one_line_refusal(status, ctype, dat
 
 @given(job=st.fixed_dictionaries({f: hostile_text for f in FIELDS}), ascii_only=st.booleans())
 def test_a_job_answer_keeps_its_fields_or_says_what_is_missing(job, ascii_only):
-    answer = parse_answer(200, "application/json", _encode_json({"status": "OK", **job},
-                                                                 ascii_only))
+    answer = parse_answer(
+        200, "application/json", _encode_json({"status": "OK", **job}, ascii_only)
+    )
     assert isinstance(answer, Job)
     for name in FIELDS:  # every usable field exactly as sent, every other one dropped
         # An escaped surrogate pair (\ud800\udcff) is one character to JSON.
@@ -251,21 +359,26 @@ def _execute(job: Job) -> RecordingExecutor:
         # Left behind by someone hostile: links where the run directory and log go.
         rundir.symlink_to(outside, target_is_directory=True)
         logpath.symlink_to(outside / "keep")
-        outcome = ex.execute(job, {"PORTAL_USER": "u", "PORTAL_PASSWORD": "pw",
-                                   "LEAM_JOB_ID": job.id})
+        outcome = ex.execute(
+            job, {"PORTAL_USER": "u", "PORTAL_PASSWORD": "pw", "LEAM_JOB_ID": job.id}
+        )
         assert isinstance(outcome, Outcome)
         _check_commands(ex, job, outside)
     return ex
 
 
-@given(answer=st.one_of(
-    st.tuples(st.sampled_from(CONTENT_TYPES[:3]), ok_job_body),
-    st.tuples(st.sampled_from(CONTENT_TYPES[3:6]), xml_scenario),
-    st.tuples(st.sampled_from(CONTENT_TYPES), body)))
+@given(
+    answer=st.one_of(
+        st.tuples(st.sampled_from(CONTENT_TYPES[:3]), ok_job_body),
+        st.tuples(st.sampled_from(CONTENT_TYPES[3:6]), xml_scenario),
+        st.tuples(st.sampled_from(CONTENT_TYPES), body),
+    )
+)
 def test_popped_answers_build_commands_without_a_shell_inside_the_workdir(answer):
     answer = parse_answer(200, *answer)
-    event("runnable job" if isinstance(answer, Job) and not answer.problem
-          else type(answer).__name__)  # the mix shows with --hypothesis-show-statistics
+    event(
+        "runnable job" if isinstance(answer, Job) and not answer.problem else type(answer).__name__
+    )  # the mix shows with --hypothesis-show-statistics
     if isinstance(answer, Job) and not answer.problem:
         ex = _execute(answer)
         for _, argv, _, env in ex.calls:  # every word can really be exec'd
@@ -274,18 +387,24 @@ def test_popped_answers_build_commands_without_a_shell_inside_the_workdir(answer
 
 
 @settings(max_examples=max(50, EXAMPLES // 2))
-@given(job_id=hostile_text, repository=hostile_text, cmdline=hostile_text,
-       legacy=st.one_of(st.none(), st.binary(max_size=50)))
-def test_any_job_builds_commands_without_a_shell_inside_the_workdir(job_id, repository, cmdline,
-                                                                    legacy):
+@given(
+    job_id=hostile_text,
+    repository=hostile_text,
+    cmdline=hostile_text,
+    legacy=st.one_of(st.none(), st.binary(max_size=50)),
+)
+def test_any_job_builds_commands_without_a_shell_inside_the_workdir(
+    job_id, repository, cmdline, legacy
+):
     # Straight into the executor, as a job recorded on disk would come back.
     _execute(Job(id=job_id, cmdline=cmdline, repository=repository, legacy_xml=legacy))
 
 
 @given(repo=hostile_text.filter(lambda r: r.strip() == r and r and _encodable(r)))
 def test_legacy_xml_repository_stays_one_argument(repo):
-    data = (f"<model><scenario><id>j1</id><repository>{_xml_text(repo)}</repository>"
-            f"</scenario></model>").encode()
+    data = (
+        f"<model><scenario><id>j1</id><repository>{_xml_text(repo)}</repository></scenario></model>"
+    ).encode()
     answer = parse_answer(200, "application/xml;;charset=UTF-8", data)
     if not isinstance(answer, Job) or answer.problem:
         return  # characters XML cannot carry: refused, which is fine
@@ -299,10 +418,26 @@ def test_legacy_xml_repository_stays_one_argument(repo):
 
 # -- repository values that are URLs (leampoll/checkout.py) ---------------------------
 
-URL_HEADS = [*SVN_SCHEMES, "HTTPS://", "Svn://", "git://", "git@host:", "git@", "GIT://", "-",
-             "--config-option=", "-o", "ext::sh -c", "--upload-pack=touch pwned "]
-url_like = st.builds(lambda head, rest, tail: head + rest + tail, st.sampled_from(URL_HEADS),
-                     hostile_text, st.sampled_from(["", ".git", "/", ".git/", " ", "\n"]))
+URL_HEADS = [
+    *SVN_SCHEMES,
+    "HTTPS://",
+    "Svn://",
+    "git://",
+    "git@host:",
+    "git@",
+    "GIT://",
+    "-",
+    "--config-option=",
+    "-o",
+    "ext::sh -c",
+    "--upload-pack=touch pwned ",
+]
+url_like = st.builds(
+    lambda head, rest, tail: head + rest + tail,
+    st.sampled_from(URL_HEADS),
+    hostile_text,
+    st.sampled_from(["", ".git", "/", ".git/", " ", "\n"]),
+)
 FIXED_WORDS = {"svn": ["svn", "checkout", "--non-interactive"], "git": ["git", "clone", "--quiet"]}
 
 
@@ -320,8 +455,10 @@ def test_a_repository_url_is_one_argument_and_never_an_option(value, pad):
         # Only what the portal wrote, split as a shell would, plus at most svn's fixed option.
         words, given_words = argv[:-1], shlex.split(word)
         if len(words) == len(given_words) + 1:
-            words = [*words[:words.index("--non-interactive")],
-                     *words[words.index("--non-interactive") + 1:]]
+            words = [
+                *words[: words.index("--non-interactive")],
+                *words[words.index("--non-interactive") + 1 :],
+            ]
         assert words == given_words
         return
     # A bare URL: the tool's fixed words, the URL verbatim as one argument, the run directory.
@@ -333,14 +470,46 @@ def test_a_repository_url_is_one_argument_and_never_an_option(value, pad):
 # -- origins that may receive the credentials (leampoll/origins.py) -------------------
 
 SITE_HOST = "portal.example.org"
-AROUND = ["", "@", "\\@", ":443@", ".", "..", "%2e", "#", "?", "/", "\\", ":", ":0", ":65536",
-          ":443", ":80", "%00", "\x00", " ", "\t", "\n", "[", "]", "@evil.example",
-          "evil.example@", "user:pw@", "\u3002", "\uff0e", "\uff30\uff2f\uff32\uff34\uff21\uff2c"]
+AROUND = [
+    "",
+    "@",
+    "\\@",
+    ":443@",
+    ".",
+    "..",
+    "%2e",
+    "#",
+    "?",
+    "/",
+    "\\",
+    ":",
+    ":0",
+    ":65536",
+    ":443",
+    ":80",
+    "%00",
+    "\x00",
+    " ",
+    "\t",
+    "\n",
+    "[",
+    "]",
+    "@evil.example",
+    "evil.example@",
+    "user:pw@",
+    "\u3002",
+    "\uff0e",
+    "\uff30\uff2f\uff32\uff34\uff21\uff2c",
+]
 around = st.one_of(st.just(""), st.sampled_from(AROUND), hostile_text)
-url_near_site = st.builds(lambda scheme, before, after: f"{scheme}{before}{SITE_HOST}{after}",
-                          st.sampled_from(["https://", "http://", "HTTPS://", "https:/", "https:",
-                                           "//", "https:\\\\", " https://"]),
-                          around, around)
+url_near_site = st.builds(
+    lambda scheme, before, after: f"{scheme}{before}{SITE_HOST}{after}",
+    st.sampled_from(
+        ["https://", "http://", "HTTPS://", "https:/", "https:", "//", "https:\\\\", " https://"]
+    ),
+    around,
+    around,
+)
 
 
 def _connects_to(url: str) -> tuple[str, str, int] | None:
@@ -388,14 +557,24 @@ def test_a_command_no_exec_can_take_fails_the_job_instead_of_the_poller(tmp_path
         outcome = Executor(tmp_path, life).execute(Job(id="j", cmdline=cmdline), {})
     assert not outcome.ok and outcome.stage == "run" and "cannot start" in outcome.detail
 
+
 ECHO_ARGV = "import json, sys; print('ARGV=' + json.dumps(sys.argv[1:]))"
 plain_word = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)
 
 
 @settings(max_examples=max(10, EXAMPLES // 20))
-@given(words=st.lists(st.one_of(plain_word, st.sampled_from(
-    [t for t in TOKENS if _encodable(t)] + ["$(touch pwned)", "; touch pwned", "`touch pwned`"])),
-    max_size=6))
+@given(
+    words=st.lists(
+        st.one_of(
+            plain_word,
+            st.sampled_from(
+                [t for t in TOKENS if _encodable(t)]
+                + ["$(touch pwned)", "; touch pwned", "`touch pwned`"]
+            ),
+        ),
+        max_size=6,
+    )
+)
 def test_real_job_receives_its_words_verbatim_and_no_shell_runs(words):
     spawned = []
     real_popen = subprocess.Popen
@@ -405,8 +584,11 @@ def test_real_job_receives_its_words_verbatim_and_no_shell_runs(words):
         return real_popen(args, *rest, **kwargs)
 
     job = Job(id="hostile words", cmdline=shlex.join([sys.executable, "-c", ECHO_ARGV, *words]))
-    with (tempfile.TemporaryDirectory() as tmp, mock.patch.object(subprocess, "Popen", spy),
-          live_lifecycle() as life):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mock.patch.object(subprocess, "Popen", spy),
+        live_lifecycle() as life,
+    ):
         workdir = Path(tmp)
         ex = Executor(workdir, life, grace=1, job_timeout=30)
         outcome = ex.execute(job, {})
@@ -421,8 +603,17 @@ def test_real_job_receives_its_words_verbatim_and_no_shell_runs(words):
 
 # -- no shell anywhere in the poller's code ----------------------------------------
 
-SHELL_CALLS = {"system", "popen", "getoutput", "getstatusoutput", "spawnl", "spawnlp", "spawnv",
-               "spawnvp", "create_subprocess_shell"}
+SHELL_CALLS = {
+    "system",
+    "popen",
+    "getoutput",
+    "getstatusoutput",
+    "spawnl",
+    "spawnlp",
+    "spawnv",
+    "spawnvp",
+    "create_subprocess_shell",
+}
 
 
 def shell_uses(source: str, filename: str = "<source>") -> list[str]:
@@ -435,23 +626,32 @@ def shell_uses(source: str, filename: str = "<source>") -> list[str]:
         if name in SHELL_CALLS:
             found.append(f"{filename}:{node.lineno} {name}()")
         for kw in node.keywords:
-            if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant)
-                                          and kw.value.value is False):
+            if kw.arg == "shell" and not (
+                isinstance(kw.value, ast.Constant) and kw.value.value is False
+            ):
                 found.append(f"{filename}:{node.lineno} shell=")
     return found
 
 
 def test_the_scan_finds_shell_uses():
-    source = ("import os, subprocess\nsubprocess.run('x', shell=True)\nos.system('x')\n"
-              "subprocess.Popen(['x'], shell=flag)\nos.popen('x')\nsubprocess.run(['x'])\n")
-    assert [f.split()[1] for f in shell_uses(source)] == ["shell=", "system()", "shell=",
-                                                          "popen()"]
+    source = (
+        "import os, subprocess\nsubprocess.run('x', shell=True)\nos.system('x')\n"
+        "subprocess.Popen(['x'], shell=flag)\nos.popen('x')\nsubprocess.run(['x'])\n"
+    )
+    assert [f.split()[1] for f in shell_uses(source)] == ["shell=", "system()", "shell=", "popen()"]
 
 
-@pytest.mark.parametrize("path", sorted([*ROOT.glob("leampoll/*.py"),
-                                         *ROOT.glob("roles/*/files/*.py"),
-                                         *ROOT.glob("plugins/*/*.py"),
-                                         *ROOT.glob("playbooks/filter_plugins/*.py")]),
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        [
+            *ROOT.glob("leampoll/*.py"),
+            *ROOT.glob("roles/*/files/*.py"),
+            *ROOT.glob("plugins/*/*.py"),
+            *ROOT.glob("playbooks/filter_plugins/*.py"),
+        ]
+    ),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_no_shell_in_shipped_code(path):
     assert shell_uses(path.read_text(), str(path.relative_to(ROOT))) == []

@@ -8,8 +8,9 @@ from leampoll.jobs import Job
 
 
 def test_job_record_of_another_version_loads_without_its_unknown_keys():
-    job = Job.from_dict({"id": "j", "cmdline": "true", "url": "https://p.example.org/j",
-                         "added_later": 1})
+    job = Job.from_dict(
+        {"id": "j", "cmdline": "true", "url": "https://p.example.org/j", "added_later": 1}
+    )
     assert job == Job("j", "true", url="https://p.example.org/j")
 
 
@@ -21,6 +22,8 @@ def test_legacy_xml_survives_the_record_as_bytes():
 
 
 def test_requeue_url_is_below_the_job_url_or_none():
-    assert Job("j", "x", url="https://p.example.org/j/").requeue_url == \
-        "https://p.example.org/j/requeue"
+    assert (
+        Job("j", "x", url="https://p.example.org/j/").requeue_url
+        == "https://p.example.org/j/requeue"
+    )
     assert Job("j", "x").requeue_url == ""

@@ -21,21 +21,34 @@ def text() -> str:
 
 def test_manpage_mentions_every_option_of_the_parser():
     page = text()
-    options = [o for a in build_parser()._actions if a.help != argparse.SUPPRESS
-               for o in a.option_strings]  # hidden legacy flags stay undocumented
+    options = [
+        o for a in build_parser()._actions if a.help != argparse.SUPPRESS for o in a.option_strings
+    ]  # hidden legacy flags stay undocumented
     missing = [o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", page)]
     assert options and not missing, f"not in {MANPAGE} (run make man): {missing}"
 
 
 def test_manpage_documents_signals_exit_codes_and_sources():
     page = text()
-    for needle in ("TERM, INT", "USR1", "HUP", "exit status", "LEAMPOLL_<NAME>",
-                   "PORTAL_PASSWORD_FILE", "leampoll status"):
+    for needle in (
+        "TERM, INT",
+        "USR1",
+        "HUP",
+        "exit status",
+        "LEAMPOLL_<NAME>",
+        "PORTAL_PASSWORD_FILE",
+        "leampoll status",
+    ):
         assert needle in page
 
 
 def test_committed_manpage_is_what_make_man_builds(tmp_path):
     fresh = tmp_path / "leampoll.1"
-    subprocess.run(["make", "-s", "-o", ".venv/.installed", "man", f"MAN={fresh}"], cwd=ROOT,
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["make", "-s", "-o", ".venv/.installed", "man", f"MAN={fresh}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert fresh.read_text() == MANPAGE.read_text(), "man/leampoll.1 is stale: run make man"

@@ -38,10 +38,25 @@ TARGET_LABELS = {"instance", "job"}
 
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
-    reason="promtool not installed (.ci/run installs it from Debian's prometheus package)")
+    reason="promtool not installed (.ci/run installs it from Debian's prometheus package)",
+)
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
-             "unless", "offset", "bool", "atan2", "inf", "nan"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "atan2",
+    "inf",
+    "nan",
+}
 _STRING = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`""")
 _NAME = re.compile(r"(?<![\w.$:])[A-Za-z_:][A-Za-z0-9_:]*")
 _SELECTOR = re.compile(r"(?<![\w.$:])([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}")
@@ -60,7 +75,7 @@ def selectors(expr: str) -> dict[str, set[str]]:
     text = _LABEL_LIST.sub(" ", text)  # by (...), on (...)
     for m in _NAME.finditer(text):
         word = m.group()
-        if word.lower() in _KEYWORDS or text[m.end():].lstrip().startswith("("):
+        if word.lower() in _KEYWORDS or text[m.end() :].lstrip().startswith("("):
             continue  # an operator, or a function's name
         found.setdefault(word, set())
     return found
@@ -74,8 +89,11 @@ def rule_expressions() -> dict[str, str]:
 def dashboard_expressions() -> dict[str, str]:
     """Panel title (and target) -> PromQL; template queries give their selector."""
     dash = json.loads(DASHBOARD.read_text())
-    found = {f"{p['title']} {t['refId']}": t["expr"]
-             for p in dash["panels"] for t in p.get("targets", [])}
+    found = {
+        f"{p['title']} {t['refId']}": t["expr"]
+        for p in dash["panels"]
+        for t in p.get("targets", [])
+    }
     for var in dash["templating"]["list"]:
         if var["type"] != "query":
             continue
@@ -87,10 +105,12 @@ def dashboard_expressions() -> dict[str, str]:
 
 
 def test_selector_parsing_finds_names_and_matcher_labels():
-    expr = ('sum by (le, project) (increase(leampoll_job_duration_seconds_bucket'
-            '{instance=~"$instance",project=~"a|b"}[6h])) / on (instance) group_left '
-            'time() - label_replace(node_textfile_mtime_seconds{file=~"x{1}"}, "p", "$1", '
-            '"file", "leampoll-(.+)") > 24 * 3600 and bool up offset 5m')
+    expr = (
+        "sum by (le, project) (increase(leampoll_job_duration_seconds_bucket"
+        '{instance=~"$instance",project=~"a|b"}[6h])) / on (instance) group_left '
+        'time() - label_replace(node_textfile_mtime_seconds{file=~"x{1}"}, "p", "$1", '
+        '"file", "leampoll-(.+)") > 24 * 3600 and bool up offset 5m'
+    )
     assert selectors(expr) == {
         "leampoll_job_duration_seconds_bucket": {"instance", "project"},
         "node_textfile_mtime_seconds": {"file"},
@@ -106,16 +126,41 @@ def exported(tmp_path_factory) -> dict[str, set[str]]:
 
     tmp = tmp_path_factory.mktemp("exported")
     metrics, workdir = tmp / "leampoll-chicago.prom", tmp / "jobdir"
-    env = {"PATH": "/usr/bin:/bin", "PORTAL_USER": USER, "PORTAL_PASSWORD": PASSWORD,
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PORTAL_USER": USER,
+        "PORTAL_PASSWORD": PASSWORD,
+        "PYTHONPATH": str(ROOT),
+    }
     with PortalStandin(USER, PASSWORD) as portal:
         portal.queue("ok", "true")
         portal.queue("ko", "false")
         done = subprocess.run(
-            [*LEAMPOLL, "--workdir", str(workdir), "--project", "chicago", "--idle", "1",
-             "--speed", "0.2", "--min-free-disk", "1M", "--min-free-mem", "1M",
-             "--min-free-inodes", "10", "--metrics-file", str(metrics), portal.url],
-            env=env, capture_output=True, text=True, timeout=60)
+            [
+                *LEAMPOLL,
+                "--workdir",
+                str(workdir),
+                "--project",
+                "chicago",
+                "--idle",
+                "1",
+                "--speed",
+                "0.2",
+                "--min-free-disk",
+                "1M",
+                "--min-free-mem",
+                "1M",
+                "--min-free-inodes",
+                "10",
+                "--metrics-file",
+                str(metrics),
+                portal.url,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 0, done.stderr
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.read_text()):
@@ -145,8 +190,9 @@ def test_queries_name_only_series_the_poller_and_node_exporter_export(exported, 
 
 @needs_promtool
 def test_promtool_check_rules():
-    out = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"SUCCESS: {len(rule_expressions())} rules found" in out.stdout
 
@@ -154,8 +200,12 @@ def test_promtool_check_rules():
 @needs_promtool
 def test_promtool_unit_tests_of_the_rules_pass():
     assert RULE_TESTS
-    out = subprocess.run([PROMTOOL, "test", "rules", *map(str, RULE_TESTS)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [PROMTOOL, "test", "rules", *map(str, RULE_TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -173,20 +223,28 @@ def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_does_not():
 @needs_promtool
 def test_dashboard_queries_are_valid_promql(tmp_path):
     """promtool parses each query as the expression of a recording rule."""
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": expr}
-        for i, expr in enumerate(dashboard_expressions().values())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": expr}
+                    for i, expr in enumerate(dashboard_expressions().values())
+                ],
+            }
+        ]
+    }
     path = tmp_path / "dashboard.rules.yml"
     path.write_text(yaml.safe_dump(rules))
-    out = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_dashboard_panels_use_the_datasource_variable():
     dash = json.loads(DASHBOARD.read_text())
-    assert {v["name"] for v in dash["templating"]["list"]} >= {"datasource", "instance",
-                                                                "project"}
+    assert {v["name"] for v in dash["templating"]["list"]} >= {"datasource", "instance", "project"}
     for panel in dash["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], panel["title"]

@@ -9,26 +9,32 @@ from leampoll.origins import TrustedOrigins, origin_of
 SITE = "https://portal.example.org/luc"
 
 
-@pytest.mark.parametrize("url", [
-    "https://portal.example.org/luc/scenarios/x",
-    "HTTPS://Portal.Example.ORG:443/other/path",
-    "https://portal.example.org./x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://portal.example.org/luc/scenarios/x",
+        "HTTPS://Portal.Example.ORG:443/other/path",
+        "https://portal.example.org./x",
+    ],
+)
 def test_same_origin_after_normalising(url):
     assert TrustedOrigins.build(SITE).allows(url)
 
 
-@pytest.mark.parametrize("url", [
-    "http://portal.example.org/luc/x",  # another scheme
-    "https://portal.example.org:8443/luc/x",  # another port
-    "https://evil.example.org/luc/x",
-    "https://portal.example.org@evil.example.org/x",
-    "https://user:pw@portal.example.org/x",  # credentials in the URL
-    "ftp://portal.example.org/x",
-    "/luc/x",
-    "",
-    "http://[::1/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://portal.example.org/luc/x",  # another scheme
+        "https://portal.example.org:8443/luc/x",  # another port
+        "https://evil.example.org/luc/x",
+        "https://portal.example.org@evil.example.org/x",
+        "https://user:pw@portal.example.org/x",  # credentials in the URL
+        "ftp://portal.example.org/x",
+        "/luc/x",
+        "",
+        "http://[::1/x",
+    ],
+)
 def test_other_origins_are_refused(url):
     assert not TrustedOrigins.build(SITE).allows(url)
 

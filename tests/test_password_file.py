@@ -31,14 +31,26 @@ class Site:
         self.inventory = workdir / "inventory.yml"
 
     def play(self, password: str, *args: str):
-        project = {"name": PROJECT, "portal_url": self.portal.url, "portal_user": "poller",
-                   "portal_password": password, "speed": 0.5, "min_free_disk": "10M",
-                   "min_free_mem": "10M"}
+        project = {
+            "name": PROJECT,
+            "portal_url": self.portal.url,
+            "portal_user": "poller",
+            "portal_password": password,
+            "speed": 0.5,
+            "min_free_disk": "10M",
+            "min_free_mem": "10M",
+        }
         self.sandbox.write_inventory(
-            self.inventory, host_vars={self.host.name: {"leam_projects": [project]}},
-            group_vars={"leam_jobservers": {"leampoll_password_mode": "file",
-                                            "leampoll_install_mode": "wheelhouse",
-                                            "leam_jobdir_min_free": "20M"}})
+            self.inventory,
+            host_vars={self.host.name: {"leam_projects": [project]}},
+            group_vars={
+                "leam_jobservers": {
+                    "leampoll_password_mode": "file",
+                    "leampoll_install_mode": "wheelhouse",
+                    "leam_jobdir_min_free": "20M",
+                }
+            },
+        )
         return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
 
     def pid(self) -> int:
@@ -77,8 +89,10 @@ def test_file_mode_keeps_the_password_in_a_0400_file_and_rotates_it_on_sighup(si
 
     # A job runs while the password is rotated (the portal first, then the inventory),
     # until the test lets it end (bounded: 120 s).
-    portal.queue("during-rotation", "sh -c 'for i in $(seq 1200); do "
-                 "[ -e /tmp/rotated ] && exit 0; sleep 0.1; done; exit 1'")
+    portal.queue(
+        "during-rotation",
+        "sh -c 'for i in $(seq 1200); do [ -e /tmp/rotated ] && exit 0; sleep 0.1; done; exit 1'",
+    )
     portal.wait_for(lambda p: p.status.get("during-rotation") == "running", 60)
     with portal.lock:
         portal.password = NEW
@@ -92,8 +106,9 @@ def test_file_mode_keeps_the_password_in_a_0400_file_and_rotates_it_on_sighup(si
     assert portal.status["during-rotation"] == "running"
     host.ssh("touch /tmp/rotated")
     portal.wait_for(lambda p: p.status.get("during-rotation") == "complete", 60)
-    portal.wait_for(lambda p: [r for r in p.requests_of("pop")
-                               if r.at > rotated_at and r.user == "poller"], 60)
+    portal.wait_for(
+        lambda p: [r for r in p.requests_of("pop") if r.at > rotated_at and r.user == "poller"], 60
+    )
     assert site.pid() == pid
     assert not portal.reports("requeue")
     log = host.ssh(f"cat /var/log/supervisor/leampoll-{PROJECT}.log").stdout

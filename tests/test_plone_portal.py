@@ -29,8 +29,9 @@ def outbox_set_aside(workdir: Path) -> list[Path]:
 # -- ending jobs ------------------------------------------------------------------------
 
 
-def test_success_ends_complete_through_one_end_run_then_straight_to_it(portal, start_poller,
-                                                                       workdir):
+def test_success_ends_complete_through_one_end_run_then_straight_to_it(
+    portal, start_poller, workdir
+):
     portal.queue("first", "true")
     portal.queue("second", "true")
     p = start_poller("-i", "1")
@@ -57,8 +58,9 @@ def test_extended_portal_takes_the_report_at_on_success(portal, start_poller):
     assert portal.status["ok"] == "complete"
 
 
-def test_failing_job_ends_complete_and_the_failure_stays_visible(portal, start_poller,
-                                                                 workdir, tmp_path):
+def test_failing_job_ends_complete_and_the_failure_stays_visible(
+    portal, start_poller, workdir, tmp_path
+):
     metrics = tmp_path / "m.prom"
     portal.queue("bad", sh("echo model diverged; exit 3"))
     p = start_poller("-i", "1", "--metrics-file", str(metrics), "--project", "p")
@@ -110,14 +112,16 @@ def test_redirect_answering_a_report_is_set_aside_not_followed(portal, start_pol
 # -- credentials --------------------------------------------------------------------------
 
 
-def test_wrong_password_pops_nothing_and_says_so_at_once(portal, start_poller, env, workdir,
-                                                         tmp_path):
+def test_wrong_password_pops_nothing_and_says_so_at_once(
+    portal, start_poller, env, workdir, tmp_path
+):
     env["PORTAL_PASSWORD"] = "not-the-password"
     portal.queue("private-job", "true")
     portal.queue("public-job", "true", public=True)  # Anonymous could pop this one
     metrics = tmp_path / "m.prom"
-    p = start_poller("--speed", "300", "--metrics-file", str(metrics), "--project", "p",
-                     quick=False)
+    p = start_poller(
+        "--speed", "300", "--metrics-file", str(metrics), "--project", "p", quick=False
+    )
     # Before the first pop, so well within one poll interval (300 s).
     line = p.wait_log("credentials of user 'poller' rejected")
     assert line
@@ -127,14 +131,35 @@ def test_wrong_password_pops_nothing_and_says_so_at_once(portal, start_poller, e
     assert portal.status == {"private-job": "queued", "public-job": "queued"}
     (row,) = status_json(workdir)
     assert row["auth"]["user"] == USER
-    table = subprocess.run([*LEAMPOLL, "status", str(workdir)], capture_output=True,
-                           text=True, check=True).stdout
+    table = subprocess.run(
+        [*LEAMPOLL, "status", str(workdir)], capture_output=True, text=True, check=True
+    ).stdout
     assert " auth " in table.splitlines()[1]
-    wait_until(lambda: metrics.exists() and samples(metrics).get(
-        ("leampoll_guard_hold", ("guard", "auth"), ("project", "p"))) == 1, what="auth metric")
-    check = subprocess.run([*LEAMPOLL, "--check", "--workdir", str(workdir), "--min-free-disk",
-                            "1M", "--min-free-mem", "1M", portal.url],
-                           capture_output=True, text=True, env=env, timeout=30)
+    wait_until(
+        lambda: (
+            metrics.exists()
+            and samples(metrics).get(("leampoll_guard_hold", ("guard", "auth"), ("project", "p")))
+            == 1
+        ),
+        what="auth metric",
+    )
+    check = subprocess.run(
+        [
+            *LEAMPOLL,
+            "--check",
+            "--workdir",
+            str(workdir),
+            "--min-free-disk",
+            "1M",
+            "--min-free-mem",
+            "1M",
+            portal.url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert check.returncode == 1
     assert [ln.split()[0] for ln in check.stdout.splitlines() if " login " in ln] == ["FAIL"]
 
@@ -163,8 +188,7 @@ def test_private_site_login_redirect_is_a_credential_problem(start_poller, env, 
         p.wait_log("to the login page")
         line = p.wait_log("credentials of user 'poller' rejected")
         assert line and "require_login" in p.log
-        wait_until(lambda: "auth" in status_json(workdir)[0]["guard"]["holding"],
-                   what="auth hold")
+        wait_until(lambda: "auth" in status_json(workdir)[0]["guard"]["holding"], what="auth hold")
         pops, checks = len(portal.requests_of("pop")), len(portal.requests_of("check"))
         assert portal.requests_of("pop")[-1].answer == 302
         # Re-checked with backoff while the hold lasts; no pop meanwhile.
@@ -175,24 +199,40 @@ def test_private_site_login_redirect_is_a_credential_problem(start_poller, env, 
 # -- a broken portal ----------------------------------------------------------------------------
 
 
-def test_broken_item_500_loop_keeps_the_poller_alive_and_visible(portal, start_poller,
-                                                                workdir, tmp_path):
+def test_broken_item_500_loop_keeps_the_poller_alive_and_visible(
+    portal, start_poller, workdir, tmp_path
+):
     metrics = tmp_path / "m.prom"
     portal.queue("stress-analysis", "", broken=True)
     portal.queue("good", "true")
     p = start_poller("--metrics-file", str(metrics), "--project", "p")
     wait_until(lambda: len(portal.requests_of("pop")) >= 3, what="three pops")
     assert p.proc.poll() is None
-    row = wait_until(lambda: (status_json(workdir)[0]["portal_error"] or {}).get("count", 0) >= 2
-                     and status_json(workdir)[0], what="portal error in status")
+    row = wait_until(
+        lambda: (
+            (status_json(workdir)[0]["portal_error"] or {}).get("count", 0) >= 2
+            and status_json(workdir)[0]
+        ),
+        what="portal error in status",
+    )
     assert row["portal_error"]["reason"] == "http_5xx" and "HTTP 500" in row["portal_error"]["last"]
     assert row["failing"]
-    table = subprocess.run([*LEAMPOLL, "status", "--portal-error-after", "0", str(workdir)],
-                           capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        [*LEAMPOLL, "status", "--portal-error-after", "0", str(workdir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "http_5xx for" in table and "HTTP 500" in table
-    wait_until(lambda: samples(metrics).get(
-        ("leampoll_portal_errors_total", ("project", "p"), ("reason", "http_5xx")), 0) >= 2,
-        what="portal errors counted")
+    wait_until(
+        lambda: (
+            samples(metrics).get(
+                ("leampoll_portal_errors_total", ("project", "p"), ("reason", "http_5xx")), 0
+            )
+            >= 2
+        ),
+        what="portal errors counted",
+    )
     assert portal.status["stress-analysis"] == "queued" and portal.status["good"] == "queued"
     portal.remove("stress-analysis")  # what an admin does
     portal.wait_for(lambda pt: pt.status["good"] == "complete", timeout=30)
@@ -235,8 +275,7 @@ def test_bare_svn_file_url_is_checked_out(portal, start_poller, workdir, tmp_pat
     run("svnadmin", "create", str(repo))
     src.mkdir()
     (src / "startup.sh").write_text("echo svn model ran > result.txt\n")
-    run("svn", "import", "--non-interactive", "-q", "-m", "model", str(src),
-        f"file://{repo}/trunk")
+    run("svn", "import", "--non-interactive", "-q", "-m", "model", str(src), f"file://{repo}/trunk")
     portal.queue("svn-scenario", "sh startup.sh", repository=f"file://{repo}/trunk")
     p = start_poller("-i", "1", "--preserve")
     assert p.wait() == 0
@@ -270,4 +309,3 @@ def test_bad_repository_url_fails_the_checkout_and_is_reported(portal, start_pol
     assert "checkout failed" in portal.ending("nowhere").form["message"]
     status = workdir_status(p)
     assert status and status["last"]["outcome"] == "error"
-

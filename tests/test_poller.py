@@ -44,10 +44,13 @@ def test_version():
     assert out.stdout.strip() == f"leampoll {__version__}"
 
 
-@pytest.mark.parametrize("args,envkeys,needle", [
-    (["http://127.0.0.1:9/portal"], {}, "PORTAL_USER"),
-    ([], {"PORTAL_USER": "u", "PORTAL_PASSWORD": "p"}, "URL"),
-])
+@pytest.mark.parametrize(
+    "args,envkeys,needle",
+    [
+        (["http://127.0.0.1:9/portal"], {}, "PORTAL_USER"),
+        ([], {"PORTAL_USER": "u", "PORTAL_PASSWORD": "p"}, "URL"),
+    ],
+)
 def test_missing_credentials_or_url_exit_1_with_one_line(args, envkeys, needle):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")} | envkeys
     out = subprocess.run([*LEAMPOLL, *args], capture_output=True, text=True, env=env, timeout=20)
@@ -89,9 +92,23 @@ def test_idle_does_not_count_errors(portal, start_poller):
 @both_modes
 def test_check_reports_each_item_and_pops_nothing(portal, workdir, env):
     portal.queue("j", "true")
-    out = subprocess.run([*LEAMPOLL, "--check", "--workdir", str(workdir), "--min-free-disk",
-                          "1M", "--min-free-mem", "1M", portal.url],
-                         capture_output=True, text=True, env=env, timeout=30)
+    out = subprocess.run(
+        [
+            *LEAMPOLL,
+            "--check",
+            "--workdir",
+            str(workdir),
+            "--min-free-disk",
+            "1M",
+            "--min-free-mem",
+            "1M",
+            portal.url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     names = [line.split()[1] for line in out.stdout.splitlines()]
     assert {"config", "workdir", "disk", "memory", "portal", "login"} <= set(names)
@@ -101,9 +118,13 @@ def test_check_reports_each_item_and_pops_nothing(portal, workdir, env):
 @both_modes
 def test_check_fails_on_bad_credentials_and_short_memory(portal, workdir, env):
     env["PORTAL_PASSWORD"] = "wrong"
-    out = subprocess.run([*LEAMPOLL, "--check", "--workdir", str(workdir),
-                          "--min-free-mem", "100%", portal.url],
-                         capture_output=True, text=True, env=env, timeout=30)
+    out = subprocess.run(
+        [*LEAMPOLL, "--check", "--workdir", str(workdir), "--min-free-mem", "100%", portal.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert out.returncode == 1
     failed = {line.split()[1] for line in out.stdout.splitlines() if line.startswith("FAIL")}
     assert failed == {"memory", "login"}
@@ -130,8 +151,9 @@ def small_fs(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m,nr_inodes=400", "tmpfs", str(mnt)],
-                   check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m,nr_inodes=400", "tmpfs", str(mnt)], check=True
+    )
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
@@ -149,7 +171,8 @@ def test_disk_guard_holds_then_releases_when_space_returns(portal, start_poller,
 
 
 def test_job_filling_the_disk_is_ended_then_pops_hold_until_space_returns(
-        portal, start_poller, small_fs):
+    portal, start_poller, small_fs
+):
     # The poller's own state lives on the job filesystem: its reserve lets it
     # record the job's end although the job took every byte.
     portal.queue("fill", "sh -c 'dd if=/dev/zero of=big bs=1M; exit 1'")
@@ -199,8 +222,9 @@ HOSTILE = [
     Canned(200, b'{"status": "OK", "id": 5, "cmdline": ["rm", "-rf", "/"]}', "application/json"),
     Canned(200, b"x" * (2 * 1024 * 1024), "application/json"),
     Canned(200, b"\x00\xff\xfe", "application/octet-stream"),
-    Canned(200, b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>",
-           "application/xml"),
+    Canned(
+        200, b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>", "application/xml"
+    ),
     Canned(200, b"<x>ERROR</x>", "application/xml"),
 ]
 
@@ -265,8 +289,14 @@ def test_rundir_stays_in_workdir_and_is_fresh(portal, start_poller, workdir, tmp
     rundir = workdir / "etcpasswd"
     assert (rundir / "where").read_text().strip() == str(rundir)
     assert "stale" not in (rundir / "listing").read_text()
-    assert sorted(x.name for x in tmp_path.iterdir() if x.name not in ("jobdir",)
-                  and not x.name.startswith("poller-")) == []
+    assert (
+        sorted(
+            x.name
+            for x in tmp_path.iterdir()
+            if x.name not in ("jobdir",) and not x.name.startswith("poller-")
+        )
+        == []
+    )
 
 
 def test_git_checkout_into_rundir(portal, start_poller, workdir, tmp_path):
@@ -276,8 +306,9 @@ def test_git_checkout_into_rundir(portal, start_poller, workdir, tmp_path):
     subprocess.run(["git", "init", "-q"], **run)
     (repo / "startup.sh").write_text("echo model ran > result.txt\n")
     subprocess.run(["git", "add", "."], **run)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m"],
-                   **run)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m"], **run
+    )
     portal.queue("scenario-1", "sh startup.sh", repository=f"git clone -q {repo}")
     p = start_poller("-i", "1", "--preserve")
     assert p.wait() == 0
@@ -302,9 +333,14 @@ def test_checkout_timeout(portal, start_poller):
 
 
 def test_job_environment_and_log(portal, start_poller, workdir):
-    job = portal.queue("envjob", sh('echo "$PORTAL_USER $LEAM_JOB_ID $LEAM_JOB_URL";'
-                                    ' test "$PORTAL_PASSWORD" = "$EXPECTED" && echo pw-ok;'
-                                    ' echo to-stderr >&2'))
+    job = portal.queue(
+        "envjob",
+        sh(
+            'echo "$PORTAL_USER $LEAM_JOB_ID $LEAM_JOB_URL";'
+            ' test "$PORTAL_PASSWORD" = "$EXPECTED" && echo pw-ok;'
+            " echo to-stderr >&2"
+        ),
+    )
     p = start_poller("-i", "1")
     p.proc.wait(30)
     log = (workdir / "envjob.log").read_text().splitlines()
@@ -337,8 +373,7 @@ def test_error_report_names_exit_code_and_log_tail(portal, start_poller):
 
 
 @both_modes
-def test_undelivered_report_is_kept_and_delivered_before_next_pop(portal, start_poller,
-                                                                  workdir):
+def test_undelivered_report_is_kept_and_delivered_before_next_pop(portal, start_poller, workdir):
     portal.report_status = 503
     portal.queue("first", "true")
     portal.queue("second", "true")
@@ -466,20 +501,26 @@ def test_sigusr1_while_idle_exits_at_once(portal, start_poller):
 
 
 def test_kill_9_orphan_is_stopped_and_requeued_then_errored_the_second_time(
-        portal, start_poller, workdir):
+    portal, start_poller, workdir
+):
     portal.queue("fragile", sh("echo $$ > job.pid; sleep 300"))
     pidfile = workdir / "fragile" / "job.pid"
 
     def job_pid() -> int:
-        return int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(),
-                              what="the job to start"))
+        return int(
+            wait_until(
+                lambda: pidfile.exists() and pidfile.read_text().strip(), what="the job to start"
+            )
+        )
 
     def kill_poller_mid_job(p) -> int:
         pid = job_pid()
         # The job can write its pid before the poller has recorded its process group.
         current = workdir / ".leampoll" / "current.json"
-        wait_until(lambda: current.exists() and '"stage":"run"' in current.read_text(),
-                   what="the job's process group recorded")
+        wait_until(
+            lambda: current.exists() and '"stage":"run"' in current.read_text(),
+            what="the job's process group recorded",
+        )
         p.signal(signal.SIGKILL)
         p.wait()
         assert psutil.pid_exists(pid)  # its own session: the kill did not reach the job

@@ -40,11 +40,15 @@ FULL_JOB = {
     "on_success": "https://portal.example.org/luc/chicago-2040-base/success",
     "on_error": "https://portal.example.org/luc/chicago-2040-base/error",
 }
-SCENARIO_XML = (b"<job><scenario><id>s1</id><title>T</title>"
-                b"<repository>https://svn.example.org/x</repository></scenario></job>")
-LOGIN_PAGE = (b"<!DOCTYPE html><html><head><title>Log in</title></head><body>"
-              b"<form action='login_form' method='post'><input name='__ac_name'/>"
-              b"<input name='__ac_password' type='password'/></form></body></html>")
+SCENARIO_XML = (
+    b"<job><scenario><id>s1</id><title>T</title>"
+    b"<repository>https://svn.example.org/x</repository></scenario></job>"
+)
+LOGIN_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Log in</title></head><body>"
+    b"<form action='login_form' method='post'><input name='__ac_name'/>"
+    b"<input name='__ac_password' type='password'/></form></body></html>"
+)
 
 
 def answer(data, status=200, ctype=JSON, retry_after=None):
@@ -94,8 +98,13 @@ def test_empty_json():
 
 @pytest.mark.parametrize(
     "ctype",
-    ["application/json; charset=utf-8", "application/json;charset=UTF-8", "Application/JSON",
-     " application/json ", "application/json; charset=iso-8859-1"],
+    [
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "Application/JSON",
+        " application/json ",
+        "application/json; charset=iso-8859-1",
+    ],
 )
 def test_json_content_type_variants(ctype):
     assert isinstance(answer(FULL_JOB, ctype=ctype), Job)
@@ -143,8 +152,18 @@ def test_non_200_reason_is_short():
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("30", 30.0), (" 30 ", 30.0), ("0", 0.0), ("3600", 3600.0), (None, None), ("", None),
-     ("soon", None), ("-5", None), ("1.5", None), ("Fri, 31 Foo 2020 00:00:00 GMT", None)],
+    [
+        ("30", 30.0),
+        (" 30 ", 30.0),
+        ("0", 0.0),
+        ("3600", 3600.0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),
+        ("Fri, 31 Foo 2020 00:00:00 GMT", None),
+    ],
 )
 @pytest.mark.parametrize("status", [429, 502, 503])
 def test_retry_after_seconds(header, expected, status):
@@ -178,8 +197,18 @@ def test_retry_after_superscript_digits_do_not_raise(header, status):
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"{", b"{'status': 'OK'}", b"not json", b'{"status": "OK",}', b"\xff\xfe\x00",
-     b"[" * 100_000, b'{"status": "EMPTY"} trailing', b"NaN-ish", b"1" * 5000],
+    [
+        b"",
+        b"{",
+        b"{'status': 'OK'}",
+        b"not json",
+        b'{"status": "OK",}',
+        b"\xff\xfe\x00",
+        b"[" * 100_000,
+        b'{"status": "EMPTY"} trailing',
+        b"NaN-ish",
+        b"1" * 5000,
+    ],
 )
 def test_malformed_json_is_refused(body):
     result = answer(body)
@@ -189,8 +218,15 @@ def test_malformed_json_is_refused(body):
 
 @pytest.mark.parametrize(
     ("data", "word"),
-    [([FULL_JOB], "list"), ("OK", "str"), ("EMPTY", "str"), (42, "int"), (None, "NoneType"),
-     (True, "bool"), ([], "list")],
+    [
+        ([FULL_JOB], "list"),
+        ("OK", "str"),
+        ("EMPTY", "str"),
+        (42, "int"),
+        (None, "NoneType"),
+        (True, "bool"),
+        ([], "list"),
+    ],
 )
 def test_json_non_object_is_refused(data, word):
     result = answer(data)
@@ -200,10 +236,20 @@ def test_json_non_object_is_refused(data, word):
 
 @pytest.mark.parametrize(
     "data",
-    [{"status": "ERROR"}, {"status": "error"}, {"status": "ok", "id": "a", "cmdline": "b"},
-     {"status": "empty"}, {}, {"id": "a", "cmdline": "b"}, {"status": None},
-     {"status": ["OK"]}, {"status": {"OK": 1}}, {"status": 1}, {"status": "QUEUED"},
-     {"status": "x" * 10_000}],
+    [
+        {"status": "ERROR"},
+        {"status": "error"},
+        {"status": "ok", "id": "a", "cmdline": "b"},
+        {"status": "empty"},
+        {},
+        {"id": "a", "cmdline": "b"},
+        {"status": None},
+        {"status": ["OK"]},
+        {"status": {"OK": 1}},
+        {"status": 1},
+        {"status": "QUEUED"},
+        {"status": "x" * 10_000},
+    ],
 )
 def test_json_other_status_is_refused(data):
     result = answer(data)
@@ -214,8 +260,16 @@ def test_json_other_status_is_refused(data):
 
 @pytest.mark.parametrize(
     "ctype",
-    ["text/plain", "application/octet-stream", "", "application/jsonp", "application/x-json",
-     "text/json", "multipart/form-data", "json"],
+    [
+        "text/plain",
+        "application/octet-stream",
+        "",
+        "application/jsonp",
+        "application/x-json",
+        "text/json",
+        "multipart/form-data",
+        "json",
+    ],
 )
 def test_unknown_content_type_is_refused(ctype):
     result = answer(FULL_JOB, ctype=ctype)
@@ -326,8 +380,12 @@ def test_legacy_xml_scenario_without_repository():
 
 @pytest.mark.parametrize(
     "body",
-    [b"<job/>", b"<job><scenario><title>T</title></scenario></job>",
-     b"<job><scenario><id>  </id></scenario></job>", b"<job><id>s1</id></job>"],
+    [
+        b"<job/>",
+        b"<job><scenario><title>T</title></scenario></job>",
+        b"<job><scenario><id>  </id></scenario></job>",
+        b"<job><id>s1</id></job>",
+    ],
 )
 def test_legacy_xml_without_scenario_id_is_refused(body):
     assert isinstance(parse_answer(200, "application/xml", body), Refused)
@@ -335,8 +393,10 @@ def test_legacy_xml_without_scenario_id_is_refused(body):
 
 BILLION_LAUGHS = (
     b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-    + b"".join(b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10)
-               for i in range(1, 10))
+    + b"".join(
+        b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10)
+        for i in range(1, 10)
+    )
     + b"]><job>&lol9;</job>"
 )
 
@@ -348,8 +408,7 @@ BILLION_LAUGHS = (
         b'<!DOCTYPE job [<!ENTITY x SYSTEM "file:///etc/passwd">]><job>&x;</job>',
         b'<!DOCTYPE job [<!ENTITY x "EMPTY">]><job>&x;</job>',
         b"<!DOCTYPE job><job>EMPTY</job>",
-        b'<?xml version="1.0"?>\n<!DOCTYPE job SYSTEM "http://evil.example/x.dtd">'
-        + SCENARIO_XML,
+        b'<?xml version="1.0"?>\n<!DOCTYPE job SYSTEM "http://evil.example/x.dtd">' + SCENARIO_XML,
         b'<!ENTITY x "y"><job>EMPTY</job>',
     ],
 )
@@ -362,17 +421,28 @@ def test_legacy_xml_with_doctype_or_entity_is_refused_quickly(body):
 
 
 def test_legacy_xml_utf16_doctype_is_refused():
-    doc = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE job [<!ENTITY x "s1">]>'
-           "<job><scenario><id>&x;</id></scenario></job>")
+    doc = (
+        '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE job [<!ENTITY x "s1">]>'
+        "<job><scenario><id>&x;</id></scenario></job>"
+    )
     result = parse_answer(200, "application/xml", doc.encode("utf-16"))
     assert isinstance(result, Refused)
 
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"<job>", b"<job><scenario></job>", b"not xml", b"<a></b>", b"<job>EMPTY</job><x/>",
-     b"\xff\xfe\x00<", b"<job>\x00</job>", b"<?xml version='1.0' encoding='utf-8'?>",
-     b"<job attr=>EMPTY</job>"],
+    [
+        b"",
+        b"<job>",
+        b"<job><scenario></job>",
+        b"not xml",
+        b"<a></b>",
+        b"<job>EMPTY</job><x/>",
+        b"\xff\xfe\x00<",
+        b"<job>\x00</job>",
+        b"<?xml version='1.0' encoding='utf-8'?>",
+        b"<job attr=>EMPTY</job>",
+    ],
 )
 def test_legacy_xml_malformed_is_refused(body):
     result = parse_answer(200, "application/xml", body)
@@ -389,13 +459,42 @@ def test_legacy_xml_unsupported_encoding_does_not_raise(encoding):
 
 # -- never raises -------------------------------------------------------------
 
-FUZZ_TYPES = ["application/json", "application/json; charset=utf-8", "application/xml",
-              "text/xml", "text/html", "", "text/plain", "APPLICATION/JSON;;;", ";", "\x00"]
-FUZZ_PREFIXES = [b"", b'{"status": "OK", "id": ', b'{"status": "EMPTY"', b"<?xml version='1.0'?>",
-                 b"<job>", b"<job><scenario><id>", b"\xff\xfe", b"\xef\xbb\xbf", b"[", b'"',
-                 b"<!DOCTYPE"]
-FUZZ_RETRY = [None, "", "30", "x", "Wed, 21 Oct 2015 07:28:00 GMT", "Thu, 31 Dec 9999 23:59:59 GMT",
-              "Fri, 13 Foo 2020 99:99:99 GMT", "Mon, 01 Jan 2020 00:00:00 +9999", "9" * 50]
+FUZZ_TYPES = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "application/xml",
+    "text/xml",
+    "text/html",
+    "",
+    "text/plain",
+    "APPLICATION/JSON;;;",
+    ";",
+    "\x00",
+]
+FUZZ_PREFIXES = [
+    b"",
+    b'{"status": "OK", "id": ',
+    b'{"status": "EMPTY"',
+    b"<?xml version='1.0'?>",
+    b"<job>",
+    b"<job><scenario><id>",
+    b"\xff\xfe",
+    b"\xef\xbb\xbf",
+    b"[",
+    b'"',
+    b"<!DOCTYPE",
+]
+FUZZ_RETRY = [
+    None,
+    "",
+    "30",
+    "x",
+    "Wed, 21 Oct 2015 07:28:00 GMT",
+    "Thu, 31 Dec 9999 23:59:59 GMT",
+    "Fri, 13 Foo 2020 99:99:99 GMT",
+    "Mon, 01 Jan 2020 00:00:00 +9999",
+    "9" * 50,
+]
 
 
 def test_parse_answer_never_raises_on_random_input():
@@ -417,12 +516,38 @@ def test_parse_answer_never_raises_on_random_input():
 
 def test_parse_answer_never_raises_on_random_json_objects():
     rng = random.Random(7)
-    values = [None, True, 0, -1, 1.5, "", "OK", "EMPTY", "x" * 70_000, [], {}, ["OK"], {"id": 1},
-              "\x00", "\ud800"]
+    values = [
+        None,
+        True,
+        0,
+        -1,
+        1.5,
+        "",
+        "OK",
+        "EMPTY",
+        "x" * 70_000,
+        [],
+        {},
+        ["OK"],
+        {"id": 1},
+        "\x00",
+        "\ud800",
+    ]
     for _ in range(300):
-        data = {k: rng.choice(values) for k in ("status", "id", "cmdline", "repository", "title",
-                                                 "url", "on_success", "on_error")
-                if rng.random() < 0.8}
+        data = {
+            k: rng.choice(values)
+            for k in (
+                "status",
+                "id",
+                "cmdline",
+                "repository",
+                "title",
+                "url",
+                "on_success",
+                "on_error",
+            )
+            if rng.random() < 0.8
+        }
         if rng.random() < 0.5:
             data["status"] = "OK"
         body = json.dumps(data).encode()
@@ -446,6 +571,7 @@ def test_deeply_nested_json_is_refused():
 
 # -- Plone's pop answers -----------------------------------------------------------------
 
+
 def test_login_redirect_of_a_private_site():
     answer = parse_answer(302, "text/html", b"", location=LOGIN)
     assert isinstance(answer, Refused) and answer.login_redirect
@@ -457,8 +583,9 @@ def test_other_redirect_is_not_a_login():
     assert isinstance(answer, Refused) and answer.kind == "redirect"
 
 
-@pytest.mark.parametrize(("status", "kind"), [(500, "http_5xx"), (503, "http_5xx"),
-                                              (404, "http_4xx"), (401, "http_4xx")])
+@pytest.mark.parametrize(
+    ("status", "kind"), [(500, "http_5xx"), (503, "http_5xx"), (404, "http_4xx"), (401, "http_4xx")]
+)
 def test_error_kinds(status, kind):
     assert parse_answer(status, "text/plain", b"x").kind == kind
 
@@ -466,13 +593,16 @@ def test_error_kinds(status, kind):
 def test_traceback_page_names_the_exception():
     answer = parse_answer(500, "text/html;charset=utf-8", TRACEBACK_PAGE)
     assert isinstance(answer, Refused) and "AttributeError: repository" in answer.reason
-    assert error_page_summary(b"<html><h1>Down for maintenance</h1></html>") == \
-        "Down for maintenance"
+    assert (
+        error_page_summary(b"<html><h1>Down for maintenance</h1></html>") == "Down for maintenance"
+    )
 
 
 def test_legacy_xml_type_with_two_semicolons():
-    doc = (b'<?xml version="1.0" encoding="UTF-8"?>\n<model><scenario><id>s1</id>'
-           b"<repository>https://svn.example.org/luc</repository></scenario></model>")
+    doc = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<model><scenario><id>s1</id>'
+        b"<repository>https://svn.example.org/luc</repository></scenario></model>"
+    )
     job = parse_answer(200, LEGACY_XML_TYPE, doc)
     assert isinstance(job, Job) and job.id == "s1"
     assert isinstance(parse_answer(200, LEGACY_XML_TYPE, b"<model>EMPTY</model>"), Empty)

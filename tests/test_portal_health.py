@@ -10,8 +10,7 @@ def test_portal_health_keeps_since_last_and_totals():
     health.failed("http_5xx", "HTTP 500 a", now=10)
     health.failed("unreachable", "refused", now=20)
     status = health.as_status()
-    assert status == {"since": 10, "reason": "unreachable", "last": "refused", "at": 20,
-                      "count": 2}
+    assert status == {"since": 10, "reason": "unreachable", "last": "refused", "at": 20, "count": 2}
     assert health.totals == {"http_5xx": 4, "unreachable": 1}
     ended = health.answered()
     assert ended is not None and ended.count == 2 and health.as_status() is None

@@ -42,8 +42,9 @@ PROJECTS = {"alpha": ["chicago", "peoria"], "beta": ["stlouis"]}
 class Fleet:
     """The sandbox hosts, their portals and the inventory that ties them together."""
 
-    def __init__(self, hosts: dict[str, Host], portals: dict[str, PortalStandin],
-                 workdir: Path) -> None:
+    def __init__(
+        self, hosts: dict[str, Host], portals: dict[str, PortalStandin], workdir: Path
+    ) -> None:
         self.hosts = hosts
         self.portals = portals
         self.dir = workdir
@@ -62,8 +63,7 @@ class Fleet:
         if settings.get("state", "present") == state:
             return
         settings = {k: v for k, v in settings.items() if k != "state"}
-        self.overrides[project] = settings if state == "present" else {**settings,
-                                                                        "state": state}
+        self.overrides[project] = settings if state == "present" else {**settings, "state": state}
         self.write(self.sandbox)
         out = self.play("--limit", "alpha")
         assert out.returncode == 0, out.stdout[-4000:]
@@ -76,19 +76,35 @@ class Fleet:
             self.upgraded = False
 
     def project(self, name: str, **settings) -> dict:
-        return {"name": name, "portal_url": self.portals[name].url, "portal_user": "poller",
-                "portal_password": PASSWORD, "speed": 1, "min_free_disk": "10M",
-                "min_free_mem": "10M", "job_timeout": 0,
-                **self.overrides.get(name, {}), **settings}
+        return {
+            "name": name,
+            "portal_url": self.portals[name].url,
+            "portal_user": "poller",
+            "portal_password": PASSWORD,
+            "speed": 1,
+            "min_free_disk": "10M",
+            "min_free_mem": "10M",
+            "job_timeout": 0,
+            **self.overrides.get(name, {}),
+            **settings,
+        }
 
     def write(self, sandbox: Sandbox) -> None:
-        host_vars = {h: {"leam_projects": [self.project(p) for p in projects]}
-                     for h, projects in PROJECTS.items()}
-        host_vars["tiny"] = {"leam_projects": [self.project("tinyproj")],
-                             "leam_jobdir_min_free": "1G"}
-        group_vars = {"leam_jobservers": {"leampoll_install_mode": "wheelhouse",
-                                          "leam_jobdir_min_free": "20M",
-                                          "leampoll_drain_timeout": 300}}
+        host_vars = {
+            h: {"leam_projects": [self.project(p) for p in projects]}
+            for h, projects in PROJECTS.items()
+        }
+        host_vars["tiny"] = {
+            "leam_projects": [self.project("tinyproj")],
+            "leam_jobdir_min_free": "1G",
+        }
+        group_vars = {
+            "leam_jobservers": {
+                "leampoll_install_mode": "wheelhouse",
+                "leam_jobdir_min_free": "20M",
+                "leampoll_drain_timeout": 300,
+            }
+        }
         sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars=group_vars)
 
     def play(self, *args: str, extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -159,20 +175,23 @@ def test_converges_bare_hosts_and_pollers_run_jobs(fleet):
             user = fleet.hosts[host].ssh(f"ps -o user= -p {pid}").stdout.strip()
             assert user == "leam"
             portal = fleet.portals[project]
-            portal.queue(f"{project}-first", 'sh -c \'test "$(id -un)" = leam\'')
+            portal.queue(f"{project}-first", "sh -c 'test \"$(id -un)\" = leam'")
     for project in [*PROJECTS["alpha"], *PROJECTS["beta"]]:
         fleet.portals[project].wait_for(
-            lambda p, j=f"{project}-first": p.status.get(j) == "complete", timeout=60)
+            lambda p, j=f"{project}-first": p.status.get(j) == "complete", timeout=60
+        )
         assert fleet.portals[project].outcome(f"{project}-first") == "success"
     assert PASSWORD not in out
 
 
 def test_a_bare_subversion_url_is_checked_out_on_a_host(fleet):
     # The role installed subversion: a repository on the host, given as a bare URL.
-    fleet.hosts["alpha"].ssh("svnadmin create /srv/model && mkdir -p /tmp/model"
-                             " && echo 'echo ran > out.txt' > /tmp/model/startup.sh"
-                             " && svn import -q -m m /tmp/model file:///srv/model/trunk",
-                             check=True)
+    fleet.hosts["alpha"].ssh(
+        "svnadmin create /srv/model && mkdir -p /tmp/model"
+        " && echo 'echo ran > out.txt' > /tmp/model/startup.sh"
+        " && svn import -q -m m /tmp/model file:///srv/model/trunk",
+        check=True,
+    )
     portal = fleet.portals["chicago"]
     portal.queue("svn-job", "sh startup.sh", repository="file:///srv/model/trunk")
     portal.wait_for(lambda p: p.status.get("svn-job") == "complete", timeout=60)
@@ -260,8 +279,11 @@ def test_roles_alone_check_their_own_variables_and_change_nothing(fleet):
 
 ALONE_BAD = [
     ("jobdir", "leam_user=root", "alpha: leam_user must be a user name"),
-    ("supervisor", "supervisor_conf=etc/supervisor/supervisord.conf",
-     "alpha: supervisor_packages must not be empty, and supervisor_conf"),
+    (
+        "supervisor",
+        "supervisor_conf=etc/supervisor/supervisord.conf",
+        "alpha: supervisor_packages must not be empty, and supervisor_conf",
+    ),
     ("leampoll", "leampoll_speed=0", "alpha: leampoll_speed must be a number of seconds"),
 ]
 
@@ -311,8 +333,11 @@ def test_duplicate_project_name_and_bad_jobdir_size_fail(fleet):
     assert out.returncode != 0 and "duplicate" in out.stdout.lower()
     out = fleet.play("--limit", "alpha", extra={"leam_jobdir_min_free": "plenty"})
     assert out.returncode != 0 and "leam_jobdir_min_free" in out.stdout
-    out = fleet.play("--limit", "alpha", extra={"leampoll_metrics": True,
-                                                 "leampoll_node_exporter_listen_address": "9100"})
+    out = fleet.play(
+        "--limit",
+        "alpha",
+        extra={"leampoll_metrics": True, "leampoll_node_exporter_listen_address": "9100"},
+    )
     assert out.returncode != 0 and "leampoll_node_exporter_listen_address" in out.stdout
     assert recap(out.stdout)["alpha"]["changed"] == 0
 
@@ -358,19 +383,24 @@ def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
 
 def held_job(name: str) -> str:
     """A job that runs until the test releases it (`release`), at most 10 minutes."""
-    return (f"sh -c 'for i in $(seq 1200); do test -e /var/tmp/release-{name} && exit 0; "
-            f"sleep 0.5; done; exit 1'")
+    return (
+        f"sh -c 'for i in $(seq 1200); do test -e /var/tmp/release-{name} && exit 0; "
+        f"sleep 0.5; done; exit 1'"
+    )
 
 
 def release(fleet, host: str, name: str) -> None:
     fleet.hosts[host].ssh(f"touch /var/tmp/release-{name}", check=True)
 
 
-def ops_play(fleet, name: str, *args: str, inventory: Path | None = None,
-             ) -> subprocess.CompletedProcess:
+def ops_play(
+    fleet,
+    name: str,
+    *args: str,
+    inventory: Path | None = None,
+) -> subprocess.CompletedProcess:
     """Run one of playbooks/ against the fleet (or another inventory)."""
-    return playbook.run(inventory or fleet.inventory, f"playbooks/{name}", *args,
-                        log_dir=fleet.dir)
+    return playbook.run(inventory or fleet.inventory, f"playbooks/{name}", *args, log_dir=fleet.dir)
 
 
 def host_status(fleet, host: str) -> dict[str, dict]:
@@ -386,13 +416,19 @@ def installed_version(fleet, host: str) -> str:
 
 # The status tables below list chicago and stlouis only: they ask for peoria absent.
 
+
 @pytest.mark.usefixtures("peoria_absent")
 def test_status_without_arguments_lists_the_deployed_projects(fleet):
     alpha = fleet.hosts["alpha"]
     listed = json.loads(alpha.ssh("cat /etc/leampoll/projects.json").stdout)
-    assert listed == [{"name": "chicago", "workdir": "/mnt/jobdir/chicago",
-                       "program": "leampoll-chicago",
-                       "log": "/var/log/supervisor/leampoll-chicago.log"}]
+    assert listed == [
+        {
+            "name": "chicago",
+            "workdir": "/mnt/jobdir/chicago",
+            "program": "leampoll-chicago",
+            "log": "/var/log/supervisor/leampoll-chicago.log",
+        }
+    ]
     mode = alpha.ssh("stat -c '%a %U' /etc/leampoll/projects.json").stdout.split()
     assert mode == ["644", "root"]
     version = installed_version(fleet, "alpha")
@@ -405,8 +441,11 @@ def test_status_without_arguments_lists_the_deployed_projects(fleet):
 
 def table_rows(output: str) -> list[list[str]]:
     """The rows the status playbook printed, split into columns."""
-    return [line.strip().strip('",').split() for line in output.splitlines()
-            if re.match(r'^\s*"(alpha|beta|tiny|ghost)\s', line)]
+    return [
+        line.strip().strip('",').split()
+        for line in output.splitlines()
+        if re.match(r'^\s*"(alpha|beta|tiny|ghost)\s', line)
+    ]
 
 
 @pytest.mark.usefixtures("peoria_absent")
@@ -415,24 +454,30 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
     out = ops_play(fleet, "status.yml")
     assert out.returncode == 0, out.stdout[-4000:]
     rows = table_rows(out.stdout)
-    assert [r[:4] for r in rows] == [["alpha", "chicago", "RUNNING", version],
-                                     ["beta", "stlouis", "RUNNING", version],
-                                     ["tiny", "-", "not", "installed"]], out.stdout
+    assert [r[:4] for r in rows] == [
+        ["alpha", "chicago", "RUNNING", version],
+        ["beta", "stlouis", "RUNNING", version],
+        ["tiny", "-", "not", "installed"],
+    ], out.stdout
     assert "pollers running 2/2" in out.stdout and "failing 0" in out.stdout
     assert recap(out.stdout)["alpha"]["changed"] == 0
     assert PASSWORD not in out.stdout
 
     inventory = yaml.safe_load(fleet.inventory.read_text())
-    inventory["all"]["hosts"]["ghost"] = {**inventory["all"]["hosts"]["beta"],
-                                          "ansible_host": "127.0.0.250"}
+    inventory["all"]["hosts"]["ghost"] = {
+        **inventory["all"]["hosts"]["beta"],
+        "ansible_host": "127.0.0.250",
+    }
     inventory["all"]["children"]["leam_jobservers"]["hosts"]["ghost"] = None
     ghost_inventory = fleet.dir / "with-ghost.yml"
     ghost_inventory.write_text(yaml.safe_dump(inventory))
     out = ops_play(fleet, "status.yml", "--limit", "alpha,ghost", inventory=ghost_inventory)
     assert out.returncode == 0, out.stdout[-4000:]
     rows = table_rows(out.stdout)
-    assert [r[:3] for r in rows] == [["alpha", "chicago", "RUNNING"],
-                                     ["ghost", "-", "unreachable"]], out.stdout
+    assert [r[:3] for r in rows] == [
+        ["alpha", "chicago", "RUNNING"],
+        ["ghost", "-", "unreachable"],
+    ], out.stdout
     assert "unreachable 1 (ghost)" in out.stdout
 
 
@@ -444,8 +489,11 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
     fleet.write(fleet.sandbox)
     try:
         assert fleet.play("--limit", "beta").returncode == 0
-        wait_until(lambda: host_status(fleet, "beta")["stlouis"]["guard"]["holding"] == ["disk"],
-                   30, "stlouis holds on its disk guard")
+        wait_until(
+            lambda: host_status(fleet, "beta")["stlouis"]["guard"]["holding"] == ["disk"],
+            30,
+            "stlouis holds on its disk guard",
+        )
         out = ops_play(fleet, "status.yml", "--limit", "alpha,beta")
         assert out.returncode == 0, out.stdout[-4000:]
         rows = {(r[0], r[1]): " ".join(r) for r in table_rows(out.stdout)}
@@ -479,9 +527,15 @@ def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
 
     before = drains()
     with ThreadPoolExecutor(1) as pool:
-        play = pool.submit(ops_play, fleet, "drain.yml",  # all hosts: tiny has nothing to drain
-                           "-e", '{"leam_ops_projects": ["chicago"]}',
-                           "-e", "leam_ops_wait_timeout=120")
+        play = pool.submit(
+            ops_play,
+            fleet,
+            "drain.yml",  # all hosts: tiny has nothing to drain
+            "-e",
+            '{"leam_ops_projects": ["chicago"]}',
+            "-e",
+            "leam_ops_wait_timeout=120",
+        )
         # The job ends only once its poller is draining.
         wait_until(lambda: drains() > before or play.done(), 120, "chicago's poller draining")
         release(fleet, "alpha", "drain-long")
@@ -498,8 +552,11 @@ def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
 
     out = ops_play(fleet, "resume.yml")
     assert out.returncode == 0, out.stdout[-4000:]
-    assert {h: c["changed"] for h, c in recap(out.stdout).items()} == {"alpha": 1, "beta": 0,
-                                                                        "tiny": 0}
+    assert {h: c["changed"] for h, c in recap(out.stdout).items()} == {
+        "alpha": 1,
+        "beta": 0,
+        "tiny": 0,
+    }
     assert fleet.program("alpha", "chicago")[0] == "RUNNING"
     portal.wait_for(lambda p: p.status.get("drain-queued") == "complete", timeout=60)
     out = ops_play(fleet, "resume.yml", "--limit", "alpha")
@@ -509,8 +566,9 @@ def test_drain_finishes_the_running_job_and_resume_pops_the_queued_one(fleet):
 def newer_source(fleet, version: str) -> Path:
     """A copy of the poller's source tree whose version is `version`."""
     tree = fleet.dir / f"source-{version}"
-    shutil.copytree(ROOT / "leampoll", tree / "leampoll",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "leampoll", tree / "leampoll", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tree / name)
     init = tree / "leampoll" / "__init__.py"
@@ -528,8 +586,16 @@ def test_upgrade_leaves_a_host_whose_job_outlasts_the_bound(fleet):
     chicago.queue("outlasts", "sh -c 'until [ -e release ]; do sleep 0.2; done'")
     chicago.wait_for(lambda p: p.status.get("outlasts") == "running", timeout=30)
     source = newer_source(fleet, "3.98.0")
-    out = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
-                   "-e", f"leampoll_source={source}", "-e", "leam_ops_wait_timeout=1")
+    out = ops_play(
+        fleet,
+        "upgrade.yml",
+        "--limit",
+        "alpha,beta",
+        "-e",
+        f"leampoll_source={source}",
+        "-e",
+        "leam_ops_wait_timeout=1",
+    )
     fleet.hosts["alpha"].ssh("touch /mnt/jobdir/chicago/outlasts/release", check=True)
     assert out.returncode != 0
     assert "leampoll-chicago still running a job" in out.stdout, out.stdout[-4000:]
@@ -550,8 +616,16 @@ def test_upgrade_rolls_host_by_host_and_kills_no_job(fleet):
     chicago.wait_for(lambda p: p.status.get("upgrade-long") == "running", timeout=30)
     source = newer_source(fleet, "3.99.0")
     fleet.upgraded = True
-    out = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
-                   "-e", f"leampoll_source={source}", "-e", "leam_ops_wait_timeout=120")
+    out = ops_play(
+        fleet,
+        "upgrade.yml",
+        "--limit",
+        "alpha,beta",
+        "-e",
+        f"leampoll_source={source}",
+        "-e",
+        "leam_ops_wait_timeout=120",
+    )
     assert out.returncode == 0, out.stdout[-4000:]
     # The job ran to its end and was reported; nothing was handed back.
     assert chicago.status["upgrade-long"] == "complete"
@@ -566,15 +640,18 @@ def test_upgrade_rolls_host_by_host_and_kills_no_job(fleet):
     # Both hosts show the new version, every poller runs and polls again.
     table = ops_play(fleet, "status.yml", "--limit", "alpha,beta")
     rows = table_rows(table.stdout)
-    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("alpha", "chicago", "RUNNING", "3.99.0"),
-                                                         ("beta", "stlouis", "RUNNING", "3.99.0")]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("alpha", "chicago", "RUNNING", "3.99.0"),
+        ("beta", "stlouis", "RUNNING", "3.99.0"),
+    ]
     chicago.queue("after-upgrade-a", "true")
     stlouis.queue("after-upgrade-b", "true")
     chicago.wait_for(lambda p: p.status.get("after-upgrade-a") == "complete", timeout=60)
     stlouis.wait_for(lambda p: p.status.get("after-upgrade-b") == "complete", timeout=60)
     # Nothing left to upgrade: a second rollout changes nothing.
-    again = ops_play(fleet, "upgrade.yml", "--limit", "alpha,beta",
-                     "-e", f"leampoll_source={source}")
+    again = ops_play(
+        fleet, "upgrade.yml", "--limit", "alpha,beta", "-e", f"leampoll_source={source}"
+    )
     assert again.returncode == 0, again.stdout[-4000:]
     assert {h: c["changed"] for h, c in recap(again.stdout).items()} == {"alpha": 0, "beta": 0}
 
@@ -591,8 +668,11 @@ def scrape(address: str) -> dict[tuple[str, frozenset], float]:
 
 
 def jobs_total(series: dict, project: str) -> dict[str, float]:
-    return {dict(labels)["outcome"]: value for (name, labels), value in series.items()
-            if name == "leampoll_jobs_total" and dict(labels).get("project") == project}
+    return {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in series.items()
+        if name == "leampoll_jobs_total" and dict(labels).get("project") == project
+    }
 
 
 @pytest.mark.usefixtures("own_inventory")
@@ -613,19 +693,28 @@ def test_node_exporter_serves_the_pollers_series(fleet):
     fleet.portals["chicago"].queue("metrics-fail", "exit 3")
     fleet.portals["stlouis"].queue("metrics-ok-b", "true")
     fleet.portals["chicago"].wait_for(lambda p: p.outcome("metrics-fail") == "error", timeout=60)
-    fleet.portals["stlouis"].wait_for(lambda p: p.status.get("metrics-ok-b") == "complete",
-                                      timeout=60)
+    fleet.portals["stlouis"].wait_for(
+        lambda p: p.status.get("metrics-ok-b") == "complete", timeout=60
+    )
     for host, project in (("alpha", "chicago"), ("beta", "stlouis")):
         portal = fleet.portals[project]
         seen = portal.told()
         # Scraped over loopback from the host's own address; the poller
         # rewrites its file after every cycle.
-        wait_until(lambda h=host, p=project, s=seen: jobs_total(scrape(addresses[h]), p) == s,
-                   30, f"{project}'s leampoll_jobs_total as the portal saw: {seen}")
+        wait_until(
+            lambda h=host, p=project, s=seen: jobs_total(scrape(addresses[h]), p) == s,
+            30,
+            f"{project}'s leampoll_jobs_total as the portal saw: {seen}",
+        )
         series = scrape(addresses[host])
         names = {name for name, labels in series if ("project", project) in labels}
-        assert {"leampoll_job_running", "leampoll_last_poll_timestamp_seconds",
-                "leampoll_reports_pending", "leampoll_build_info",
-                "leampoll_job_duration_seconds_count", "leampoll_guard_hold"} <= names
+        assert {
+            "leampoll_job_running",
+            "leampoll_last_poll_timestamp_seconds",
+            "leampoll_reports_pending",
+            "leampoll_build_info",
+            "leampoll_job_duration_seconds_count",
+            "leampoll_guard_hold",
+        } <= names
         assert series[("leampoll_job_running", frozenset({("project", project)}))] == 0
         assert ("node_load1", frozenset()) in series  # node_exporter's own series as well

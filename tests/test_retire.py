@@ -34,8 +34,11 @@ def fleet(tmp_path, portals, env):
     """Two pollers (projects a and b, each its own portal) under one supervisord."""
     a, b = portals
     (tmp_path / "sup").mkdir()
-    sup = Supervisord(tmp_path / "sup", {"a": (a.url, tmp_path / "jobs" / "a"),
-                                         "b": (b.url, tmp_path / "jobs" / "b")}, env)
+    sup = Supervisord(
+        tmp_path / "sup",
+        {"a": (a.url, tmp_path / "jobs" / "a"), "b": (b.url, tmp_path / "jobs" / "b")},
+        env,
+    )
     with sup:
         yield sup
     for proc in psutil.process_iter(["cwd"]):  # a job a failed test left running
@@ -49,8 +52,12 @@ class Retire:
     def __init__(self, sup: Supervisord, env: dict, log: Path, *args: str) -> None:
         self.log_path = log
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen([*LEAMPOLL, "retire", "--poll", "0.2", *args],
-                                         env=sup.env(env), stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [*LEAMPOLL, "retire", "--poll", "0.2", *args],
+                env=sup.env(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     @property
     def log(self) -> str:
@@ -74,8 +81,7 @@ def run_retire(sup, env, tmp_path, *args) -> tuple[int, str]:
     return r.wait(), r.log
 
 
-def test_retire_lets_the_running_job_finish_pops_nothing_then_acts(fleet, portals, env,
-                                                                   tmp_path):
+def test_retire_lets_the_running_job_finish_pops_nothing_then_acts(fleet, portals, env, tmp_path):
     a, b = portals
     release, done = tmp_path / "release", tmp_path / "powered-off"
     a.queue("long", sh(f"touch started; while [ ! -e {release} ]; do sleep 0.1; done"))
@@ -84,10 +90,11 @@ def test_retire_lets_the_running_job_finish_pops_nothing_then_acts(fleet, portal
     wait_until((tmp_path / "jobs" / "a" / "long" / "started").exists, what="job start")
     wait_job_state(b, "next-b", "success")
 
-    r = Retire(fleet, env, tmp_path / "retire.log", "--timeout", "120",
-               "--action", f"touch {done}")
-    wait_until(lambda: "draining leampoll-a" in r.log and "draining leampoll-b" in r.log,
-               what="retire draining")
+    r = Retire(fleet, env, tmp_path / "retire.log", "--timeout", "120", "--action", f"touch {done}")
+    wait_until(
+        lambda: "draining leampoll-a" in r.log and "draining leampoll-b" in r.log,
+        what="retire draining",
+    )
     wait_until(lambda: fleet.states()["leampoll-b"] == "EXITED", what="idle b exited")
     assert r.proc.poll() is None and not done.exists()  # waits for a's job
     assert fleet.states()["leampoll-a"] == "RUNNING"
@@ -102,8 +109,7 @@ def test_retire_lets_the_running_job_finish_pops_nothing_then_acts(fleet, portal
     assert "a: last job long success" in r.log
 
 
-def test_retire_requeues_a_job_that_outlasts_the_bound_then_acts(fleet, portals, env,
-                                                                 tmp_path):
+def test_retire_requeues_a_job_that_outlasts_the_bound_then_acts(fleet, portals, env, tmp_path):
     a, _ = portals
     done = tmp_path / "powered-off"
     a.queue("endless", sh("echo $$ > job.pid; sleep 600"))
@@ -127,8 +133,7 @@ def test_retire_keeps_the_host_when_a_report_is_not_delivered(fleet, portals, en
     a.queue("long", sh(f"touch started; while [ ! -e {release} ]; do sleep 0.1; done"))
     wait_until((tmp_path / "jobs" / "a" / "long" / "started").exists, what="job start")
     a.report_status = 503
-    r = Retire(fleet, env, tmp_path / "retire.log", "--timeout", "60", "--action",
-               f"touch {done}")
+    r = Retire(fleet, env, tmp_path / "retire.log", "--timeout", "60", "--action", f"touch {done}")
     wait_until(lambda: "draining leampoll-a" in r.log, what="retire draining")
     release.touch()
     assert r.wait() == 1
@@ -138,8 +143,9 @@ def test_retire_keeps_the_host_when_a_report_is_not_delivered(fleet, portals, en
 
 def test_idle_retire_acts_on_an_idle_host(fleet, env, tmp_path):
     done = tmp_path / "powered-off"
-    rc, log = run_retire(fleet, env, tmp_path, "--when-idle", "1", "--watch", "0.2",
-                         "--action", f"touch {done}")
+    rc, log = run_retire(
+        fleet, env, tmp_path, "--when-idle", "1", "--watch", "0.2", "--action", f"touch {done}"
+    )
     assert rc == 0, log
     assert "every poller idle for 1s" in log and done.exists()
     assert fleet.states() == {"leampoll-a": "EXITED", "leampoll-b": "EXITED"}
@@ -160,28 +166,43 @@ def test_idle_retire_leaves_a_busy_host_alone(fleet, portals, env, tmp_path):
 
 def test_retire_without_supervisor_does_nothing_final(fleet, env, tmp_path):
     done = tmp_path / "powered-off"
-    environment = {**fleet.env(env), "LEAMPOLL_SUPERVISORCTL": f"{fleet.ctl_argv()[0]} -s "
-                   f"unix://{tmp_path}/nowhere.sock"}
-    out = subprocess.run([*LEAMPOLL, "retire", "--action", f"touch {done}"], env=environment,
-                         capture_output=True, text=True, timeout=60)
+    environment = {
+        **fleet.env(env),
+        "LEAMPOLL_SUPERVISORCTL": f"{fleet.ctl_argv()[0]} -s unix://{tmp_path}/nowhere.sock",
+    }
+    out = subprocess.run(
+        [*LEAMPOLL, "retire", "--action", f"touch {done}"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "Supervisor does not answer" in out.stderr
     assert not done.exists()
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--watch", "5"], "--watch needs --when-idle"),
-    (["--timeout", "-1"], "--timeout must be positive"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--watch", "5"], "--watch needs --when-idle"),
+        (["--timeout", "-1"], "--timeout must be positive"),
+    ],
+)
 def test_retire_bad_options(args, needle, env):
-    out = subprocess.run([*LEAMPOLL, "retire", *args], env=env, capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [*LEAMPOLL, "retire", *args], env=env, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2 and needle in out.stderr
 
 
 def test_idle_retire_waits_while_a_poller_is_drained(fleet, env, tmp_path):
     done = tmp_path / "powered-off"
-    subprocess.run([*fleet.ctl_argv(), "signal", "USR1", "leampoll-b"], check=True,
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        [*fleet.ctl_argv(), "signal", "USR1", "leampoll-b"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     wait_until(lambda: fleet.states()["leampoll-b"] == "EXITED", what="b drained")
     rc, log = run_retire(fleet, env, tmp_path, "--when-idle", "0", "--action", f"touch {done}")
     assert rc == 0 and "b: poller not running (EXITED)" in log

@@ -82,7 +82,10 @@ def test_write_makes_defaults_of_main_and_documents_every_entry_point(tree, caps
     defaults_text = (tree / "roles/demo/defaults/main.yml").read_text()
     # Values read back as the spec gives them; inputs of other entry points are no defaults.
     assert yaml.safe_load(defaults_text) == {
-        "demo_mode": "0755", "demo_dir": "{{ role_path }}/x", "demo_items": []}
+        "demo_mode": "0755",
+        "demo_dir": "{{ role_path }}/x",
+        "demo_items": [],
+    }
     assert "# Mode of %(here)s things, see demo_dir.\ndemo_mode:" in defaults_text
     assert "# Keys of an item (demo role's README): name (required), state." in defaults_text
 
@@ -92,11 +95,11 @@ def test_write_makes_defaults_of_main_and_documents_every_entry_point(tree, caps
     assert "stale" not in readme
     assert "### Entry point `main`: A demo role" in readme
     assert "### Entry point `drain_all`: Drain everything" in readme
-    assert "| `demo_mode` | str | `\"0755\"` | Mode of `%(here)s` things, see `demo_dir`. |" \
-        in readme
+    assert '| `demo_mode` | str | `"0755"` | Mode of `%(here)s` things, see `demo_dir`. |' in readme
     assert "| `demo_ops_wait` | bool | `true` | Wait for the drain. |" in readme
-    assert "| `state` | str | `present` | Whether it is there. One of `present`, `absent`. |" \
-        in readme
+    assert (
+        "| `state` | str | `present` | Whether it is there. One of `present`, `absent`. |" in readme
+    )
 
 
 def test_check_names_a_file_edited_by_hand(tree, capsys):
@@ -104,8 +107,10 @@ def test_check_names_a_file_edited_by_hand(tree, capsys):
     defaults = tree / "roles/demo/defaults/main.yml"
     defaults.write_text(defaults.read_text().replace('"0755"', '"0700"'))
     assert role_docs.main(["check", "--root", str(tree)]) == 1
-    assert "roles/demo/defaults/main.yml: not as meta/argument_specs.yml describes" \
+    assert (
+        "roles/demo/defaults/main.yml: not as meta/argument_specs.yml describes"
         in capsys.readouterr().err
+    )
 
 
 def test_a_description_yaml_read_as_a_mapping_is_refused(tree):

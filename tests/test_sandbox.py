@@ -44,8 +44,9 @@ def sandbox() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def pair(sandbox: Sandbox) -> Iterator[tuple[Host, Host]]:
     """A bookworm and a trixie host, both booted with systemd."""
-    with sandbox.hosts_up(["sbx-a", "sbx-b"], jobdir_size={"sbx-b": JOBDIR_SIZE},
-                          suites={"sbx-b": "trixie"}) as hosts:
+    with sandbox.hosts_up(
+        ["sbx-a", "sbx-b"], jobdir_size={"sbx-b": JOBDIR_SIZE}, suites={"sbx-b": "trixie"}
+    ) as hosts:
         yield hosts[0], hosts[1]
 
 
@@ -155,7 +156,8 @@ def test_reboot_boots_the_same_disk_and_leaves_no_process(
     assert a.ssh("cat /root/disk-marker").stdout == "kept\n"
     assert a.ssh("systemctl is-system-running").stdout.strip() == "running"
     survivors = {(pid, start) for pid, start, _ in before} & {
-        (pid, start) for pid, start, _ in a.processes()}
+        (pid, start) for pid, start, _ in a.processes()
+    }
     assert not survivors
     assert a.state["boots"] == 2
 
@@ -170,7 +172,8 @@ def test_power_cut_kills_every_process_at_once_and_keeps_the_disk(
     assert not b.alive
     assert all(_proc_start_time(pid) != start for pid, start, _ in before)
     assert not (Path(b.state["cgroup"]) / "init.scope").exists() or not any(
-        p.read_text().strip() for p in Path(b.state["cgroup"]).rglob("cgroup.procs"))
+        p.read_text().strip() for p in Path(b.state["cgroup"]).rglob("cgroup.procs")
+    )
     sandbox.boot(b)
     assert b.alive and b.read_boot_id() == b.boot_id
     assert b.ssh("cat /root/disk-marker").stdout == "kept\n"

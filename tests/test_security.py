@@ -46,10 +46,27 @@ pytestmark = pytest.mark.timeout(120)
 
 # -- plain http only to loopback -------------------------------------------------
 
-LOOPBACK = ["127.0.0.1", "127.0.0.53", "127.255.255.254", "localhost", "LOCALHOST", "[::1]",
-            "localhost.", "[::ffff:127.0.0.1]"]
-REMOTE = ["portal.example.org", "10.0.0.1", "192.168.1.10", "[::2]", "[fe80::1]", "128.0.0.1",
-          "localhost.example.org", "127.0.0.1.example.org", "0.0.0.0"]
+LOOPBACK = [
+    "127.0.0.1",
+    "127.0.0.53",
+    "127.255.255.254",
+    "localhost",
+    "LOCALHOST",
+    "[::1]",
+    "localhost.",
+    "[::ffff:127.0.0.1]",
+]
+REMOTE = [
+    "portal.example.org",
+    "10.0.0.1",
+    "192.168.1.10",
+    "[::2]",
+    "[fe80::1]",
+    "128.0.0.1",
+    "localhost.example.org",
+    "127.0.0.1.example.org",
+    "0.0.0.0",
+]
 
 
 def _role_filter():
@@ -60,6 +77,7 @@ def _role_filter():
     def remote_http(url: str) -> bool:
         parts = urllib.parse.urlsplit(url)
         return parts.scheme.lower() == "http" and not pattern.match(parts.hostname or "")
+
     return remote_http
 
 
@@ -71,12 +89,18 @@ def test_poller_and_role_agree_on_what_is_loopback(host):
     assert _role_filter()(url) == remote
     assert not security.insecure_http(url, allowed=True)
     assert not security.insecure_http(f"https://{host}/portal") and not _role_filter()(
-        f"https://{host}/portal")
+        f"https://{host}/portal"
+    )
 
 
 def test_remote_http_portal_refused_with_one_line_naming_the_option(env):
-    out = subprocess.run([*LEAMPOLL, "http://portal.example.org/chicago"], capture_output=True,
-                         text=True, env=env, timeout=20)
+    out = subprocess.run(
+        [*LEAMPOLL, "http://portal.example.org/chicago"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=20,
+    )
     assert out.returncode == 1
     (line,) = out.stderr.strip().splitlines()
     assert "portal.example.org" in line and "--allow-insecure-http" in line
@@ -91,8 +115,9 @@ def test_allow_insecure_http_lets_a_remote_http_portal_through():
     assert load(["http://[::1]:8080/portal"], CREDS).site == "http://[::1]:8080/portal"
 
 
-@pytest.mark.parametrize("origin", ["http://portal.example.org", "http://10.0.0.5:8080",
-                                    "HTTP://[fe80::1]"])
+@pytest.mark.parametrize(
+    "origin", ["http://portal.example.org", "http://10.0.0.5:8080", "HTTP://[fe80::1]"]
+)
 def test_trusted_origin_on_remote_http_needs_allow_insecure_http(origin):
     site = "https://portal.example.org/portal"
     with pytest.raises(ConfigError, match="--allow-insecure-http") as err:
@@ -102,18 +127,22 @@ def test_trusted_origin_on_remote_http_needs_allow_insecure_http(origin):
     assert config.trusted_origins == (origin,)
 
 
-@pytest.mark.parametrize("origin", ["http://127.0.0.2:8080", "http://localhost",
-                                    "https://portal.example.org"])
+@pytest.mark.parametrize(
+    "origin", ["http://127.0.0.2:8080", "http://localhost", "https://portal.example.org"]
+)
 def test_trusted_origin_on_loopback_or_https_needs_nothing(origin):
     config = load(["--trusted-origin", origin, "http://127.0.0.1/portal"], CREDS)
     assert config.trusted.allows(origin + "/portal/jobs/j/end_run")
 
 
 def test_trusted_remote_http_report_url_is_still_refused_by_the_client():
-    client = PortalClient("http://127.0.0.1:9/portal", "http://127.0.0.1:9/portal/pop_queue",
-                          USER, PASSWORD,
-                          trusted=TrustedOrigins.build("http://127.0.0.1:9/portal",
-                                                       ["http://portal.example.org"]))
+    client = PortalClient(
+        "http://127.0.0.1:9/portal",
+        "http://127.0.0.1:9/portal/pop_queue",
+        USER,
+        PASSWORD,
+        trusted=TrustedOrigins.build("http://127.0.0.1:9/portal", ["http://portal.example.org"]),
+    )
     with pytest.raises(ReportError, match="--allow-insecure-http") as err:
         client.post("http://portal.example.org/portal/jobs/j/end_run", {"message": "done"})
     assert err.value.permanent
@@ -123,8 +152,9 @@ def test_trusted_remote_http_report_url_is_still_refused_by_the_client():
 
 
 def test_report_url_on_remote_http_is_refused_before_anything_is_sent():
-    client = PortalClient("http://127.0.0.1:9/portal", "http://127.0.0.1:9/portal/pop_queue",
-                          USER, PASSWORD)
+    client = PortalClient(
+        "http://127.0.0.1:9/portal", "http://127.0.0.1:9/portal/pop_queue", USER, PASSWORD
+    )
     with pytest.raises(ReportError, match="--allow-insecure-http") as err:
         client.post("http://portal.example.org/portal/jobs/j/success", {"message": "done"})
     assert err.value.permanent
@@ -133,8 +163,9 @@ def test_report_url_on_remote_http_is_refused_before_anything_is_sent():
 
 def test_poller_sets_aside_a_report_to_remote_http_and_says_why(portal, start_poller):
     job_url = f"{portal.url}/jobs/leaky"
-    portal.queue("leaky", "true", on_success="http://portal.example.org/jobs/leaky/success",
-                 url=job_url)
+    portal.queue(
+        "leaky", "true", on_success="http://portal.example.org/jobs/leaky/success", url=job_url
+    )
     p = start_poller("-i", "2")
     assert p.wait(30) == 0
     line = next(x for x in p.log.splitlines() if "set aside as undeliverable" in x)
@@ -158,8 +189,9 @@ def tls_portal(request, tmp_path) -> Iterator[TLSPortal]:
         yield TLSPortal(p, cert)
 
 
-def test_untrusted_certificate_fails_with_a_clear_line_and_pops_nothing(tls_portal,
-                                                                        start_poller, tmp_path):
+def test_untrusted_certificate_fails_with_a_clear_line_and_pops_nothing(
+    tls_portal, start_poller, tmp_path
+):
     portal = tls_portal.portal
     portal.queue("tls-job", "true")
     metrics = tmp_path / "m.prom"
@@ -169,14 +201,30 @@ def test_untrusted_certificate_fails_with_a_clear_line_and_pops_nothing(tls_port
     assert "not trusted" in line and "--ca-file" in line, line
     assert portal.status["tls-job"] == "queued" and not portal.received  # no request got through
     # Its own reason in the metrics, not "unreachable".
-    assert samples(metrics).get(
-        ("leampoll_portal_errors_total", ("project", "p"), ("reason", "tls"))) == 1
+    assert (
+        samples(metrics).get(("leampoll_portal_errors_total", ("project", "p"), ("reason", "tls")))
+        == 1
+    )
 
 
 def test_check_fails_on_an_untrusted_certificate(tls_portal, workdir, env):
-    out = subprocess.run([*LEAMPOLL, "--check", "--workdir", str(workdir), "--min-free-disk", "1M",
-                          "--min-free-mem", "1M", tls_portal.portal.url],
-                         capture_output=True, text=True, env=env, timeout=30)
+    out = subprocess.run(
+        [
+            *LEAMPOLL,
+            "--check",
+            "--workdir",
+            str(workdir),
+            "--min-free-disk",
+            "1M",
+            "--min-free-mem",
+            "1M",
+            tls_portal.portal.url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert out.returncode == 1
     fails = [x for x in out.stdout.splitlines() if x.startswith("FAIL")]
     assert len(fails) == 1 and fails[0].split()[1] == "tls" and "--ca-file" in fails[0], out.stdout
@@ -185,9 +233,25 @@ def test_check_fails_on_an_untrusted_certificate(tls_portal, workdir, env):
 def test_ca_file_trusts_the_portal(tls_portal, start_poller, workdir, env):
     # The machine's own REQUESTS_CA_BUNDLE (if any) stays set: --ca-file wins over it.
     portal, ca = tls_portal.portal, str(tls_portal.cert.ca)
-    check = subprocess.run([*LEAMPOLL, "--check", "--ca-file", ca, "--workdir", str(workdir),
-                            "--min-free-disk", "1M", "--min-free-mem", "1M", portal.url],
-                           capture_output=True, text=True, env=env, timeout=30)
+    check = subprocess.run(
+        [
+            *LEAMPOLL,
+            "--check",
+            "--ca-file",
+            ca,
+            "--workdir",
+            str(workdir),
+            "--min-free-disk",
+            "1M",
+            "--min-free-mem",
+            "1M",
+            portal.url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert check.returncode == 0, check.stdout
     portal.queue("tls-ok", "true")
     p = start_poller("-i", "1", "--ca-file", ca, url=portal.url)
@@ -217,9 +281,13 @@ def test_a_certificate_for_another_host_fails_even_with_its_ca(tmp_path, start_p
 
 
 def test_missing_ca_file_is_a_one_line_error(env, tmp_path):
-    out = subprocess.run([*LEAMPOLL, "--ca-file", str(tmp_path / "nope.pem"),
-                          "https://127.0.0.1:9/portal"], capture_output=True, text=True, env=env,
-                         timeout=20)
+    out = subprocess.run(
+        [*LEAMPOLL, "--ca-file", str(tmp_path / "nope.pem"), "https://127.0.0.1:9/portal"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=20,
+    )
     assert out.returncode == 1
     (line,) = out.stderr.strip().splitlines()
     assert "--ca-file" in line and "nope.pem" in line
@@ -231,15 +299,33 @@ VALIDATION_ONLY = ("--tags", "leam-validation-only")  # no such tag: only the al
 
 
 def _remote_project(**extra) -> dict:
-    return {"name": "remote", "portal_url": "http://portal.example.org/remote",
-            "portal_user": "poller", "portal_password": PASSWORD, **extra}
+    return {
+        "name": "remote",
+        "portal_url": "http://portal.example.org/remote",
+        "portal_user": "poller",
+        "portal_password": PASSWORD,
+        **extra,
+    }
 
 
 def _validate(tmp_path: Path, project: dict, **more) -> subprocess.CompletedProcess:
     inventory = tmp_path / "inventory.json"
     # Unreachable on purpose: the validation play checks variables without connecting.
-    inventory.write_text(json.dumps({"leam_jobservers": {"hosts": {"jobserver-a": {
-        "ansible_host": "127.0.0.251", "leam_projects": [project], **more}}}}))
+    inventory.write_text(
+        json.dumps(
+            {
+                "leam_jobservers": {
+                    "hosts": {
+                        "jobserver-a": {
+                            "ansible_host": "127.0.0.251",
+                            "leam_projects": [project],
+                            **more,
+                        }
+                    }
+                }
+            }
+        )
+    )
     return playbook.run(inventory, "site.yml", *VALIDATION_ONLY, log_dir=tmp_path)
 
 
@@ -261,8 +347,10 @@ def test_role_accepts_remote_http_with_allow_insecure_http(tmp_path):
 
 
 def test_role_rejects_a_remote_http_trusted_origin_naming_host_and_project(tmp_path):
-    project = _remote_project(portal_url="https://portal.example.org/remote",
-                              trusted_origins=["https://www.example.org", "http://10.0.0.5:8080"])
+    project = _remote_project(
+        portal_url="https://portal.example.org/remote",
+        trusted_origins=["https://www.example.org", "http://10.0.0.5:8080"],
+    )
     out = _validate(tmp_path, project)
     assert out.returncode != 0
     line = next(x for x in out.stdout.splitlines() if "trusted_origins has a plain http://" in x)
@@ -270,22 +358,35 @@ def test_role_rejects_a_remote_http_trusted_origin_naming_host_and_project(tmp_p
     assert PASSWORD not in out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("extra", [
-    {"trusted_origins": ["http://10.0.0.5:8080"], "allow_insecure_http": True},
-    {"trusted_origins": ["http://127.0.0.2:8080", "http://localhost", "https://www.example.org"]},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"trusted_origins": ["http://10.0.0.5:8080"], "allow_insecure_http": True},
+        {
+            "trusted_origins": [
+                "http://127.0.0.2:8080",
+                "http://localhost",
+                "https://www.example.org",
+            ]
+        },
+    ],
+)
 def test_role_accepts_trusted_origins_by_the_http_rule(tmp_path, extra):
-    out = _validate(tmp_path, _remote_project(portal_url="https://portal.example.org/remote",
-                                              **extra))
+    out = _validate(
+        tmp_path, _remote_project(portal_url="https://portal.example.org/remote", **extra)
+    )
     assert "plain http://" not in out.stdout, out.stdout[-3000:]
     rc = recap(out.stdout)["jobserver-a"]
     assert rc["failed"] == 0 and rc["unreachable"] == 1, out.stdout[-3000:]
 
 
-@pytest.mark.parametrize("extra,variable", [
-    ({"allow_insecure_http": "yes please"}, "allow_insecure_http"),
-    ({"ca_file": "relative/ca.pem"}, "ca_file"),
-])
+@pytest.mark.parametrize(
+    "extra,variable",
+    [
+        ({"allow_insecure_http": "yes please"}, "allow_insecure_http"),
+        ({"ca_file": "relative/ca.pem"}, "ca_file"),
+    ],
+)
 def test_role_rejects_bad_security_settings(tmp_path, extra, variable):
     project = {**_remote_project(portal_url="https://portal.example.org/remote"), **extra}
     out = _validate(tmp_path, project)
@@ -326,22 +427,39 @@ class Audit:
         return out.stdout
 
     def project(self, name: str, **settings) -> dict:
-        return {"name": name, "portal_url": self.portals[name].url, "portal_user": "poller",
-                "portal_password": SECRET, "speed": 1, "min_free_disk": "10M",
-                "min_free_mem": "10M", **settings}
+        return {
+            "name": name,
+            "portal_url": self.portals[name].url,
+            "portal_user": "poller",
+            "portal_password": SECRET,
+            "speed": 1,
+            "min_free_disk": "10M",
+            "min_free_mem": "10M",
+            **settings,
+        }
 
     def write(self, group_vars: dict | None = None, **overrides: dict) -> None:
-        projects = [self.project("plain"), self.project("tlsca", ca_file=HOST_CA),
-                    self.project("tlsnoca")]
+        projects = [
+            self.project("plain"),
+            self.project("tlsca", ca_file=HOST_CA),
+            self.project("tlsnoca"),
+        ]
         projects = [{**p, **overrides.get(p["name"], {})} for p in projects]
         metrics = {"leampoll_metrics": True}
         if not self.default_metrics_address:  # 127.0.0.1:9100 is taken on this machine
             metrics["leampoll_node_exporter_listen_address"] = f"{self.host.address}:9100"
-        self.sandbox.write_inventory(self.inventory, host_vars={HOST: {"leam_projects": projects}},
-                                     group_vars={"leam_jobservers": {
-                                         "leampoll_install_mode": "wheelhouse",
-                                         "leam_jobdir_min_free": "20M", **metrics,
-                                         **(group_vars or {})}})
+        self.sandbox.write_inventory(
+            self.inventory,
+            host_vars={HOST: {"leam_projects": projects}},
+            group_vars={
+                "leam_jobservers": {
+                    "leampoll_install_mode": "wheelhouse",
+                    "leam_jobdir_min_free": "20M",
+                    **metrics,
+                    **(group_vars or {}),
+                }
+            },
+        )
 
     def play(self, *args: str) -> subprocess.CompletedProcess:
         return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
@@ -352,9 +470,11 @@ def audit(tmp_path_factory) -> Iterator[Audit]:
     workdir = tmp_path_factory.mktemp("audit")
     cert = private_ca(workdir, hosts=("127.0.0.1",))
     tls = (str(cert.cert), str(cert.key))
-    portals = {"plain": PortalStandin("poller", SECRET, base_path="/plain"),
-               "tlsca": PortalStandin("poller", SECRET, base_path="/tlsca", tls=tls),
-               "tlsnoca": PortalStandin("poller", SECRET, base_path="/tlsnoca", tls=tls)}
+    portals = {
+        "plain": PortalStandin("poller", SECRET, base_path="/plain"),
+        "tlsca": PortalStandin("poller", SECRET, base_path="/tlsca", tls=tls),
+        "tlsnoca": PortalStandin("poller", SECRET, base_path="/tlsnoca", tls=tls),
+    }
     sandbox = Sandbox(STATE_DIR)
     sandbox.down(HOST)  # left over from an interrupted run
     try:
@@ -362,8 +482,15 @@ def audit(tmp_path_factory) -> Iterator[Audit]:
             p.start()
         with sandbox.hosts_up([HOST]) as (host,):
             host.ssh(f"cat > {HOST_CA}", input=cert.ca.read_text(), check=True)
-            a = Audit(host, sandbox, portals, workdir / "inventory.yml", workdir, None,
-                      not _listening("127.0.0.1", 9100))
+            a = Audit(
+                host,
+                sandbox,
+                portals,
+                workdir / "inventory.yml",
+                workdir,
+                None,
+                not _listening("127.0.0.1", 9100),
+            )
             a.write()
             a.first = a.play("-v")
             assert a.first.returncode == 0, a.first.stdout[-4000:]
@@ -428,9 +555,13 @@ def test_pollers_and_jobs_run_as_leam_and_no_argv_holds_the_password(audit):
 @on_sandbox
 def test_untrusted_portal_certificate_is_a_clear_line_in_the_pollers_log(audit):
     log = "/var/log/supervisor/leampoll-tlsnoca.log"
-    line = wait_until(lambda: next((x for x in audit.ssh(f"cat {log}").splitlines()
-                                    if "TLS certificate" in x), None),
-                      60, "the TLS line in the poller's log")
+    line = wait_until(
+        lambda: next(
+            (x for x in audit.ssh(f"cat {log}").splitlines() if "TLS certificate" in x), None
+        ),
+        60,
+        "the TLS line in the poller's log",
+    )
     assert "not trusted" in line and "--ca-file" in line
     assert not audit.portals["tlsnoca"].received
 
@@ -440,8 +571,10 @@ def test_program_files_root_only_and_leam_cannot_change_code_or_programs(audit):
     modes = audit.ssh("stat -c '%n %a %U %G' /etc/supervisor/conf.d/leampoll-*.conf").splitlines()
     assert len(modes) == 3 and all(m.split()[1:] == ["600", "root", "root"] for m in modes), modes
     as_leam = "runuser -u leam -- "
-    writable = audit.host.ssh(as_leam + "find /opt/leampoll /etc/supervisor /usr/local/bin "
-                              "/etc/leampoll /etc/default -writable")
+    writable = audit.host.ssh(
+        as_leam + "find /opt/leampoll /etc/supervisor /usr/local/bin "
+        "/etc/leampoll /etc/default -writable"
+    )
     assert writable.stdout.strip() == "", writable.stdout
     for path in ("/opt/leampoll/venv/bin/leampoll", "/etc/supervisor/conf.d/leampoll-plain.conf"):
         out = audit.host.ssh(f"{as_leam} sh -c 'echo x >> {path}'")
@@ -464,8 +597,9 @@ def test_password_only_in_the_root_only_program_files(audit):
     # The patterns come in on stdin, so the search itself puts them in no argv.
     patterns = "S3cret\n" + base64.b64encode(f"poller:{SECRET}".encode()).decode() + "\n"
     found = audit.host.ssh(f"grep -rlsF -f /dev/stdin {SCANNED}", input=patterns).stdout.split()
-    assert sorted(found) == [f"/etc/supervisor/conf.d/leampoll-{p}.conf"
-                             for p in ("plain", "tlsca", "tlsnoca")], found
+    assert sorted(found) == [
+        f"/etc/supervisor/conf.d/leampoll-{p}.conf" for p in ("plain", "tlsca", "tlsnoca")
+    ], found
     readable = audit.ssh(f"find {' '.join(found)} -perm /o=r,g=r")
     assert readable.strip() == ""
 
@@ -493,7 +627,8 @@ def test_node_exporter_on_loopback_when_no_address_is_given(audit):
     if not audit.default_metrics_address:
         pytest.skip("127.0.0.1:9100 was taken on this machine before the host converged")
     assert wait_until(lambda: _node_exporter_listens(audit), 30, "node_exporter listening") == [
-        "127.0.0.1:9100"]
+        "127.0.0.1:9100"
+    ]
 
 
 @on_sandbox
@@ -501,12 +636,12 @@ def test_node_exporter_on_loopback_when_no_address_is_given(audit):
 def test_node_exporter_on_the_address_the_inventory_gives(audit):
     wanted = f"{audit.host.address}:9100"
     # A real run with --diff that rewrites a program file, too.
-    audit.write(group_vars={"leampoll_node_exporter_listen_address": wanted},
-                plain={"speed": 2})
+    audit.write(group_vars={"leampoll_node_exporter_listen_address": wanted}, plain={"speed": 2})
     out = audit.play("--diff", "-v")
     assert out.returncode == 0, out.stdout[-4000:]
     _no_secret(out.stdout + out.stderr)
     pid = audit.ssh("supervisorctl pid leampoll-plain").strip()
     assert "--speed 2" in audit.ssh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
-    assert wait_until(lambda: _node_exporter_listens(audit) == [wanted], 30,
-                      f"node_exporter on {wanted}")
+    assert wait_until(
+        lambda: _node_exporter_listens(audit) == [wanted], 30, f"node_exporter on {wanted}"
+    )

@@ -13,41 +13,86 @@ from leampoll.state import AuthHold, Current, Guard, Last, State, Status
 
 # The keys of status.json, in order: `leampoll status`, the metrics and the fleet
 # table read them, and a poller reads its predecessor's file on start.
-STATUS_KEYS = ["project", "version", "pid", "site", "workdir", "started_at", "state", "current",
-               "last", "counts", "session", "guard", "last_poll", "reports_pending", "auth",
-               "portal_error", "portal_errors_total", "idle_since"]
+STATUS_KEYS = [
+    "project",
+    "version",
+    "pid",
+    "site",
+    "workdir",
+    "started_at",
+    "state",
+    "current",
+    "last",
+    "counts",
+    "session",
+    "guard",
+    "last_poll",
+    "reports_pending",
+    "auth",
+    "portal_error",
+    "portal_errors_total",
+    "idle_since",
+]
 
 
 def busy_status() -> Status:
     return Status(
-        project="luc", version="1.0", pid=4242, site="https://portal.example.org/luc",
-        workdir="/srv/luc", started_at=100.0, state="running",
+        project="luc",
+        version="1.0",
+        pid=4242,
+        site="https://portal.example.org/luc",
+        workdir="/srv/luc",
+        started_at=100.0,
+        state="running",
         current=Current("j2", "Chicago", 150.0, "/srv/luc/j2", "/srv/luc/j2.log"),
         last=Last("j1", "error", 140.0, "job j1 run failed", portal="end_run"),
         counts={"success": 3, "error": 1, "requeued": 0},
         session={"success": 1, "error": 1, "requeued": 0},
-        guard=Guard(["disk", "auth"], {"disk": [1, 10, 5]}), last_poll=149.0,
-        reports_pending=2, auth=AuthHold("poller", 120.0, "HTTP 401"),
+        guard=Guard(["disk", "auth"], {"disk": [1, 10, 5]}),
+        last_poll=149.0,
+        reports_pending=2,
+        auth=AuthHold("poller", 120.0, "HTTP 401"),
         portal_error=Trouble(130.0, "http_5xx", "HTTP 500", 145.0, 3),
-        portal_errors_total={"http_5xx": 3}, idle_since=None)
+        portal_errors_total={"http_5xx": 3},
+        idle_since=None,
+    )
 
 
 def test_status_json_has_the_keys_readers_read():
     data = busy_status().to_json()
     assert list(data) == STATUS_KEYS
-    assert data["current"] == {"id": "j2", "title": "Chicago", "started_at": 150.0,
-                               "rundir": "/srv/luc/j2", "log": "/srv/luc/j2.log"}
-    assert data["last"] == {"id": "j1", "outcome": "error", "at": 140.0,
-                            "message": "job j1 run failed", "portal": "end_run"}
+    assert data["current"] == {
+        "id": "j2",
+        "title": "Chicago",
+        "started_at": 150.0,
+        "rundir": "/srv/luc/j2",
+        "log": "/srv/luc/j2.log",
+    }
+    assert data["last"] == {
+        "id": "j1",
+        "outcome": "error",
+        "at": 140.0,
+        "message": "job j1 run failed",
+        "portal": "end_run",
+    }
     assert data["guard"] == {"holding": ["disk", "auth"], "readings": {"disk": [1, 10, 5]}}
     assert data["auth"] == {"user": "poller", "since": 120.0, "detail": "HTTP 401"}
-    assert data["portal_error"] == {"since": 130.0, "reason": "http_5xx", "last": "HTTP 500",
-                                    "at": 145.0, "count": 3}
+    assert data["portal_error"] == {
+        "since": 130.0,
+        "reason": "http_5xx",
+        "last": "HTTP 500",
+        "at": 145.0,
+        "count": 3,
+    }
 
 
 def test_last_has_no_portal_key_until_its_report_is_delivered():
     assert Last("j1", "success", 1.0, "ok").to_json() == {
-        "id": "j1", "outcome": "success", "at": 1.0, "message": "ok"}
+        "id": "j1",
+        "outcome": "success",
+        "at": 1.0,
+        "message": "ok",
+    }
 
 
 def test_status_written_and_read_back_is_the_same(tmp_path):
@@ -67,10 +112,17 @@ def test_missing_status_reads_as_what_a_missing_key_means(tmp_path):
 
 
 def test_status_of_another_version_keeps_what_it_can():
-    status = Status.from_json({
-        "pid": 7, "unknown": 1, "counts": ["not", "a", "dict"], "current": "garbage",
-        "last": {"id": "j", "outcome": "success", "at": 5.0, "message": "m", "extra": True},
-        "portal_error": {"since": 1.0}, "guard": {"holding": ["memory"]}})
+    status = Status.from_json(
+        {
+            "pid": 7,
+            "unknown": 1,
+            "counts": ["not", "a", "dict"],
+            "current": "garbage",
+            "last": {"id": "j", "outcome": "success", "at": 5.0, "message": "m", "extra": True},
+            "portal_error": {"since": 1.0},
+            "guard": {"holding": ["memory"]},
+        }
+    )
     assert status.pid == 7 and status.counts == {} and status.current is None
     assert status.last == Last("j", "success", 5.0, "m")
     assert status.portal_error is None  # too little of it to show

@@ -16,8 +16,14 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def status_json(*workdirs, env=None) -> list[dict]:
-    out = subprocess.run([*LEAMPOLL, "status", "--json", *map(str, workdirs)],
-                         capture_output=True, text=True, check=True, timeout=30, env=env)
+    out = subprocess.run(
+        [*LEAMPOLL, "status", "--json", *map(str, workdirs)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env=env,
+    )
     return json.loads(out.stdout)
 
 
@@ -40,8 +46,9 @@ def test_status_shows_running_job_then_last_outcome(portal, start_poller, workdi
     wait_until(lambda: status_json(workdir)[0]["job"] is None, what="job end in status")
     (row,) = status_json(workdir)
     assert row["last"]["outcome"] == "success" and row["succeeded"] == 1
-    table = subprocess.run([*LEAMPOLL, "status", str(workdir)], capture_output=True,
-                           text=True, check=True).stdout
+    table = subprocess.run(
+        [*LEAMPOLL, "status", str(workdir)], capture_output=True, text=True, check=True
+    ).stdout
     assert "chicago" in table and "success long-run" in table
 
 
@@ -50,8 +57,9 @@ def test_status_shows_a_guard_hold_with_figures(portal, start_poller, workdir):
     wait_until(lambda: status_json(workdir)[0]["guard"]["holding"], what="guard hold")
     (row,) = status_json(workdir)
     assert row["guard"]["holding"] == ["memory"]
-    table = subprocess.run([*LEAMPOLL, "status", str(workdir)], capture_output=True,
-                           text=True, check=True).stdout
+    table = subprocess.run(
+        [*LEAMPOLL, "status", str(workdir)], capture_output=True, text=True, check=True
+    ).stdout
     assert "memory " in table.splitlines()[1]
 
 
@@ -61,8 +69,7 @@ def test_status_without_projects_says_so(tmp_path, env):
     assert out.returncode == 1 and "no workdir" in out.stderr
 
 
-def test_metrics_file_counts_outcomes_and_survives_restart(portal, start_poller, workdir,
-                                                           tmp_path):
+def test_metrics_file_counts_outcomes_and_survives_restart(portal, start_poller, workdir, tmp_path):
     metrics = tmp_path / "leampoll.prom"
     portal.queue("ok", "true")
     portal.queue("ko", "false")
@@ -91,29 +98,42 @@ def test_metrics_show_running_job_and_guard(portal, start_poller, workdir, tmp_p
     start_poller("--metrics-file", str(metrics), "--project", "p")
     wait_until((workdir / "long" / "started").exists, what="job start")
     found = wait_until(lambda: metrics.exists() and samples(metrics), what="metrics")
-    wait_until(lambda: samples(metrics)[("leampoll_job_running", ("project", "p"))] == 1,
-               what="running gauge")
+    wait_until(
+        lambda: samples(metrics)[("leampoll_job_running", ("project", "p"))] == 1,
+        what="running gauge",
+    )
     assert found[("leampoll_job_start_timestamp_seconds", ("project", "p"))] > 0
 
 
 def poller_state(path, project: str) -> list[str]:
     """The states whose leampoll_state series is 1 (one, if the file is right)."""
-    return [labels["state"] for (name, *pairs), value in samples(path).items()
-            if name == "leampoll_state" and value == 1
-            for labels in [dict(pairs)] if labels["project"] == project]
+    return [
+        labels["state"]
+        for (name, *pairs), value in samples(path).items()
+        if name == "leampoll_state" and value == 1
+        for labels in [dict(pairs)]
+        if labels["project"] == project
+    ]
 
 
 def test_state_series_idle_draining_then_stopped(portal, start_poller, workdir, tmp_path):
     metrics = tmp_path / "state.prom"
     p = start_poller("--metrics-file", str(metrics), "--project", "p")
-    wait_until(lambda: metrics.exists() and poller_state(metrics, "p") == ["idle"],
-               what="state idle")
-    states = {dict(pairs)["state"] for (name, *pairs) in samples(metrics)
-              if name == "leampoll_state"}
+    wait_until(
+        lambda: metrics.exists() and poller_state(metrics, "p") == ["idle"], what="state idle"
+    )
+    states = {
+        dict(pairs)["state"] for (name, *pairs) in samples(metrics) if name == "leampoll_state"
+    }
     assert {"idle", "running", "draining", "holding", "stopped"} <= states
     # The job runs until the test lets it end (bounded: 60 s).
-    portal.queue("drained-job", sh("touch started; i=0; while [ ! -e go ] && [ $i -lt 600 ]; "
-                                   "do sleep 0.1; i=$((i+1)); done"))
+    portal.queue(
+        "drained-job",
+        sh(
+            "touch started; i=0; while [ ! -e go ] && [ $i -lt 600 ]; "
+            "do sleep 0.1; i=$((i+1)); done"
+        ),
+    )
     wait_until((workdir / "drained_job" / "started").exists, what="job start")
     wait_until(lambda: poller_state(metrics, "p") == ["running"], what="state running")
     p.signal(signal.SIGUSR1)
@@ -134,6 +154,8 @@ def row_version() -> str:
 
 
 def test_poller_without_metrics_never_imports_prometheus_client():
-    code = ("import sys, leampoll.cli, leampoll.worker, leampoll.status; "
-            "sys.exit('prometheus_client' in sys.modules)")
+    code = (
+        "import sys, leampoll.cli, leampoll.worker, leampoll.status; "
+        "sys.exit('prometheus_client' in sys.modules)"
+    )
     assert subprocess.run([LEAMPOLL[0], "-c", code]).returncode == 0

@@ -52,18 +52,45 @@ class Fleet:
 
     def write(self) -> None:
         host_vars: dict[str, dict] = {
-            host: {"leam_projects": [
-                {"name": p, "portal_url": self.portals[p].url, "portal_user": "poller",
-                 "portal_password": PASSWORD, "speed": 1, "min_free_disk": "10M",
-                 "min_free_mem": "10M"} for p in projects] + [
-                {"name": p, "portal_url": f"http://127.0.0.1:9/{p}", "portal_user": "poller",
-                 "portal_password": PASSWORD, "state": "absent"}
-                for p in self.absent[host] if p not in projects]}
-            for host, projects in self.projects.items()}
+            host: {
+                "leam_projects": [
+                    {
+                        "name": p,
+                        "portal_url": self.portals[p].url,
+                        "portal_user": "poller",
+                        "portal_password": PASSWORD,
+                        "speed": 1,
+                        "min_free_disk": "10M",
+                        "min_free_mem": "10M",
+                    }
+                    for p in projects
+                ]
+                + [
+                    {
+                        "name": p,
+                        "portal_url": f"http://127.0.0.1:9/{p}",
+                        "portal_user": "poller",
+                        "portal_password": PASSWORD,
+                        "state": "absent",
+                    }
+                    for p in self.absent[host]
+                    if p not in projects
+                ]
+            }
+            for host, projects in self.projects.items()
+        }
         host_vars["sys-a"]["leampoll_grace"] = GRACE_A
-        self.sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars={
-            "leam_jobservers": {"leampoll_install_mode": "wheelhouse",
-                                "leam_jobdir_min_free": "20M", "leampoll_drain_timeout": 300}})
+        self.sandbox.write_inventory(
+            self.inventory,
+            host_vars=host_vars,
+            group_vars={
+                "leam_jobservers": {
+                    "leampoll_install_mode": "wheelhouse",
+                    "leam_jobdir_min_free": "20M",
+                    "leampoll_drain_timeout": 300,
+                }
+            },
+        )
 
     def play(self, *args: str) -> subprocess.CompletedProcess:
         return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
@@ -109,15 +136,20 @@ def once(marker: str, then: str = "") -> str:
     `then` runs before it is written (a job that has written it has set up
     what `then` sets up).
     """
-    return (f"sh -c 'if [ -e /var/tmp/{marker} ]; then exit 0; fi; {then}"
-            f"touch /var/tmp/{marker}; exec sleep 900'")
+    return (
+        f"sh -c 'if [ -e /var/tmp/{marker} ]; then exit 0; fi; {then}"
+        f"touch /var/tmp/{marker}; exec sleep 900'"
+    )
 
 
 def started(portal: PortalStandin, job: str, host: Host, marker: str) -> None:
     """Wait until the job is running on the host (its marker is written)."""
     portal.wait_for(lambda p: p.status.get(job) == "running", timeout=60)
-    wait_until(lambda: host.ssh(f"test -e /var/tmp/{marker}").returncode == 0, 30,
-               f"{job} started on {host.name}")
+    wait_until(
+        lambda: host.ssh(f"test -e /var/tmp/{marker}").returncode == 0,
+        30,
+        f"{job} started on {host.name}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -152,19 +184,35 @@ def test_bare_hosts_converge_and_every_poller_runs_a_job(fleet):
             fleet.portals[project].queue(f"{project}-first", "true")
     for project in fleet.portals:
         fleet.portals[project].wait_for(
-            lambda p, j=f"{project}-first": p.status.get(j) == "complete", timeout=90)
+            lambda p, j=f"{project}-first": p.status.get(j) == "complete", timeout=90
+        )
     assert PASSWORD not in out
 
 
 @pytest.mark.skipif(not ANSIBLE.exists(), reason="ansible is not installed in this venv")
 def test_service_manager_fact_is_systemd_where_systemd_boots(fleet):
     out = subprocess.run(
-        [str(ANSIBLE), "leam_jobservers", "-i", str(fleet.inventory), "-o", "-m",
-         "ansible.builtin.setup", "-a", "gather_subset=!all,!min,service_mgr"],
-        capture_output=True, text=True, timeout=120, check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
-    facts = {m.group(1): json.loads(m.group(2))["ansible_facts"]["ansible_service_mgr"]
-             for m in re.finditer(r"^(\S+) \| SUCCESS => (\{.*\})$", out.stdout, re.M)}
+        [
+            str(ANSIBLE),
+            "leam_jobservers",
+            "-i",
+            str(fleet.inventory),
+            "-o",
+            "-m",
+            "ansible.builtin.setup",
+            "-a",
+            "gather_subset=!all,!min,service_mgr",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )
+    facts = {
+        m.group(1): json.loads(m.group(2))["ansible_facts"]["ansible_service_mgr"]
+        for m in re.finditer(r"^(\S+) \| SUCCESS => (\{.*\})$", out.stdout, re.M)
+    }
     assert facts["sys-a"] == "systemd" and facts["sys-b"] == "systemd", out.stdout
     assert facts["sys-box"] != "systemd"
 
@@ -183,8 +231,9 @@ def test_supervisor_starts_at_boot_with_a_stop_timeout_covering_its_pollers(flee
     # sys-b: one poller of 40 s + 30 s: Debian's 90 s stays
     assert b.ssh("systemctl show -P TimeoutStopUSec supervisor").stdout.strip() == "1min 30s"
     # Without systemd: the init script runs Supervisor, and there is no drop-in.
-    assert box.ssh("test -e /etc/systemd/system/supervisor.service.d/leam-stop.conf"
-                   ).returncode != 0
+    assert (
+        box.ssh("test -e /etc/systemd/system/supervisor.service.d/leam-stop.conf").returncode != 0
+    )
     assert box.ssh("service supervisor status").returncode == 0
     assert fleet.all_running("sys-box")
 
@@ -193,7 +242,10 @@ def test_second_run_changes_nothing(fleet):
     out = fleet.play()
     assert out.returncode == 0, out.stdout[-4000:]
     assert {h: c["changed"] for h, c in recap(out.stdout).items()} == {
-        "sys-a": 0, "sys-b": 0, "sys-box": 0}, out.stdout[-4000:]
+        "sys-a": 0,
+        "sys-b": 0,
+        "sys-box": 0,
+    }, out.stdout[-4000:]
 
 
 @pytest.mark.usefixtures("sys_b_as_deployed")
@@ -236,7 +288,7 @@ def test_restart_with_a_grace_beyond_90_s_hands_the_job_back(fleet):
     a, rio = fleet.hosts["sys-a"], fleet.portals["rio"]
     a.ssh("journalctl --rotate >/dev/null 2>&1; true")
     since = a.ssh("date +%s").stdout.strip()
-    rio.queue("ignores-term", once("restart-ran", then="trap \"\" TERM; "))
+    rio.queue("ignores-term", once("restart-ran", then='trap "" TERM; '))
     started(rio, "ignores-term", a, "restart-ran")
     res = a.ssh("systemctl restart supervisor", timeout=400)
     assert res.returncode == 0, res.stderr
@@ -249,8 +301,11 @@ def test_restart_with_a_grace_beyond_90_s_hands_the_job_back(fleet):
 
 
 def _pollers_and_jobs(host: Host) -> set[tuple[int, int | None]]:
-    return {(pid, start) for pid, start, cmd in host.processes()
-            if "leampoll" in cmd or "sleep 900" in cmd}
+    return {
+        (pid, start)
+        for pid, start, cmd in host.processes()
+        if "leampoll" in cmd or "sleep 900" in cmd
+    }
 
 
 def test_reboot_hands_the_job_back_once_and_the_pollers_run_it_after_the_boot(fleet):

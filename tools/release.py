@@ -73,16 +73,20 @@ def check(files: Files) -> str:
     want = version(files)
     galaxy = _one(GALAXY_VERSION, files.galaxy, "top-level 'version:'").group(1)
     if galaxy != want:
-        raise ReleaseError(f"{files.galaxy}: version {galaxy} but leampoll/__init__.py says "
-                           f"{want}; run `python tools/release.py bump {want}` or fix it by hand")
+        raise ReleaseError(
+            f"{files.galaxy}: version {galaxy} but leampoll/__init__.py says "
+            f"{want}; run `python tools/release.py bump {want}` or fix it by hand"
+        )
     text = files.changelog.read_text()
     if UNRELEASED not in text:
         raise ReleaseError(f"{files.changelog}: no '{UNRELEASED}' section")
     released = RELEASED.search(text)
     if released is None or released.group(1) != want:
         newest = released.group(1) if released else "none"
-        raise ReleaseError(f"{files.changelog}: newest release is {newest}, not {want}; "
-                           f"add '## [{want}] - YYYY-MM-DD' below '{UNRELEASED}'")
+        raise ReleaseError(
+            f"{files.changelog}: newest release is {newest}, not {want}; "
+            f"add '## [{want}] - YYYY-MM-DD' below '{UNRELEASED}'"
+        )
     return want
 
 
@@ -95,7 +99,7 @@ def bump(files: Files, new: str, today: datetime.date | None = None) -> None:
         raise ReleaseError(f"{new} is not newer than {old}")
     text = files.changelog.read_text()
     head, _, rest = text.partition(UNRELEASED)
-    entries = rest[:RELEASED.search(rest).start()]
+    entries = rest[: RELEASED.search(rest).start()]
     if not entries.strip():
         raise ReleaseError(f"{files.changelog}: nothing under '{UNRELEASED}' to release")
     date = (today or datetime.date.today()).isoformat()
@@ -113,8 +117,11 @@ def build(files: Files, out: Path) -> Path:
     if exe is None:
         raise ReleaseError("ansible-galaxy not found (make venv installs it)")
     out.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([exe, "collection", "build", "--force", "--output-path", str(out),
-                           str(files.root)], capture_output=True, text=True)
+    done = subprocess.run(
+        [exe, "collection", "build", "--force", "--output-path", str(out), str(files.root)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise ReleaseError(f"ansible-galaxy collection build failed:\n{done.stdout}{done.stderr}")
     tarball = out / f"leam-jobserver-{ver}.tar.gz"

@@ -144,8 +144,13 @@ def default_line(name: str, value) -> str:
 
 
 def comment(text: str, indent: str = "") -> list[str]:
-    return textwrap.wrap(text, WIDTH, initial_indent=f"{indent}# ",
-                         subsequent_indent=f"{indent}# ", break_on_hyphens=False)
+    return textwrap.wrap(
+        text,
+        WIDTH,
+        initial_indent=f"{indent}# ",
+        subsequent_indent=f"{indent}# ",
+        break_on_hyphens=False,
+    )
 
 
 def defaults_text(role: Role) -> str:
@@ -161,10 +166,12 @@ def defaults_text(role: Role) -> str:
                 lines += comment("One of: " + ", ".join(map(str, option["choices"])) + ".")
             suboptions = option.get("options") or {}
             if suboptions:
-                keys = [k + (" (required)" if o.get("required") else "")
-                        for k, o in suboptions.items()]
-                lines += comment(f"Keys of an item ({role.name} role's README): "
-                                 + ", ".join(keys) + ".")
+                keys = [
+                    k + (" (required)" if o.get("required") else "") for k, o in suboptions.items()
+                ]
+                lines += comment(
+                    f"Keys of an item ({role.name} role's README): " + ", ".join(keys) + "."
+                )
             lines.append(default_line(name, option["default"]))
             blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
@@ -266,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stale.append(path.relative_to(args.root))
     for path in stale:
-        print(f"{path}: not as meta/argument_specs.yml describes; run "
-              "`python tools/role_docs.py write`", file=sys.stderr)
+        print(
+            f"{path}: not as meta/argument_specs.yml describes; run "
+            "`python tools/role_docs.py write`",
+            file=sys.stderr,
+        )
     return 1 if stale else 0
 
 

@@ -40,19 +40,26 @@ def vault_password(plan: dict) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
-            done = subprocess.run(plan["vault_password_command"], stdout=out,
-                                  stdin=subprocess.DEVNULL, check=False)
+            done = subprocess.run(
+                plan["vault_password_command"], stdout=out, stdin=subprocess.DEVNULL, check=False
+            )
         if done.returncode != 0 or path.stat().st_size == 0:
             path.unlink()
-            sys.exit("leam-self-provision: the vault password command failed "
-                     f"(exit {done.returncode}) or printed nothing")
+            sys.exit(
+                "leam-self-provision: the vault password command failed "
+                f"(exit {done.returncode}) or printed nothing"
+            )
     if not path.exists():
-        sys.exit(f"leam-self-provision: the vault password file {path} is missing; the host's "
-                 "secrets cannot be decrypted")
+        sys.exit(
+            f"leam-self-provision: the vault password file {path} is missing; the host's "
+            "secrets cannot be decrypted"
+        )
     st = path.stat()
     if st.st_uid != 0 or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        sys.exit(f"leam-self-provision: {path} must belong to root and be readable by root "
-                 "only (chmod 600)")
+        sys.exit(
+            f"leam-self-provision: {path} must belong to root and be readable by root "
+            "only (chmod 600)"
+        )
     return path
 
 
@@ -63,27 +70,62 @@ def main(argv: list[str]) -> int:
     venv, src = prefix / "venv", prefix / "src"
     password = vault_password(plan)
     if not (venv / "bin" / "python").exists():
-        step("making the Ansible virtual environment",
-             [sys.executable, "-m", "venv", str(venv)])
-    step("installing " + " ".join(plan["requirements"]),
-         [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-          *plan["pip_args"], *plan["requirements"]])
+        step("making the Ansible virtual environment", [sys.executable, "-m", "venv", str(venv)])
+    step(
+        "installing " + " ".join(plan["requirements"]),
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *plan["pip_args"],
+            *plan["requirements"],
+        ],
+    )
     if not (src / ".git").exists():
-        step(f"cloning {plan['repo']}", ["git", "clone", "--quiet", "--no-checkout",
-                                         plan["repo"], str(src)])
+        step(
+            f"cloning {plan['repo']}",
+            ["git", "clone", "--quiet", "--no-checkout", plan["repo"], str(src)],
+        )
     else:
-        step(f"fetching {plan['repo']}", ["git", "-C", str(src), "fetch", "--quiet",
-                                          plan["repo"], "+refs/heads/*:refs/remotes/origin/*",
-                                          "+refs/tags/*:refs/tags/*"])
-    step(f"checking out {plan['ref']}", ["git", "-C", str(src), "-c", "advice.detachedHead=false",
-                                         "checkout", "--quiet", "--force", "--detach",
-                                         plan["ref"]])
+        step(
+            f"fetching {plan['repo']}",
+            [
+                "git",
+                "-C",
+                str(src),
+                "fetch",
+                "--quiet",
+                plan["repo"],
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+        )
+    step(
+        f"checking out {plan['ref']}",
+        [
+            "git",
+            "-C",
+            str(src),
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            "--force",
+            "--detach",
+            plan["ref"],
+        ],
+    )
     command = [str(venv / "bin" / "ansible-playbook"), "-i", plan["inventory"], "site.yml"]
     if password:
         command += ["--vault-id", f"{plan['vault_id']}@{password}"]
-    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1",
-           "HOME": os.environ.get("HOME") or "/root",
-           "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+    env = {
+        **os.environ,
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+        "HOME": os.environ.get("HOME") or "/root",
+        "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+    }
     step("converging this host with site.yml", command, cwd=src, env=env)
     print("leam-self-provision: done", flush=True)
     return 0

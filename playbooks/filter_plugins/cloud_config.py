@@ -52,19 +52,21 @@ class Options:
     vault_id: str = "leam_userdata"
     pip_args: list[str] = field(default_factory=list)
     prefix: str = "/opt/leam-ansible"
-    packages: list[str] = field(default_factory=lambda: ["git", "python3-venv",
-                                                          "ca-certificates"])
+    packages: list[str] = field(default_factory=lambda: ["git", "python3-venv", "ca-certificates"])
 
     def check(self) -> None:
         for name in ("inventory_name", "repo", "ref", "ansible_version", "setuptools_version"):
             if not str(getattr(self, name) or "").strip():
                 raise CloudConfigError(f"leam_userdata: {name} is empty")
         if not isinstance(self.pip_args, list) or not all(
-                isinstance(a, str) for a in self.pip_args):
+            isinstance(a, str) for a in self.pip_args
+        ):
             raise CloudConfigError("leam_userdata_pip_args must be a list of strings")
         if not isinstance(self.vault_password_command, list):
-            raise CloudConfigError("leam_userdata_vault_password_command must be a list "
-                                   "of words (argv), not a shell string")
+            raise CloudConfigError(
+                "leam_userdata_vault_password_command must be a list "
+                "of words (argv), not a shell string"
+            )
         for path in (self.host_vault_password_file, self.prefix):
             if not str(path).startswith("/"):
                 raise CloudConfigError(f"leam_userdata: {path!r} is not an absolute path")
@@ -84,13 +86,18 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 
 
 _Dumper.add_representer(str, _str)
-_Dumper.add_representer(
-    Vaulted, lambda d, v: d.represent_scalar("!vault", str(v), style="|"))
+_Dumper.add_representer(Vaulted, lambda d, v: d.represent_scalar("!vault", str(v), style="|"))
 
 
 def dump(data: Any) -> str:
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                     width=1000, allow_unicode=True)
+    return yaml.dump(
+        data,
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=1000,
+        allow_unicode=True,
+    )
 
 
 def requirement_pin(requirements: str, name: str) -> str:
@@ -103,12 +110,16 @@ def requirement_pin(requirements: str, name: str) -> str:
     raise CloudConfigError(f"requirements: no '{name}==VERSION' pin found")
 
 
-def host_settings(hostvars: Mapping[str, Any],
-                  prefixes: Iterable[str] = DEFAULT_PREFIXES) -> dict[str, Any]:
+def host_settings(
+    hostvars: Mapping[str, Any], prefixes: Iterable[str] = DEFAULT_PREFIXES
+) -> dict[str, Any]:
     """The role variables of one host: its inventory values, not Ansible's own."""
     prefixes = tuple(prefixes)
-    return {k: _plain(hostvars[k]) for k in sorted(hostvars)
-            if k.startswith(prefixes) and not k.startswith(OWN_PREFIX)}
+    return {
+        k: _plain(hostvars[k])
+        for k in sorted(hostvars)
+        if k.startswith(prefixes) and not k.startswith(OWN_PREFIX)
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -144,8 +155,10 @@ def vault_encrypter(password: str, vault_id: str):
     from ansible.parsing.vault import VaultLib, VaultSecret
 
     if not password:
-        raise CloudConfigError("the host variables hold secrets but no vault password was "
-                               "given (leam_userdata_vault_password_file)")
+        raise CloudConfigError(
+            "the host variables hold secrets but no vault password was "
+            "given (leam_userdata_vault_password_file)"
+        )
     secret = VaultSecret(password.strip().encode())
     lib = VaultLib([(vault_id, secret)])
 
@@ -167,14 +180,27 @@ def cloud_config(settings: Mapping[str, Any], options: Mapping[str, Any] | Optio
         return encrypters[0](text)
 
     vars_out, secrets = encrypt_secrets(_plain(settings), encrypt)
-    inventory = {"all": {"children": {"leam_jobservers": {"hosts": {
-        opts.inventory_name: {"ansible_connection": "local",
-                              "ansible_python_interpreter": "/usr/bin/python3"}}}}}}
+    inventory = {
+        "all": {
+            "children": {
+                "leam_jobservers": {
+                    "hosts": {
+                        opts.inventory_name: {
+                            "ansible_connection": "local",
+                            "ansible_python_interpreter": "/usr/bin/python3",
+                        }
+                    }
+                }
+            }
+        }
+    }
     plan = {
         "repo": opts.repo,
         "ref": opts.ref,
-        "requirements": [f"ansible=={opts.ansible_version}",
-                         f"setuptools=={opts.setuptools_version}"],
+        "requirements": [
+            f"ansible=={opts.ansible_version}",
+            f"setuptools=={opts.setuptools_version}",
+        ],
         "pip_args": opts.pip_args,
         "prefix": opts.prefix,
         "inventory": f"{ETC}/inventory",
@@ -188,16 +214,29 @@ def cloud_config(settings: Mapping[str, Any], options: Mapping[str, Any] | Optio
         "package_update": True,
         "packages": list(opts.packages),
         "write_files": [
-            {"path": f"{ETC}/inventory/hosts.yml", **root_only,
-             "content": "# Written by cloud-init from the user data (playbooks/userdata.yml).\n"
-                        + dump(inventory)},
-            {"path": f"{ETC}/inventory/host_vars/{opts.inventory_name}.yml", **root_only,
-             "content": "# This host's variables; secrets are ansible-vault encrypted.\n"
-                        + dump(vars_out)},
-            {"path": f"{ETC}/self-provision.json", **root_only,
-             "content": json.dumps(plan, indent=1, sort_keys=True) + "\n"},
-            {"path": SCRIPT, "owner": "root:root", "permissions": "0700",
-             "content": SCRIPT_SOURCE.read_text()},
+            {
+                "path": f"{ETC}/inventory/hosts.yml",
+                **root_only,
+                "content": "# Written by cloud-init from the user data (playbooks/userdata.yml).\n"
+                + dump(inventory),
+            },
+            {
+                "path": f"{ETC}/inventory/host_vars/{opts.inventory_name}.yml",
+                **root_only,
+                "content": "# This host's variables; secrets are ansible-vault encrypted.\n"
+                + dump(vars_out),
+            },
+            {
+                "path": f"{ETC}/self-provision.json",
+                **root_only,
+                "content": json.dumps(plan, indent=1, sort_keys=True) + "\n",
+            },
+            {
+                "path": SCRIPT,
+                "owner": "root:root",
+                "permissions": "0700",
+                "content": SCRIPT_SOURCE.read_text(),
+            },
         ],
         # runcmd runs once per instance: a reboot does not provision again.
         "runcmd": [[SCRIPT, f"{ETC}/self-provision.json"]],

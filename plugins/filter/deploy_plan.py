@@ -47,8 +47,12 @@ class ProgramFile:
 
     def is_as_wanted(self, checksum: str) -> bool:
         # Root only: the file holds the portal password, or its file's name.
-        return (self.checksum, self.mode, self.owner, self.group) == (checksum, "0600",
-                                                                      "root", "root")
+        return (self.checksum, self.mode, self.owner, self.group) == (
+            checksum,
+            "0600",
+            "root",
+            "root",
+        )
 
 
 @dataclass(frozen=True)
@@ -194,24 +198,41 @@ def deploy(host: Host, wanted: Wanted) -> Plan:
     Called once before the drain (host.busy empty) and once after, with the
     pollers still busy: those are left as they are, and the upgrade waits.
     """
-    plan = Plan(present=wanted.present, drained=wanted.named("drained"),
-                absent=wanted.named("absent"))
+    plan = Plan(
+        present=wanted.present, drained=wanted.named("drained"), absent=wanted.named("absent")
+    )
     serving = plan.present + plan.drained
-    plan.changed = [name for name in serving
-                    if not (name in host.files and name in wanted.files
-                            and host.files[name].is_as_wanted(wanted.files[name]))]
+    plan.changed = [
+        name
+        for name in serving
+        if not (
+            name in host.files
+            and name in wanted.files
+            and host.files[name].is_as_wanted(wanted.files[name])
+        )
+    ]
     # Inventory order.
     plan.changed = [p.name for p in wanted.projects if p.name in plan.changed]
     if wanted.build is not None:
-        plan.build = {"wheel": wanted.build.wheel, "wheel_name": wanted.build.wheel_name,
-                      "version": wanted.build.version, "marker": wanted.build.marker,
-                      "dir": wanted.build.dir, "extras": wanted.build.extras}
+        plan.build = {
+            "wheel": wanted.build.wheel,
+            "wheel_name": wanted.build.wheel_name,
+            "version": wanted.build.version,
+            "marker": wanted.build.marker,
+            "dir": wanted.build.dir,
+            "extras": wanted.build.extras,
+        }
         plan.upgrade = host.installed != sha1(wanted.build.marker)
-    touched = set(plan.absent + plan.drained + plan.changed
-                  + (plan.present if plan.upgrade else []))
+    touched = set(
+        plan.absent + plan.drained + plan.changed + (plan.present if plan.upgrade else [])
+    )
     running = host.running
-    _waiting(host, wanted, [p.name for p in wanted.projects
-                            if p.name in touched and p.name in running], plan)
+    _waiting(
+        host,
+        wanted,
+        [p.name for p in wanted.projects if p.name in touched and p.name in running],
+        plan,
+    )
     busy = set(plan.busy)
     plan.install = plan.upgrade and not busy
     plan.wheelhouse = plan.install and wanted.wheelhouse
@@ -220,14 +241,20 @@ def deploy(host: Host, wanted: Wanted) -> Plan:
     if not host.supervisor:
         return plan
     plan.remove_files = [name for name in plan.absent if name not in busy]
-    plan.remove = [name for name in host.states
-                   if name in plan.absent + plan.changed and name not in busy]
+    plan.remove = [
+        name for name in host.states if name in plan.absent + plan.changed and name not in busy
+    ]
     plan.write = [name for name in plan.changed if name not in busy]
-    plan.add = [name for name in serving
-                if (name in plan.changed or name not in host.states) and name not in busy]
-    plan.start = [name for name in plan.present
-                  if name in host.states and name not in busy
-                  and name not in plan.left_running]
+    plan.add = [
+        name
+        for name in serving
+        if (name in plan.changed or name not in host.states) and name not in busy
+    ]
+    plan.start = [
+        name
+        for name in plan.present
+        if name in host.states and name not in busy and name not in plan.left_running
+    ]
     return plan
 
 
@@ -241,10 +268,15 @@ def drain(host: Host, wanted: Wanted) -> Plan:
 def resume(host: Host, wanted: Wanted) -> Plan:
     """playbooks/resume.yml: start the exited pollers of chosen present projects."""
     present = wanted.present
-    return Plan(action="resume", present=present,
-                start=[name for name, state in host.states.items()
-                       if state not in BUSY_STATES and name in present
-                       and wanted.is_chosen(name)])
+    return Plan(
+        action="resume",
+        present=present,
+        start=[
+            name
+            for name, state in host.states.items()
+            if state not in BUSY_STATES and name in present and wanted.is_chosen(name)
+        ],
+    )
 
 
 # -- from what Ansible hands over ------------------------------------------------------
@@ -281,10 +313,13 @@ def busy(value: Any) -> list[str]:
 
 def projects(items: Iterable[Mapping]) -> list[Project]:
     if isinstance(items, (str, Mapping)) or not all(
-            isinstance(p, Mapping) and "name" in p for p in items):
+        isinstance(p, Mapping) and "name" in p for p in items
+    ):
         # Never the value: a project holds its portal password.
-        raise ValueError("leampoll_plan: leam_projects must be a list of projects, each with "
-                         f"a name (got a {type(items).__name__})")
+        raise ValueError(
+            "leampoll_plan: leam_projects must be a list of projects, each with "
+            f"a name (got a {type(items).__name__})"
+        )
     return [Project(str(p["name"]), str(p.get("state") or "present")) for p in items]
 
 
@@ -295,15 +330,20 @@ def host_from(data: Mapping) -> Host:
         match = PROGRAM_FILE.search(found["path"])
         if match:
             files[match.group(1)] = ProgramFile(
-                str(found.get("checksum", "")), str(found.get("mode", "")),
-                str(found.get("pw_name", "")), str(found.get("gr_name", "")))
+                str(found.get("checksum", "")),
+                str(found.get("mode", "")),
+                str(found.get("pw_name", "")),
+                str(found.get("gr_name", "")),
+            )
     installed = data.get("installed") or {}
     raw = data.get("states")
-    return Host(states=states(raw) if isinstance(raw, str) else dict(raw or {}),
-                files=files,
-                installed=installed.get("checksum") if installed.get("exists") else None,
-                busy=busy(data.get("busy")),
-                supervisor=bool(data.get("supervisor", True)))
+    return Host(
+        states=states(raw) if isinstance(raw, str) else dict(raw or {}),
+        files=files,
+        installed=installed.get("checksum") if installed.get("exists") else None,
+        busy=busy(data.get("busy")),
+        supervisor=bool(data.get("supervisor", True)),
+    )
 
 
 def wanted_from(data: Mapping) -> Wanted:
@@ -312,14 +352,23 @@ def wanted_from(data: Mapping) -> Wanted:
     return Wanted(
         projects=projects(data.get("projects") or []),
         files=dict(data.get("files") or {}),
-        build=(Build(str(build["wheel"]), str(build["sha256"]), str(build.get("dir", "")),
-                     str(data.get("extras") or "")) if build else None),
+        build=(
+            Build(
+                str(build["wheel"]),
+                str(build["sha256"]),
+                str(build.get("dir", "")),
+                str(data.get("extras") or ""),
+            )
+            if build
+            else None
+        ),
         chosen=_names(chosen),
         wait=_truth(data.get("wait", True)),
         timeout=_number(data.get("timeout", 3600), "timeout"),
         poll=max(1, _number(data.get("poll", 10), "poll")),
         check_mode=_truth(data.get("check_mode", False)),
-        wheelhouse=data.get("install_mode") == "wheelhouse")
+        wheelhouse=data.get("install_mode") == "wheelhouse",
+    )
 
 
 def _names(value: Any) -> list[str] | None:
@@ -340,8 +389,9 @@ def _truth(value: Any) -> bool:
 def leampoll_plan(host: Mapping, wanted: Mapping, action: str = "deploy") -> dict[str, Any]:
     """The plan as Ansible reads it: a dict of lists (and a few flags)."""
     if action not in ACTIONS:
-        raise ValueError(f"leampoll_plan: action must be one of {', '.join(ACTIONS)}, "
-                         f"not {action!r}")
+        raise ValueError(
+            f"leampoll_plan: action must be one of {', '.join(ACTIONS)}, not {action!r}"
+        )
     make = {"deploy": deploy, "drain": drain, "resume": resume}[action]
     return asdict(make(host_from(host), wanted_from(wanted)))
 
@@ -358,19 +408,27 @@ def not_ready(items: Iterable[Mapping], status_json: str | None, version: str) -
 
     def ready(row: Mapping) -> bool:
         ago, uptime = row.get("last_poll_ago"), row.get("uptime")
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                      for v in (ago, uptime))
-        return (row.get("supervisor") == "RUNNING" and row.get("version") == wanted[0]
-                and numbers and ago <= uptime)
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (ago, uptime)
+        )
+        return (
+            row.get("supervisor") == "RUNNING"
+            and row.get("version") == wanted[0]
+            and numbers
+            and ago <= uptime
+        )
 
-    return [name for name in Wanted(projects(items)).present
-            if not ready(found.get(name, {}))]
+    return [name for name in Wanted(projects(items)).present if not ready(found.get(name, {}))]
 
 
 class FilterModule:
     """The leampoll role's planning filters."""
 
     def filters(self) -> dict[str, Any]:
-        return {"leampoll_plan": leampoll_plan, "leampoll_states": states,
-                "leampoll_settling": settling, "leampoll_busy": busy,
-                "leampoll_not_ready": not_ready}
+        return {
+            "leampoll_plan": leampoll_plan,
+            "leampoll_states": states,
+            "leampoll_settling": settling,
+            "leampoll_busy": busy,
+            "leampoll_not_ready": not_ready,
+        }

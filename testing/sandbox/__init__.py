@@ -71,8 +71,23 @@ from testing.sandbox.settings import (
 from testing.sandbox.system import SandboxError, mounts_under, unmount_all_under
 
 __all__ = [
-    "BOOT_TIMEOUT", "CGROUP_ROOT", "DEFAULT_CACHE_DIR", "DEFAULT_STATE_DIR", "INIT_NONE",
-    "INIT_SYSTEMD", "SUITE", "SUITES", "SYSTEMD_MASKED", "TEST_STATE_DIR", "Host", "RootfsSpec",
-    "Sandbox", "SandboxError", "apt_mirror", "ensure_rootfs", "mounts_under", "rootfs_path",
+    "BOOT_TIMEOUT",
+    "CGROUP_ROOT",
+    "DEFAULT_CACHE_DIR",
+    "DEFAULT_STATE_DIR",
+    "INIT_NONE",
+    "INIT_SYSTEMD",
+    "SUITE",
+    "SUITES",
+    "SYSTEMD_MASKED",
+    "TEST_STATE_DIR",
+    "Host",
+    "RootfsSpec",
+    "Sandbox",
+    "SandboxError",
+    "apt_mirror",
+    "ensure_rootfs",
+    "mounts_under",
+    "rootfs_path",
     "unmount_all_under",
 ]

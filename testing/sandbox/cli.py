@@ -1,6 +1,5 @@
 """``python -m testing.sandbox``: the sandbox hosts from a shell."""
 
-
 from __future__ import annotations
 
 import argparse
@@ -52,12 +51,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def variant(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--init", choices=INITS, default=INIT_SYSTEMD,
-                       help="PID 1 of the hosts: systemd (default) or none (sshd)")
-        p.add_argument("--suite", choices=SUITES, default=SUITE,
-                       help=f"Debian suite (default {SUITE})")
-        p.add_argument("--include", default="", metavar="PKG,PKG",
-                       help="more packages in the root filesystem (a cached variant)")
+        p.add_argument(
+            "--init",
+            choices=INITS,
+            default=INIT_SYSTEMD,
+            help="PID 1 of the hosts: systemd (default) or none (sshd)",
+        )
+        p.add_argument(
+            "--suite", choices=SUITES, default=SUITE, help=f"Debian suite (default {SUITE})"
+        )
+        p.add_argument(
+            "--include",
+            default="",
+            metavar="PKG,PKG",
+            help="more packages in the root filesystem (a cached variant)",
+        )
 
     variant(sub.add_parser("build", help="build the cached root filesystem if missing"))
     p_up = sub.add_parser("up", help="boot hosts and wait until SSH works")
@@ -81,9 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_down.add_argument("names", nargs="*", metavar="NAME")
     p_down.add_argument("--all", action="store_true", help="every host in the state dir")
     sub.add_parser("status", help="list hosts")
-    for cmd, what in (("boot", "boot stopped systemd hosts again (same disk)"),
-                      ("reboot", "systemctl reboot inside, then boot the same disk"),
-                      ("power-cut", "SIGKILL the hosts' systemd; disk kept, host stays down")):
+    for cmd, what in (
+        ("boot", "boot stopped systemd hosts again (same disk)"),
+        ("reboot", "systemctl reboot inside, then boot the same disk"),
+        ("power-cut", "SIGKILL the hosts' systemd; disk kept, host stays down"),
+    ):
         sub.add_parser(cmd, help=what).add_argument("names", nargs="+", metavar="NAME")
     p_inv = sub.add_parser("inventory", help="write an Ansible YAML inventory")
     p_inv.add_argument("path")
@@ -107,8 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "up":
             sizes = _parse_pairs(args.jobdir_size, "--jobdir-size")
             indexes = {k: int(v) for k, v in _parse_pairs(args.index, "--index").items()}
-            hosts = sb.up_many(args.names, sizes, indexes, init=args.init,
-                               suites={n: args.suite for n in args.names}, include=include)
+            hosts = sb.up_many(
+                args.names,
+                sizes,
+                indexes,
+                init=args.init,
+                suites={n: args.suite for n in args.names},
+                include=include,
+            )
             for host in hosts:
                 sb.log(f"{host.name}: up at {host.address} (root {host.root})")
             sb.log(f"ssh key: {sb.key_file}")
@@ -158,4 +174,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sb.log("interrupted")
         return 130
     return 0
-

@@ -1,7 +1,6 @@
 """The hosts: boot (systemd or sshd as PID 1 in namespaces of their own), reach
 over SSH, reboot, power-cut and tear down; the inventory Ansible reads."""
 
-
 from __future__ import annotations
 
 import contextlib
@@ -127,8 +126,13 @@ class Host:
                 start = _proc_start_time(int(entry))
                 if start is not None and os.readlink(f"/proc/{entry}/ns/pid") == ns:
                     cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                    found.append((int(entry), start,
-                                  cmdline.replace(b"\0", b" ").decode(errors="replace").strip()))
+                    found.append(
+                        (
+                            int(entry),
+                            start,
+                            cmdline.replace(b"\0", b" ").decode(errors="replace").strip(),
+                        )
+                    )
         return found
 
     def ssh_command(self, command: str | Sequence[str] | None = None) -> list[str]:
@@ -157,8 +161,13 @@ class Host:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` on the host over real SSH (a string goes to the remote shell)."""
-        return _run(self.ssh_command(command), check=check, timeout=timeout, input=input,
-                    what=f"{self.name}: {command!r}")
+        return _run(
+            self.ssh_command(command),
+            check=check,
+            timeout=timeout,
+            input=input,
+            what=f"{self.name}: {command!r}",
+        )
 
     def run_inside(
         self, argv: Sequence[str], *, check: bool = False, timeout: float | None = 60
@@ -170,9 +179,23 @@ class Host:
         if not self.alive:
             raise SandboxError(f"{self.name}: not running")
         return _run(
-            ["nsenter", "--target", str(self.pid1), "--mount", "--uts", "--ipc", "--pid",
-             "--root", "--wd", "--", *argv],
-            env=CHROOT_ENV, check=check, timeout=timeout, what=f"{self.name}: {list(argv)}",
+            [
+                "nsenter",
+                "--target",
+                str(self.pid1),
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--pid",
+                "--root",
+                "--wd",
+                "--",
+                *argv,
+            ],
+            env=CHROOT_ENV,
+            check=check,
+            timeout=timeout,
+            what=f"{self.name}: {list(argv)}",
         )
 
     def system_state(self) -> str:
@@ -351,8 +374,10 @@ class Sandbox:
             raise SandboxError(f"bad host name {name!r}: use a-z, 0-9 and '-'")
         spec = RootfsSpec(suite, init or self.init, tuple(include))
         if spec.init == INIT_SYSTEMD and not (CGROUP_ROOT / "cgroup.procs").exists():
-            raise SandboxError(f"systemd hosts need the cgroup v1 name=systemd hierarchy at "
-                               f"{CGROUP_ROOT}; use init='none' here")
+            raise SandboxError(
+                f"systemd hosts need the cgroup v1 name=systemd hierarchy at "
+                f"{CGROUP_ROOT}; use init='none' here"
+            )
         lower = ensure_rootfs(self.cache_dir, self.log, spec)
         self.ensure_key()
         with _flock(self.state_dir / ".lock"):
@@ -540,11 +565,27 @@ class Sandbox:
             "pivot_root . .; umount -l .; cd /; "
             'exec /usr/sbin/sshd -D -e -o ListenAddress="$3" -o PidFile=none'
         )
-        proc = self._spawn(name, state, [
-            "unshare", "--uts", "--pid", "--mount", "--fork", "--kill-child",
-            "--propagation", "private", "sh", "-c", script, "sh",
-            name, state["root"], state["address"],
-        ])
+        proc = self._spawn(
+            name,
+            state,
+            [
+                "unshare",
+                "--uts",
+                "--pid",
+                "--mount",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                name,
+                state["root"],
+                state["address"],
+            ],
+        )
         self.log(f"{name}: started, PID 1 of its namespace is pid {state['pid1']}")
         host = self._host_from_state(state)
         self._wait_ssh(host, proc, deadline)
@@ -596,8 +637,9 @@ class Sandbox:
             'exec unshare --pid --mount --uts --ipc --cgroup --fork --kill-child sh -c "$I" sh "$R"'
         )
         old_boot = state.get("pid1_start")
-        proc = self._spawn(name, state, ["sh", "-c", outer, "sh", state["root"], inner,
-                                         *state["cgroups"]])
+        proc = self._spawn(
+            name, state, ["sh", "-c", outer, "sh", state["root"], inner, *state["cgroups"]]
+        )
         self.log(f"{name}: booting, systemd is pid {state['pid1']} (boot {state['boots']})")
         host = self._host_from_state(state)
         self._wait_ssh(host, proc, deadline)
@@ -683,8 +725,15 @@ class Sandbox:
         sizes = dict(jobdir_size or {})
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
             futures = [
-                pool.submit(self.up, name, wanted[name], sizes.get(name), init=init,
-                            suite=suites.get(name, SUITE), include=include)
+                pool.submit(
+                    self.up,
+                    name,
+                    wanted[name],
+                    sizes.get(name),
+                    init=init,
+                    suite=suites.get(name, SUITE),
+                    include=include,
+                )
                 for name in names
             ]
             errors = [f.exception() for f in futures]
@@ -751,8 +800,11 @@ class Sandbox:
         reason = "gone"
         if proc is not None:
             rc = proc.wait(timeout=30)
-            reason = {-signal.SIGHUP: "reboot", -signal.SIGINT: "poweroff",
-                      -signal.SIGKILL: "killed"}.get(rc, f"exited {rc}")
+            reason = {
+                -signal.SIGHUP: "reboot",
+                -signal.SIGINT: "poweroff",
+                -signal.SIGKILL: "killed",
+            }.get(rc, f"exited {rc}")
         elif upid is not None and not _wait_gone(upid, ustart, 30):
             raise SandboxError(f"{name}: unshare pid {upid} did not exit")
         for cgroup in state.get("cgroups", []):
@@ -779,8 +831,11 @@ class Sandbox:
         self.log(f"{name}: systemctl reboot")
         # The SSH session may be cut as the host goes down: its result says nothing.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            _run(self._host_from_state(state).ssh_command("systemctl reboot"), check=False,
-                 timeout=60)
+            _run(
+                self._host_from_state(state).ssh_command("systemctl reboot"),
+                check=False,
+                timeout=60,
+            )
         try:
             reason = self.wait_down(name, timeout)
         except SandboxError as exc:

@@ -2,7 +2,6 @@
 built once under a lock and shared by every state dir; the apt mirror read from the
 machine's own configuration."""
 
-
 from __future__ import annotations
 
 import contextlib
@@ -241,16 +240,16 @@ def _debootstrap_script(suite: str) -> list[str]:
     return [str(scripts / "sid")]
 
 
-def _build_rootfs(
-    target: Path, log: Callable[[str], None], lock_fd: int, spec: RootfsSpec
-) -> None:
+def _build_rootfs(target: Path, log: Callable[[str], None], lock_fd: int, spec: RootfsSpec) -> None:
     mirror = apt_mirror(spec.suite)
     if not shutil.which("debootstrap"):
         raise SandboxError("debootstrap is not installed (apt-get install -y debootstrap)")
     build_log = target.parent / f"build-{spec.name}.log"
     build_log.write_text("")
-    log(f"debootstrap {spec.suite} (minbase, init {spec.init}) into {target}, "
-        f"about a minute (log: {build_log})")
+    log(
+        f"debootstrap {spec.suite} (minbase, init {spec.init}) into {target}, "
+        f"about a minute (log: {build_log})"
+    )
     _run_build_step(
         [
             "debootstrap",

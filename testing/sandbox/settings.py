@@ -1,7 +1,6 @@
 """What the sandbox hosts are made of and where they live: suites, packages,
 masked units, directories, addresses. Every other module of the package reads them here."""
 
-
 from __future__ import annotations
 
 import os
@@ -47,8 +46,10 @@ SYSTEMD_MASKED = (
 # systemd reads these from its own command line in a container: track
 # processes in the cgroup v1 name=systemd hierarchy, as the machine offers
 # it (Debian 13's systemd 257 does that only when forced to).
-SYSTEMD_ARGS = ("systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1"
-                " SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1")
+SYSTEMD_ARGS = (
+    "systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1"
+    " SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1"
+)
 CGROUP_ROOT = Path("/sys/fs/cgroup/systemd")  # the machine's name=systemd hierarchy
 BOOT_TIMEOUT = 120.0  # seconds from start to SSH and "running"; about 6 s seen
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")

@@ -1,7 +1,6 @@
 """What the hosts need of the machine: commands run with their output kept,
 mounts, processes, cgroups and a file lock, all found by path or pid (never by name)."""
 
-
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +51,6 @@ def _run(
             f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         )
     return proc
-
 
 
 # --------------------------------------------------------------------------
@@ -187,8 +185,9 @@ def _remove_cgroup(cgroup: Path, keep_top: bool = True) -> None:
     """Remove a host's cgroup directories depth-first; they must hold no process."""
     if not cgroup.is_dir():
         return
-    dirs = sorted((p for p in cgroup.rglob("*") if p.is_dir()),
-                  key=lambda p: len(p.parts), reverse=True)
+    dirs = sorted(
+        (p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    )
     for d in [*dirs, *([] if keep_top else [cgroup])]:
         try:
             d.rmdir()

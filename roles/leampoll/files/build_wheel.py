@@ -40,9 +40,7 @@ from pathlib import Path
 PORTABLE_STAMP = ".wheelhouse-portable"
 # pyproject.toml's [build-system] requires setuptools>=68.
 SETUPTOOLS_MAJOR = 68
-DIRECT_BUILD = (
-    "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
-)
+DIRECT_BUILD = "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
 # What goes into the wheel: the package and the project files beside it.
 PACKAGE = "leampoll"
 PROJECT_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README.md")
@@ -61,8 +59,9 @@ def setuptools_version() -> str | None:
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
-    done = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
@@ -70,8 +69,9 @@ def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
 def source_key(source: Path, epoch: str, backend: str) -> str:
     digest = hashlib.sha256(f"{epoch}\0{backend}\0".encode())
     files = [source / name for name in PROJECT_FILES if (source / name).is_file()]
-    files += sorted(p for p in (source / PACKAGE).rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts)
+    files += sorted(
+        p for p in (source / PACKAGE).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
     for path in files:
         digest.update(f"{path.relative_to(source)}\0".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -94,14 +94,30 @@ def build_into(source: Path, epoch: str, scratch: Path, direct: bool) -> None:
         dist.mkdir()
         run([sys.executable, "-c", DIRECT_BUILD, str(dist)], env, cwd=source)
     else:
-        run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
-             "--quiet", "--wheel-dir", str(dist), str(source)], env)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--wheel-dir",
+                str(dist),
+                str(source),
+            ],
+            env,
+        )
     shutil.rmtree(scratch / "build", ignore_errors=True)
 
 
 def prune(cache: Path) -> None:
-    entries = sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
+    entries = sorted(
+        (p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for old in entries[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -123,8 +139,15 @@ def wheel(args: argparse.Namespace) -> None:
     os.utime(target)  # most recently used: kept by prune()
     prune(cache)
     built = the_wheel(target)
-    print(json.dumps({"dir": str(target), "wheel": str(built),
-                      "sha256": hashlib.sha256(built.read_bytes()).hexdigest()}))
+    print(
+        json.dumps(
+            {
+                "dir": str(target),
+                "wheel": str(built),
+                "sha256": hashlib.sha256(built.read_bytes()).hexdigest(),
+            }
+        )
+    )
 
 
 def add_portable_wheels(scratch: Path) -> None:
@@ -139,14 +162,38 @@ def add_portable_wheels(scratch: Path) -> None:
         if abi in ("none", "abi3"):
             continue
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
-             "--no-deps", "--only-binary=:all:", "--platform", "any", "--implementation", "py",
-             "--abi", "none", "--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}",
-             "--dest", str(scratch), f"{name}=={version}"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--platform",
+                "any",
+                "--implementation",
+                "py",
+                "--abi",
+                "none",
+                "--python-version",
+                f"{sys.version_info[0]}.{sys.version_info[1]}",
+                "--dest",
+                str(scratch),
+                f"{name}=={version}",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
-            print(f"{path.name}: no pure-Python wheel; hosts need Python "
-                  f"{sys.version_info[0]}.{sys.version_info[1]}", file=sys.stderr)
+            print(
+                f"{path.name}: no pure-Python wheel; hosts need Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}",
+                file=sys.stderr,
+            )
 
 
 def wheelhouse(args: argparse.Namespace) -> None:
@@ -155,9 +202,20 @@ def wheelhouse(args: argparse.Namespace) -> None:
         return
     scratch = Path(tempfile.mkdtemp(prefix=".wheelhouse-", dir=args.dir))
     try:
-        run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--quiet",
-             "--wheel-dir", str(scratch), f"{the_wheel(args.dir)}{args.extras}"],
-            dict(os.environ))
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--wheel-dir",
+                str(scratch),
+                f"{the_wheel(args.dir)}{args.extras}",
+            ],
+            dict(os.environ),
+        )
         add_portable_wheels(scratch)
         with tarfile.open(scratch / "wheelhouse.tar", "w") as tar:
             for path in sorted(scratch.glob("*.whl")):
