@@ -21,6 +21,15 @@ LEAMPOLL = [sys.executable, "-m", "leampoll"]
 USER, PASSWORD = "poller", "s3cret-Pa55word"
 
 
+def leampoll_check(
+    url: str, workdir: Path, env: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess:
+    """`leampoll --check` of url, with guard thresholds any test machine meets."""
+    argv = [*LEAMPOLL, "--check", *extra, "--workdir", str(workdir)]
+    argv += ["--min-free-disk", "1M", "--min-free-mem", "1M", url]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+
+
 class Poller:
     """A running `leampoll` process, its stderr captured to a file."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from testing.portal_standin import Canned, Received
-from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
+from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, wait_until
 from tests.test_poller import both_modes, sh, workdir_status
 from tests.test_status_metrics import samples, status_json
 
@@ -143,23 +143,7 @@ def test_wrong_password_pops_nothing_and_says_so_at_once(
         ),
         what="auth metric",
     )
-    check = subprocess.run(
-        [
-            *LEAMPOLL,
-            "--check",
-            "--workdir",
-            str(workdir),
-            "--min-free-disk",
-            "1M",
-            "--min-free-mem",
-            "1M",
-            portal.url,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    check = leampoll_check(portal.url, workdir, env)
     assert check.returncode == 1
     assert [ln.split()[0] for ln in check.stdout.splitlines() if " login " in ln] == ["FAIL"]
 

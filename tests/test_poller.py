@@ -14,7 +14,7 @@ import pytest
 
 from leampoll import __version__
 from testing.portal_standin import MODES, Canned
-from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
+from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,23 +92,7 @@ def test_idle_does_not_count_errors(portal, start_poller):
 @both_modes
 def test_check_reports_each_item_and_pops_nothing(portal, workdir, env):
     portal.queue("j", "true")
-    out = subprocess.run(
-        [
-            *LEAMPOLL,
-            "--check",
-            "--workdir",
-            str(workdir),
-            "--min-free-disk",
-            "1M",
-            "--min-free-mem",
-            "1M",
-            portal.url,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    out = leampoll_check(portal.url, workdir, env)
     assert out.returncode == 0, out.stdout + out.stderr
     names = [line.split()[1] for line in out.stdout.splitlines()]
     assert {"config", "workdir", "disk", "memory", "portal", "login"} <= set(names)

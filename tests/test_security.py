@@ -36,7 +36,7 @@ from testing.playbook import recap
 from testing.portal_standin import PortalStandin
 from testing.sandbox import Host, Sandbox
 from testing.tls import ServerCert, private_ca, self_signed
-from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
+from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, wait_until
 from tests.test_status_metrics import samples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,23 +208,7 @@ def test_untrusted_certificate_fails_with_a_clear_line_and_pops_nothing(
 
 
 def test_check_fails_on_an_untrusted_certificate(tls_portal, workdir, env):
-    out = subprocess.run(
-        [
-            *LEAMPOLL,
-            "--check",
-            "--workdir",
-            str(workdir),
-            "--min-free-disk",
-            "1M",
-            "--min-free-mem",
-            "1M",
-            tls_portal.portal.url,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    out = leampoll_check(tls_portal.portal.url, workdir, env)
     assert out.returncode == 1
     fails = [x for x in out.stdout.splitlines() if x.startswith("FAIL")]
     assert len(fails) == 1 and fails[0].split()[1] == "tls" and "--ca-file" in fails[0], out.stdout
@@ -233,25 +217,7 @@ def test_check_fails_on_an_untrusted_certificate(tls_portal, workdir, env):
 def test_ca_file_trusts_the_portal(tls_portal, start_poller, workdir, env):
     # The machine's own REQUESTS_CA_BUNDLE (if any) stays set: --ca-file wins over it.
     portal, ca = tls_portal.portal, str(tls_portal.cert.ca)
-    check = subprocess.run(
-        [
-            *LEAMPOLL,
-            "--check",
-            "--ca-file",
-            ca,
-            "--workdir",
-            str(workdir),
-            "--min-free-disk",
-            "1M",
-            "--min-free-mem",
-            "1M",
-            portal.url,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    check = leampoll_check(portal.url, workdir, env, "--ca-file", ca)
     assert check.returncode == 0, check.stdout
     portal.queue("tls-ok", "true")
     p = start_poller("-i", "1", "--ca-file", ca, url=portal.url)
