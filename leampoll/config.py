@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,55 +19,16 @@ from pathlib import Path
 from leampoll import __version__, security, sources
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.origins import TrustedOrigins
+from leampoll.units import Size, parse_size
 
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+# The guards' defaults; a Size is frozen, so one instance serves every Config.
+MIN_FREE_DISK = Size(5 * 1024**3)
+MIN_FREE_MEM = Size(1024**3)
+MIN_FREE_INODES = Size(10_000)
 
 
 class ConfigError(Exception):
     """A configuration the poller cannot start with; the message is for the user."""
-
-
-@dataclass(frozen=True)
-class Size:
-    """A threshold: an absolute byte (or inode) count, or a share of the total."""
-
-    value: float
-    percent: bool = False
-
-    def bytes_of(self, total: int) -> int:
-        """The absolute threshold for a resource of `total` units."""
-        return int(total * self.value / 100) if self.percent else int(self.value)
-
-    def __str__(self) -> str:
-        return f"{self.value:g}%" if self.percent else human(self.value)
-
-
-def parse_size(text: str, units: bool = True) -> Size:
-    """Parse '5G', '512M', '1.5T', '100' or '15%' (suffixes are powers of 1024)."""
-    match = _PERCENT.match(text)
-    if match:
-        value = float(match.group(1))
-        if value > 100:
-            raise ValueError(f"{text!r}: a percentage cannot exceed 100%")
-        return Size(value, percent=True)
-    match = _SIZE.match(text)
-    if not match or (match.group(2) and not units):
-        raise ValueError(f"{text!r} is not a size (a number with K/M/G/T, or a percentage)")
-    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
-    if value >= 2**63:
-        raise ValueError(f"{text!r} is too large")
-    return Size(value)
-
-
-def human(n: float) -> str:
-    """Bytes as a short figure with a 1024-based unit, e.g. 5.0G."""
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -84,9 +44,9 @@ class Config:
     idle: int = 0
     preserve: bool = False
     debug: bool = False
-    min_free_disk: Size = Size(5 * 1024**3)
-    min_free_mem: Size = Size(1024**3)
-    min_free_inodes: Size = Size(10_000)
+    min_free_disk: Size = MIN_FREE_DISK
+    min_free_mem: Size = MIN_FREE_MEM
+    min_free_inodes: Size = MIN_FREE_INODES
     job_timeout: float = 0.0
     checkout_timeout: float = 900.0
     max_backoff: float = 600.0
