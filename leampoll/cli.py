@@ -6,7 +6,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from leampoll.config import ConfigError, load
+from leampoll.config import ConfigError
+from leampoll.loading import load
 
 
 def setup_logging(debug: bool) -> None:

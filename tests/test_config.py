@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from leampoll import sources
-from leampoll.config import ConfigError, build_parser, load
+from leampoll.config import ConfigError
+from leampoll.loading import load
+from leampoll.options import build_parser
 from tests.conftest import LEAMPOLL, PASSWORD, USER
 
 pytestmark = pytest.mark.timeout(120)
