@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from leampoll import __version__, security
+from leampoll import __version__, security, sources
 from leampoll.config import Config
 from leampoll.units import Size, parse_size
 
@@ -91,8 +91,8 @@ exit status:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> sources.Parser:
+    p = sources.Parser(
         prog="leampoll",
         description="Poll a LEAM Planning Portal for queued jobs, run them and report back.",
         epilog=EPILOG,
