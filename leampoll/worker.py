@@ -25,12 +25,12 @@ from leampoll.backoff import Backoff, idle_wait
 from leampoll.config import Config
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.delivery import Deliverer, EndpointMemory
-from leampoll.executor import Executor, Outcome
+from leampoll.executor import Executor, Outcome, stop_orphan_groups
 from leampoll.jobs import Job, Report
 from leampoll.lifecycle import COLD, WARM, Lifecycle
 from leampoll.portal import Empty, PortalClient, Refused
 from leampoll.portal_health import PortalHealth
-from leampoll.state import AuthHold, Current, Guard, Last, State, Status, stop_orphan_groups
+from leampoll.state import AuthHold, Current, Guard, Last, State, Status
 
 if TYPE_CHECKING:  # imported only with --metrics-file, see run()
     from leampoll.metrics import Metrics
