@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from leampoll import __version__, guards
+from leampoll.answers import Empty, Refused
 from leampoll.auth import CHECK_PATH, AuthResult, AuthWatch, Verdict, classify
 from leampoll.backoff import Backoff, idle_wait
 from leampoll.config import Config
@@ -28,7 +29,7 @@ from leampoll.delivery import Deliverer, EndpointMemory
 from leampoll.executor import Executor, Outcome, stop_orphan_groups
 from leampoll.jobs import Job, Report
 from leampoll.lifecycle import COLD, WARM, Lifecycle
-from leampoll.portal import Empty, PortalClient, Refused
+from leampoll.portal import PortalClient
 from leampoll.portal_health import PortalHealth
 from leampoll.state import AuthHold, Current, Guard, Last, State, Status
 
