@@ -13,7 +13,8 @@ from pathlib import Path
 
 import psutil
 
-from leampoll.config import Config, Size, human
+from leampoll.config import Config
+from leampoll.units import Size, human
 
 
 @dataclass(frozen=True)
