@@ -532,3 +532,26 @@ def test_not_ready_names_pollers_not_back_on_the_new_version():
     ]
     assert dp.not_ready([{"name": "chicago"}], "", "leampoll 3.99.0") == ["chicago"]
     assert dp.not_ready([{"name": "chicago"}], "not json", "leampoll 3.99.0") == ["chicago"]
+
+
+def test_the_failure_names_the_busy_pollers_and_what_waits_for_them():
+    busy_host = {"states": STATUS, "busy": "leampoll-chicago   RUNNING   pid 1, uptime 0:10:00"}
+    wanted_data = {
+        "projects": [{"name": "chicago"}],
+        "build": {"wheel": BUILD.wheel, "sha256": "new"},
+        "timeout": 300,
+    }
+    plan = dp.leampoll_plan(
+        {**busy_host, "installed": {"exists": True, "checksum": "old"}}, wanted_data
+    )
+    assert plan["failure"] == (
+        "leampoll-chicago still running a job after 300 s; left as it is, and the upgrade to "
+        "3.0.0 postponed. It is draining: it pops no new job and stays stopped once its job "
+        "ends. Run the play again to finish the change."
+    )
+    drained = dp.leampoll_plan(busy_host, {"timeout": 60}, "drain")
+    assert drained["failure"] == (
+        "leampoll-chicago still running a job after 60 s. It is draining: it pops no new job "
+        "and stops once its job ends."
+    )
+    assert dp.leampoll_plan({"states": STATUS}, {"timeout": 60}, "drain")["failure"] == ""

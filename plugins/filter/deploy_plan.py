@@ -192,6 +192,27 @@ class Plan:
     idle_add: bool = False
     # The build, for the install tasks (empty without one).
     build: dict[str, str] = field(default_factory=dict)
+    # Why the play fails on the host: pollers still busy ("" when none).
+    failure: str = ""
+
+    def explain(self) -> None:
+        """Say which pollers outlasted the wait, and what was left undone for them."""
+        if not self.busy:
+            self.failure = ""
+            return
+        names = ", ".join(f"leampoll-{name}" for name in self.busy)
+        if self.action == "drain":
+            after = "It is draining: it pops no new job and stops once its job ends."
+        else:
+            postponed = (
+                f", and the upgrade to {self.build['version']} postponed" if self.upgrade else ""
+            )
+            after = (
+                f"left as it is{postponed}. It is draining: it pops no new job and stays "
+                "stopped once its job ends. Run the play again to finish the change."
+            )
+        joiner = ". " if self.action == "drain" else "; "
+        self.failure = f"{names} still running a job after {self.wait_timeout} s{joiner}{after}"
 
 
 def sha1(text: str) -> str:
@@ -434,7 +455,9 @@ def leampoll_plan(host: Mapping, wanted: Mapping, action: str = "deploy") -> dic
             f"leampoll_plan: action must be one of {', '.join(ACTIONS)}, not {action!r}"
         )
     make = {"deploy": deploy, "drain": drain, "resume": resume}[action]
-    return asdict(make(host_from(host), wanted_from(wanted)))
+    plan = make(host_from(host), wanted_from(wanted))
+    plan.explain()
+    return asdict(plan)
 
 
 def not_ready(items: Iterable[Mapping], status_json: str | None, version: str) -> list[str]:
