@@ -8,6 +8,7 @@ same messages failing a host before it is changed.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 
 import pytest
@@ -199,3 +200,22 @@ def test_bad_jobdir_root(value):
 def test_node_exporter(key, value, ok):
     problems = val.node_exporter_problems({key: value}, "h")
     assert problems == [] if ok else problems[0].startswith(f"h: {key} must")
+
+
+def test_without_an_installed_poller_the_filter_uses_the_source_it_ships_with(tmp_path):
+    # The installed collection: leampoll/ beside plugins/, no poller in site-packages
+    # (-S leaves them out, the editable install of the checkout included).
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('v', {str(_spec.origin)!r})\n"
+        "v = importlib.util.module_from_spec(spec); spec.loader.exec_module(v)\n"
+        "print(sys.modules['leampoll'].__file__)\n"
+        "print(v.leampoll_problems({'leampoll_min_free_disk': '10Q'}, 'h')[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    found, problem = out.stdout.splitlines()
+    assert found == str(ROOT / "leampoll" / "__init__.py")
+    assert problem.startswith("h: leampoll_min_free_disk must be a size")
