@@ -4,30 +4,37 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint venv bench demo demo-clean clean collection man faults faults-quick
+.PHONY: test lint venv deps bench demo demo-clean clean collection man faults faults-quick
 
 venv: $(STAMP)
 
+# What the suite needs of the machine (apt packages, cloud-init's libraries
+# under /usr/bin/python3, promtool): tools/setup-machine.sh, the one list,
+# which .ci/run calls too. Quick and offline when all is there; what cannot
+# be had is skipped by the tests that need it, and -rs lists every skip.
+deps:
+	tools/setup-machine.sh
+
 $(STAMP): requirements-dev.txt pyproject.toml
-	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || apt-get install -y -qq python3-venv
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || tools/setup-machine.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt -e .
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/pytest -q -m "not faults"
+test: deps $(STAMP)
+	$(BIN)/pytest -q -rs -m "not faults"
 
 # The fault suite (RELIABILITY.md is written from its figures); faults-quick is
 # the reduced form CI runs: fewer jobs, shorter outage and flapping.
 FAULTS_JSON := .build/reliability.json
-faults: $(STAMP)
-	LEAM_RELIABILITY_JSON=$(FAULTS_JSON) $(BIN)/pytest -q -m faults
+faults: deps $(STAMP)
+	LEAM_RELIABILITY_JSON=$(FAULTS_JSON) $(BIN)/pytest -q -rs -m faults
 	$(BIN)/python -m testing.reliability render $(FAULTS_JSON) --out RELIABILITY.md
 
-faults-quick: $(STAMP)
+faults-quick: deps $(STAMP)
 	LEAM_FAULTS_LOAD_JOBS=300 LEAM_FAULTS_OUTAGE=20 LEAM_FAULTS_FLAP_MINUTES=0.75 \
-	    $(BIN)/pytest -q -m faults
+	    $(BIN)/pytest -q -rs -m faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -57,7 +64,7 @@ collection: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-demo: $(STAMP)
+demo: deps $(STAMP)
 	$(BIN)/python -m testing.demo up
 
 demo-clean: $(STAMP)

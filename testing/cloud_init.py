@@ -34,7 +34,32 @@ def command() -> list[str]:
     exe = root / "usr" / "bin" / "cloud-init"
     if not exe.exists():
         _unpack(root)
+    _check_libraries()
     return [SYSTEM_PYTHON, str(exe)]
+
+
+# What the unpacked cloud-init imports from Debian's python3-* packages
+# (tools/setup-machine.sh installs them).
+LIBRARIES = ("yaml", "jsonschema", "jinja2", "configobj", "jsonpatch", "requests", "oauthlib")
+
+
+def _check_libraries() -> None:
+    """Unavailable, naming them, when the system Python lacks cloud-init's libraries."""
+    probe = (
+        "import importlib.util as u, sys; print(*[m for m in sys.argv[1:] if not u.find_spec(m)])"
+    )
+    try:
+        got = subprocess.run(
+            [SYSTEM_PYTHON, "-c", probe, *LIBRARIES], capture_output=True, text=True, timeout=60
+        )
+    except OSError as exc:
+        raise Unavailable(f"{SYSTEM_PYTHON}: {exc}") from None
+    missing = got.stdout.split()
+    if got.returncode != 0 or missing:
+        raise Unavailable(
+            f"{SYSTEM_PYTHON} lacks cloud-init's libraries "
+            f"({' '.join(missing) or got.stderr[-200:]}); `make deps` installs them"
+        )
 
 
 def _unpack(root: Path) -> None:

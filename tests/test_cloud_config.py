@@ -21,7 +21,7 @@ from testing.playbook import ROOT
 pytestmark = pytest.mark.timeout(300)
 
 _spec = importlib.util.spec_from_file_location(
-    "cloud_config", ROOT / "playbooks" / "filter_plugins" / "cloud_config.py"
+    "cloud_config", ROOT / "plugins" / "filter" / "cloud_config.py"
 )
 cc = importlib.util.module_from_spec(_spec)
 sys.modules["cloud_config"] = cc  # dataclasses look their module up there

@@ -258,7 +258,10 @@ def test_user_data_is_valid_and_holds_no_secret(cloud, tmp_path):
     assert PASSWORD not in cloud.user_data and VAULT_PASSWORD not in cloud.user_data
     path = tmp_path / "user-data"
     path.write_text(cloud.user_data)
-    done = cloud_init.schema(path)
+    try:
+        done = cloud_init.schema(path)
+    except cloud_init.Unavailable as exc:
+        pytest.skip(str(exc))
     assert done.returncode == 0, done.stdout + done.stderr
 
 

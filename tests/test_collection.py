@@ -135,6 +135,7 @@ def test_tarball_holds_every_role_and_playbook_and_the_poller_source(tarball):
         *(ROOT / "playbooks").rglob("*"),
         *(ROOT / "roles").rglob("*"),
         *(ROOT / "leampoll").glob("*.py"),
+        *(ROOT / "plugins").rglob("*.py"),
         *(ROOT / "monitoring").glob("*.*"),
     ]:
         if path.is_file() and "__pycache__" not in path.parts:

@@ -400,6 +400,82 @@ def test_the_filter_takes_what_the_role_registered():
     assert plan["wait_retries"] == 30
 
 
+def test_a_new_password_file_signals_only_the_pollers_left_running():
+    running = {"chicago": "RUNNING", "peoria": "RUNNING", "stlouis": "EXITED"}
+    plan = dp.deploy(
+        host(running, passwords={"chicago": "old", "peoria": "same", "stlouis": "old"}),
+        wanted(
+            "chicago",
+            "peoria",
+            "stlouis",
+            files={"peoria": "p2"},  # drained and restarted: reads the file anew
+            passwords={"chicago": "new", "peoria": "new", "stlouis": "new"},
+        ),
+    )
+    assert plan.left_running == ["chicago"] and plan.signal == ["chicago"]
+    same = dp.deploy(
+        host(running, passwords={"chicago": "x"}), wanted("chicago", passwords={"chicago": "x"})
+    )
+    assert same.signal == []
+    # env mode: no password file, no signal.
+    assert dp.deploy(host(running), wanted("chicago")).signal == []
+
+
+@pytest.mark.parametrize(
+    "on_host,wanted_idle,remove,add",
+    [
+        (None, "i1", True, True),  # first time: added (removing a missing program is harmless)
+        ("i1", "i1", False, False),  # unchanged: not touched
+        ("i1", "i2", True, True),  # changed: read anew
+        ("i1", None, True, False),  # no longer wanted
+        (None, None, False, False),
+    ],
+)
+def test_the_idle_shutdown_program_is_touched_only_when_it_changes(
+    on_host, wanted_idle, remove, add
+):
+    plan = dp.deploy(host(idle=on_host), wanted("chicago", idle=wanted_idle))
+    assert (plan.idle_remove, plan.idle_add) == (remove, add)
+    bare = dp.deploy(host(idle=on_host, supervisor=False), wanted("chicago", idle=wanted_idle))
+    assert (bare.idle_remove, bare.idle_add) == (False, False)
+
+
+def test_the_filter_hashes_the_rendered_files_and_reads_the_found_ones():
+    found = [
+        {
+            "path": "/etc/supervisor/conf.d/leampoll-chicago.conf",
+            "checksum": dp.sha1("c"),
+            "mode": "0600",
+            "pw_name": "root",
+            "gr_name": "root",
+        },
+        {"path": "/etc/supervisor/conf.d/leam-idle-shutdown.conf", "checksum": dp.sha1("i")},
+    ]
+    passwords = [{"path": "/etc/leampoll/passwords/chicago.password", "checksum": dp.sha1("x\n")}]
+    status = "leampoll-chicago RUNNING pid 1, uptime 0:01:00\n"
+    plan = dp.leampoll_plan(
+        {"states": status, "files": found, "password_files": passwords},
+        {
+            "projects": [{"name": "chicago"}],
+            "programs": {"chicago": "c2"},
+            "passwords": {"chicago": "y\n"},
+            "idle": "i",
+        },
+    )
+    assert plan["changed"] == ["chicago"] and plan["drain"] == ["chicago"]
+    assert plan["signal"] == [] and plan["idle_remove"] is False
+    plan = dp.leampoll_plan(
+        {"states": status, "files": found, "password_files": passwords},
+        {
+            "projects": [{"name": "chicago"}],
+            "programs": {"chicago": "c"},
+            "passwords": {"chicago": "y\n"},
+            "idle": "",
+        },
+    )
+    assert plan["signal"] == ["chicago"] and plan["idle_remove"] is True
+
+
 def test_the_filter_reads_the_ops_playbooks_choices():
     chosen = dp.leampoll_plan({"states": STATUS}, {"chosen": "all", "wait": "false"}, "drain")
     assert chosen["drain"] == ["chicago"] and chosen["wait"] == []
@@ -456,3 +532,26 @@ def test_not_ready_names_pollers_not_back_on_the_new_version():
     ]
     assert dp.not_ready([{"name": "chicago"}], "", "leampoll 3.99.0") == ["chicago"]
     assert dp.not_ready([{"name": "chicago"}], "not json", "leampoll 3.99.0") == ["chicago"]
+
+
+def test_the_failure_names_the_busy_pollers_and_what_waits_for_them():
+    busy_host = {"states": STATUS, "busy": "leampoll-chicago   RUNNING   pid 1, uptime 0:10:00"}
+    wanted_data = {
+        "projects": [{"name": "chicago"}],
+        "build": {"wheel": BUILD.wheel, "sha256": "new"},
+        "timeout": 300,
+    }
+    plan = dp.leampoll_plan(
+        {**busy_host, "installed": {"exists": True, "checksum": "old"}}, wanted_data
+    )
+    assert plan["failure"] == (
+        "leampoll-chicago still running a job after 300 s; left as it is, and the upgrade to "
+        "3.0.0 postponed. It is draining: it pops no new job and stays stopped once its job "
+        "ends. Run the play again to finish the change."
+    )
+    drained = dp.leampoll_plan(busy_host, {"timeout": 60}, "drain")
+    assert drained["failure"] == (
+        "leampoll-chicago still running a job after 60 s. It is draining: it pops no new job "
+        "and stops once its job ends."
+    )
+    assert dp.leampoll_plan({"states": STATUS}, {"timeout": 60}, "drain")["failure"] == ""

@@ -38,7 +38,7 @@ TARGET_LABELS = {"instance", "job"}
 
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
-    reason="promtool not installed (.ci/run installs it from Debian's prometheus package)",
+    reason="promtool not installed (make deps installs it from Debian's prometheus package)",
 )
 
 _KEYWORDS = {

@@ -13,18 +13,17 @@ node_exporter on loopback unless the inventory names an address.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
 import socket
 import subprocess
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from leampoll import security
 from leampoll.config import ConfigError
@@ -71,13 +70,17 @@ REMOTE = [
 
 
 def _role_filter():
-    """The role's rule (vars/main.yml), applied as its validation applies it."""
-    role_vars = yaml.safe_load((ROOT / "roles/leampoll/vars/main.yml").read_text())
-    pattern = re.compile(role_vars["__leampoll_loopback_pattern"])
+    """The role's rule (the validation filter), applied as its validation applies it."""
+    spec = importlib.util.spec_from_file_location(
+        "validation", ROOT / "plugins" / "filter" / "validation.py"
+    )
+    validation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(validation)
 
     def remote_http(url: str) -> bool:
-        parts = urllib.parse.urlsplit(url)
-        return parts.scheme.lower() == "http" and not pattern.match(parts.hostname or "")
+        project = {"name": "p", "portal_url": url, "portal_user": "u", "portal_password": "x"}
+        problems = validation.leampoll_problems({"leam_projects": [project]}, "h")
+        return any("plain http://" in line for line in problems)
 
     return remote_http
 

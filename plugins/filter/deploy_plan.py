@@ -1,4 +1,4 @@
-"""The leampoll role's plan: which pollers to drain, remove, write, add and start.
+"""The leampoll role's plan: which pollers to drain, remove, write, add, start and signal.
 
 A deploy must never kill a job: a poller about to be removed, stopped,
 reconfigured or upgraded is drained first (it finishes its job and exits),
@@ -33,6 +33,8 @@ SETTLING_STATES = frozenset({"STARTING", "BACKOFF"})
 # A line of `supervisorctl status`: "leampoll-<name>   <STATE>   <details>".
 STATUS_LINE = re.compile(r"^leampoll-(\S+)\s+(\S+)", re.M)
 PROGRAM_FILE = re.compile(r"(?:^|/)leampoll-([^/]+)\.conf$")
+PASSWORD_FILE = re.compile(r"(?:^|/)([^/]+)\.password$")
+IDLE_FILE = re.compile(r"(?:^|/)leam-idle-shutdown\.conf$")
 ACTIONS = ("deploy", "drain", "resume")
 
 
@@ -101,6 +103,10 @@ class Host:
     # Supervisor answers (not so in check mode on a bare host): programs can
     # be applied.
     supervisor: bool = True
+    # sha1 of each project's password file (file mode), by project.
+    passwords: dict[str, str] = field(default_factory=dict)
+    # sha1 of the idle shut-down's program file; None: the host has none.
+    idle: str | None = None
 
     @property
     def running(self) -> list[str]:
@@ -126,6 +132,10 @@ class Wanted:
     # leampoll_install_mode wheelhouse: the controller collects the
     # dependencies for a host that installs a build.
     wheelhouse: bool = False
+    # sha1 of each project's password file as written (file mode only).
+    passwords: dict[str, str] = field(default_factory=dict)
+    # sha1 of the idle shut-down's program file as rendered; None: unwanted.
+    idle: str | None = None
 
     def named(self, state: str) -> list[str]:
         return [p.name for p in self.projects if p.state == state]
@@ -174,8 +184,35 @@ class Plan:
     start: list[str] = field(default_factory=list)
     # Running pollers left running: a new password reaches them by SIGHUP.
     left_running: list[str] = field(default_factory=list)
+    # Those of them whose password file changes: they re-read it on SIGHUP.
+    signal: list[str] = field(default_factory=list)
+    # The idle shut-down program: taken out of Supervisor (changed or
+    # unwanted) and added again (changed; adding starts it).
+    idle_remove: bool = False
+    idle_add: bool = False
     # The build, for the install tasks (empty without one).
     build: dict[str, str] = field(default_factory=dict)
+    # Why the play fails on the host: pollers still busy ("" when none).
+    failure: str = ""
+
+    def explain(self) -> None:
+        """Say which pollers outlasted the wait, and what was left undone for them."""
+        if not self.busy:
+            self.failure = ""
+            return
+        names = ", ".join(f"leampoll-{name}" for name in self.busy)
+        if self.action == "drain":
+            after = "It is draining: it pops no new job and stops once its job ends."
+        else:
+            postponed = (
+                f", and the upgrade to {self.build['version']} postponed" if self.upgrade else ""
+            )
+            after = (
+                f"left as it is{postponed}. It is draining: it pops no new job and stays "
+                "stopped once its job ends. Run the play again to finish the change."
+            )
+        joiner = ". " if self.action == "drain" else "; "
+        self.failure = f"{names} still running a job after {self.wait_timeout} s{joiner}{after}"
 
 
 def sha1(text: str) -> str:
@@ -238,8 +275,16 @@ def deploy(host: Host, wanted: Wanted) -> Plan:
     plan.wheelhouse = plan.install and wanted.wheelhouse
     plan.link = host.installed is not None or (plan.install and not wanted.check_mode)
     plan.left_running = [name for name in running if name not in plan.drain]
+    plan.signal = [
+        name
+        for name in plan.left_running
+        if name in wanted.passwords and host.passwords.get(name) != wanted.passwords[name]
+    ]
     if not host.supervisor:
         return plan
+    idle_changed = wanted.idle is not None and host.idle != wanted.idle
+    plan.idle_remove = idle_changed or (wanted.idle is None and host.idle is not None)
+    plan.idle_add = idle_changed
     plan.remove_files = [name for name in plan.absent if name not in busy]
     plan.remove = [
         name for name in host.states if name in plan.absent + plan.changed and name not in busy
@@ -326,9 +371,12 @@ def projects(items: Iterable[Mapping]) -> list[Project]:
 def host_from(data: Mapping) -> Host:
     """Host from the role's reads (see tasks/main.yml)."""
     files = {}
+    idle = None
     for found in data.get("files") or []:
         match = PROGRAM_FILE.search(found["path"])
-        if match:
+        if IDLE_FILE.search(found["path"]):
+            idle = str(found.get("checksum", ""))
+        elif match:
             files[match.group(1)] = ProgramFile(
                 str(found.get("checksum", "")),
                 str(found.get("mode", "")),
@@ -343,15 +391,29 @@ def host_from(data: Mapping) -> Host:
         installed=installed.get("checksum") if installed.get("exists") else None,
         busy=busy(data.get("busy")),
         supervisor=bool(data.get("supervisor", True)),
+        passwords={
+            match.group(1): str(found.get("checksum", ""))
+            for found in data.get("password_files") or []
+            if (match := PASSWORD_FILE.search(found["path"]))
+        },
+        idle=idle,
     )
 
 
 def wanted_from(data: Mapping) -> Wanted:
+    """Wanted from the role's data; programs, passwords and idle are the files' texts
+    (rendered once, in tasks/plan.yml), of which only the sha1 is kept."""
     build = data.get("build")
     chosen = data.get("chosen", "all")
+    idle = data.get("idle")
     return Wanted(
         projects=projects(data.get("projects") or []),
-        files=dict(data.get("files") or {}),
+        files={
+            **dict(data.get("files") or {}),
+            **{name: sha1(text) for name, text in (data.get("programs") or {}).items()},
+        },
+        passwords={name: sha1(text) for name, text in (data.get("passwords") or {}).items()},
+        idle=sha1(idle) if idle else None,
         build=(
             Build(
                 str(build["wheel"]),
@@ -393,7 +455,9 @@ def leampoll_plan(host: Mapping, wanted: Mapping, action: str = "deploy") -> dic
             f"leampoll_plan: action must be one of {', '.join(ACTIONS)}, not {action!r}"
         )
     make = {"deploy": deploy, "drain": drain, "resume": resume}[action]
-    return asdict(make(host_from(host), wanted_from(wanted)))
+    plan = make(host_from(host), wanted_from(wanted))
+    plan.explain()
+    return asdict(plan)
 
 
 def not_ready(items: Iterable[Mapping], status_json: str | None, version: str) -> list[str]:

@@ -8,8 +8,9 @@ all. A build goes to a fresh directory (setuptools' build/ and *.egg-info
 there too, so every build starts clean and the checkout stays untouched) and
 is renamed into place, so two runs at once never see half a build.
 
-    python build_wheel.py wheel SOURCE EPOCH CACHE
-        prints {"dir": CACHE/<key>, "wheel": path, "sha256": hex}
+    python build_wheel.py wheel SOURCE EPOCH CACHE [--wheelhouse EXTRAS]
+        prints {"dir": CACHE/<key>, "wheel": path, "sha256": hex}; with
+        --wheelhouse, also makes the wheelhouse below
     python build_wheel.py wheelhouse DIR EXTRAS
         DIR/wheelhouse.tar: the wheel and its dependencies (with EXTRAS,
         e.g. "[metrics]"), one archive for one transfer per host; collected
@@ -139,6 +140,8 @@ def wheel(args: argparse.Namespace) -> None:
     os.utime(target)  # most recently used: kept by prune()
     prune(cache)
     built = the_wheel(target)
+    if args.wheelhouse is not None:
+        wheelhouse(argparse.Namespace(dir=target, extras=args.wheelhouse))
     print(
         json.dumps(
             {
@@ -233,6 +236,7 @@ def main() -> None:
     p.add_argument("source", type=Path)
     p.add_argument("epoch")
     p.add_argument("cache", type=Path)
+    p.add_argument("--wheelhouse", metavar="EXTRAS", help="and its wheelhouse, with these extras")
     p.set_defaults(func=wheel)
     p = sub.add_parser("wheelhouse", help="collect its dependencies into one archive")
     p.add_argument("dir", type=Path)

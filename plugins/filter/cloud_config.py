@@ -30,7 +30,9 @@ PIN = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;#]+)")
 # Where the host keeps what the user data brings (all root-only but the script).
 ETC = "/etc/leam"
 SCRIPT = "/usr/local/sbin/leam-self-provision"
-SCRIPT_SOURCE = Path(__file__).resolve().parent.parent / "files" / "leam_self_provision.py"
+SCRIPT_SOURCE = (
+    Path(__file__).resolve().parents[2] / "playbooks" / "files" / "leam_self_provision.py"
+)
 
 
 class CloudConfigError(ValueError):
