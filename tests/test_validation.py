@@ -96,7 +96,7 @@ def test_a_bad_setting_is_named_with_the_host(key, value):
 
 
 def test_sizes_are_the_pollers():
-    # What the poller accepts (leampoll.config.parse_size), the role accepts.
+    # What the poller accepts (leampoll.units.parse_size), the role accepts.
     for size in ("5G", "512M", "1.5T", "100", "15%", "5GiB"):
         assert poll(leampoll_min_free_disk=size) == []
     assert val.leam_problems({"leam_jobdir_min_free": "plenty"}, "a")[0].startswith(

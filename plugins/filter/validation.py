@@ -3,7 +3,7 @@
 Types, choices and required keys are the argument specs' (meta/argument_specs.yml,
 checked by Ansible when a role starts). What is left is here, as plain Python that
 tests/test_validation.py covers case by case, and each format rule the poller also
-applies is the poller's own function (sizes: leampoll.config.parse_size; URLs and
+applies is the poller's own function (sizes: leampoll.units.parse_size; URLs and
 loopback: leampoll.origins and leampoll.security; credential options: the poller's
 parser), so the role cannot accept what the poller would refuse, or the reverse.
 
@@ -31,7 +31,7 @@ try:
     import leampoll  # noqa: F401  (a checkout's venv has it installed)
 except ImportError:  # the installed collection carries the poller's source at its root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
-from leampoll import config, origins, security
+from leampoll import options, origins, security, units
 
 # Project names become directory, program and file names.
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -67,10 +67,10 @@ TRUE = {"1", "true", "yes", "on", "y", "t"}
 def credential_options() -> list[str]:
     """The poller's options that take a user or password: never on its command line."""
     return sorted(
-        option
-        for action in config.build_parser()._actions
-        if action.dest in ("user", "password")
-        for option in action.option_strings
+        flag
+        for dest, option in options.build_parser().options.items()
+        if dest in ("user", "password")
+        for flag in option.action.option_strings
     )
 
 
@@ -79,7 +79,7 @@ def credential_options() -> list[str]:
 
 def is_size(value: Any) -> bool:
     try:
-        config.parse_size(str(value))
+        units.parse_size(str(value))
     except ValueError:
         return False
     return True
