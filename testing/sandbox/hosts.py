@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testing.sandbox.rootfs import RootfsSpec, _copy_resolv, _remove_tree, ensure_rootfs
+from testing.sandbox.rootfs import RootfsSpec, copy_resolv, remove_tree, ensure_rootfs
 from testing.sandbox.settings import (
     BOOT_TIMEOUT,
     CGROUP_ROOT,
@@ -38,18 +38,18 @@ from testing.sandbox.settings import (
 )
 from testing.sandbox.system import (
     SandboxError,
-    _cgroup_hierarchies,
-    _children,
-    _default_log,
-    _flock,
-    _make_cgroup,
-    _proc_start_time,
-    _remove_cgroup,
-    _require_root,
-    _run,
-    _same_process,
-    _wait_cgroup_empty,
-    _wait_gone,
+    cgroup_hierarchies,
+    children,
+    default_log,
+    flock,
+    make_cgroup,
+    proc_start_time,
+    remove_cgroup,
+    require_root,
+    run_command,
+    same_process,
+    wait_cgroup_empty,
+    wait_gone,
     unmount_all_under,
 )
 
@@ -90,7 +90,7 @@ class Host:
     @property
     def alive(self) -> bool:
         """True while the host's PID 1 is running."""
-        return _same_process(self.pid1, self.state.get("pid1_start"))
+        return same_process(self.pid1, self.state.get("pid1_start"))
 
     @property
     def boot_id(self) -> str | None:
@@ -123,7 +123,7 @@ class Host:
             if not entry.isdigit():
                 continue
             with contextlib.suppress(OSError):
-                start = _proc_start_time(int(entry))
+                start = proc_start_time(int(entry))
                 if start is not None and os.readlink(f"/proc/{entry}/ns/pid") == ns:
                     cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
                     found.append(
@@ -161,7 +161,7 @@ class Host:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` on the host over real SSH (a string goes to the remote shell)."""
-        return _run(
+        return run_command(
             self.ssh_command(command),
             check=check,
             timeout=timeout,
@@ -178,7 +178,7 @@ class Host:
         """
         if not self.alive:
             raise SandboxError(f"{self.name}: not running")
-        return _run(
+        return run_command(
             [
                 "nsenter",
                 "--target",
@@ -243,7 +243,7 @@ class Sandbox:
         self.init = init
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).absolute()
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).absolute()
-        self.log = log or _default_log
+        self.log = log or default_log
         # Sandboxes of other state directories may run hosts of the same
         # names on this machine: cgroups and address picks are keyed by this.
         self.tag = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]
@@ -267,10 +267,10 @@ class Sandbox:
     def ensure_key(self) -> Path:
         """Make the sandbox's SSH key pair once."""
         key = self.key_file
-        with _flock(self.state_dir / ".lock"):
+        with flock(self.state_dir / ".lock"):
             if not key.exists():
                 key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                _run(
+                run_command(
                     ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "leam-sandbox", "-f", key]
                 )
         return key
@@ -336,7 +336,7 @@ class Sandbox:
         offset = int(self.tag, 16) % span
         for i in range(span):
             n = FIRST_OCTET + (offset + i) % span
-            if n not in used and not _port_open(f"127.0.0.{n}", 22):
+            if n not in used and not port_open(f"127.0.0.{n}", 22):
                 return n
         raise SandboxError("no free 127.0.0.N address left")
 
@@ -369,7 +369,7 @@ class Sandbox:
         is-system-running`` says running or degraded.
         On failure the host is torn down again before the error is raised.
         """
-        _require_root()
+        require_root()
         if not NAME_RE.match(name):
             raise SandboxError(f"bad host name {name!r}: use a-z, 0-9 and '-'")
         spec = RootfsSpec(suite, init or self.init, tuple(include))
@@ -380,7 +380,7 @@ class Sandbox:
             )
         lower = ensure_rootfs(self.cache_dir, self.log, spec)
         self.ensure_key()
-        with _flock(self.state_dir / ".lock"):
+        with flock(self.state_dir / ".lock"):
             if self._read_state(name):
                 raise SandboxError(f"host {name!r} already exists; run down first")
             if index is None:
@@ -391,7 +391,7 @@ class Sandbox:
                 raise SandboxError(f"127.0.0.{index} is already used by another host")
             hdir = self.host_dir(name)
             if hdir.exists():  # leftovers of a host that never wrote its state
-                _remove_tree(hdir)
+                remove_tree(hdir)
             hdir.mkdir(parents=True)
             state: dict = {
                 "name": name,
@@ -415,7 +415,7 @@ class Sandbox:
                 target = Path(state["root"]) / path.lstrip("/")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(content, Path):
-                    _run(["cp", "-a", content, target])
+                    run_command(["cp", "-a", content, target])
                 elif isinstance(content, bytes):
                     target.write_bytes(content)
                 else:
@@ -437,13 +437,13 @@ class Sandbox:
         address = state["address"]
         for sub in ("root", "upper", "work"):
             (hdir / sub).mkdir(exist_ok=True)
-        if _port_open(address, 22):
+        if port_open(address, 22):
             raise SandboxError(f"something already listens on {address}:22")
 
         # Copy-on-write root: the cache stays untouched, the host starts bare.
         overlay = None
         if self.overlay:
-            overlay = _run(
+            overlay = run_command(
                 [
                     "mount",
                     "-t",
@@ -460,9 +460,9 @@ class Sandbox:
         else:
             if overlay is not None:
                 self.log(f"{name}: overlay mount failed ({overlay.stderr.strip()}), copying")
-            _run(["cp", "-a", f"{lower}/.", root])
+            run_command(["cp", "-a", f"{lower}/.", root])
             # pivot_root needs the new root to be a mount point
-            _run(["mount", "--bind", root, root])
+            run_command(["mount", "--bind", root, root])
             state["mode"] = "copy"
         state["mounts"].append(str(root))
         self._write_state(name, state)
@@ -470,14 +470,14 @@ class Sandbox:
 
         if state["init"] == INIT_NONE:
             # A systemd host mounts a private /dev of its own at each boot.
-            _run(["mount", "--bind", "/dev", root / "dev"])
+            run_command(["mount", "--bind", "/dev", root / "dev"])
             state["mounts"].append(str(root / "dev"))
-            _run(["mount", "--bind", "/dev/pts", root / "dev/pts"])
+            run_command(["mount", "--bind", "/dev/pts", root / "dev/pts"])
             state["mounts"].append(str(root / "dev/pts"))
         if state["jobdir_size"]:
             jd = root / state["jobdir"].lstrip("/")
             jd.mkdir(parents=True, exist_ok=True)
-            _run(
+            run_command(
                 [
                     "mount",
                     "-t",
@@ -495,7 +495,7 @@ class Sandbox:
         (root / "etc/hosts").write_text(
             f"127.0.0.1\tlocalhost\n{address}\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
-        _copy_resolv(root / "etc/resolv.conf")
+        copy_resolv(root / "etc/resolv.conf")
         ssh_dir = root / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         auth = ssh_dir / "authorized_keys"
@@ -535,13 +535,13 @@ class Sandbox:
         with self._lock:
             self._procs[name] = proc
         state["unshare_pid"] = proc.pid
-        state["unshare_start"] = _proc_start_time(proc.pid)
+        state["unshare_start"] = proc_start_time(proc.pid)
         state["pid1"] = state["pid1_start"] = None
         self._write_state(name, state)
         deadline = time.monotonic() + 30
         pid1 = None
         while pid1 is None:
-            kids = _children(proc.pid)
+            kids = children(proc.pid)
             if kids:
                 pid1 = kids[0]
             elif proc.poll() is not None or time.monotonic() > deadline:
@@ -549,7 +549,7 @@ class Sandbox:
             else:
                 time.sleep(0.005)
         state["pid1"] = pid1
-        state["pid1_start"] = _proc_start_time(pid1)
+        state["pid1_start"] = proc_start_time(pid1)
         state["boots"] = state.get("boots", 0) + 1
         self._write_state(name, state)
         return proc
@@ -606,12 +606,12 @@ class Sandbox:
         # Its own cgroup in every hierarchy, not only name=systemd: its
         # systemd mounts the others too, and would otherwise make its
         # slices at the root of the machine's.
-        cgroups = [h / Path(state["cgroup"]).name for h in _cgroup_hierarchies()]
+        cgroups = [h / Path(state["cgroup"]).name for h in cgroup_hierarchies()]
         state["cgroups"] = [str(c) for c in cgroups]
         self._write_state(name, state)
         for cgroup in cgroups:
-            _remove_cgroup(cgroup)  # sub-cgroups an earlier boot's systemd left
-            _make_cgroup(cgroup)
+            remove_cgroup(cgroup)  # sub-cgroups an earlier boot's systemd left
+            make_cgroup(cgroup)
         inner = (
             'set -e; R="$1"; mount --make-rprivate /; '
             'mount -t proc proc "$R/proc"; '
@@ -677,7 +677,7 @@ class Sandbox:
 
     def _wait_ssh(self, host: Host, proc: subprocess.Popen[bytes], deadline: float) -> None:
         """Poll until the port accepts, then until a real SSH login succeeds."""
-        while not _port_open(host.address, 22):
+        while not port_open(host.address, 22):
             if proc.poll() is not None or not host.alive:
                 raise SandboxError(f"{host.name}: PID 1 died:\n{self._log_tail(host.name)}")
             if time.monotonic() > deadline:
@@ -792,7 +792,7 @@ class Sandbox:
         name = host if isinstance(host, str) else host.name
         state = self._read_state(name) or {}
         pid1, start = state.get("pid1"), state.get("pid1_start")
-        if pid1 is not None and not _wait_gone(pid1, start, timeout):
+        if pid1 is not None and not wait_gone(pid1, start, timeout):
             raise SandboxError(f"{name}: still running after {timeout}s")
         upid, ustart = state.get("unshare_pid"), state.get("unshare_start")
         with self._lock:
@@ -805,16 +805,16 @@ class Sandbox:
                 -signal.SIGINT: "poweroff",
                 -signal.SIGKILL: "killed",
             }.get(rc, f"exited {rc}")
-        elif upid is not None and not _wait_gone(upid, ustart, 30):
+        elif upid is not None and not wait_gone(upid, ustart, 30):
             raise SandboxError(f"{name}: unshare pid {upid} did not exit")
         for cgroup in state.get("cgroups", []):
-            _wait_cgroup_empty(Path(cgroup), 30)
+            wait_cgroup_empty(Path(cgroup), 30)
         return reason
 
     def boot(self, host: Host | str, timeout: float = BOOT_TIMEOUT) -> Host:
         """Boot a systemd host's disk again (after a reboot, poweroff or power cut)."""
         name, state = self._systemd_host(host)
-        if _same_process(state.get("pid1"), state.get("pid1_start")):
+        if same_process(state.get("pid1"), state.get("pid1_start")):
             raise SandboxError(f"{name}: already running")
         self.wait_down(name, timeout=10)
         self._boot_systemd(name, state, timeout)
@@ -831,7 +831,7 @@ class Sandbox:
         self.log(f"{name}: systemctl reboot")
         # The SSH session may be cut as the host goes down: its result says nothing.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            _run(
+            run_command(
                 self._host_from_state(state).ssh_command("systemctl reboot"),
                 check=False,
                 timeout=60,
@@ -866,7 +866,7 @@ class Sandbox:
         """
         name, state = self._systemd_host(host)
         pid1, start = state.get("pid1"), state.get("pid1_start")
-        if not _same_process(pid1, start):
+        if not same_process(pid1, start):
             raise SandboxError(f"{name}: not running")
         self.log(f"{name}: power cut (SIGKILL to pid {pid1})")
         os.kill(pid1, signal.SIGKILL)
@@ -889,12 +889,12 @@ class Sandbox:
         pid1, pid1_start = state.get("pid1"), state.get("pid1_start")
         upid, ustart = state.get("unshare_pid"), state.get("unshare_start")
         # SIGKILL to the namespace's PID 1 ends every process of the host.
-        if _same_process(pid1, pid1_start):
+        if same_process(pid1, pid1_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid1, signal.SIGKILL)
         # unshare --kill-child also kills its child if unshare itself dies,
         # which covers a host whose PID 1 was never recorded.
-        if pid1 is None and _same_process(upid, ustart):
+        if pid1 is None and same_process(upid, ustart):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(upid, signal.SIGKILL)
         with self._lock:
@@ -906,16 +906,16 @@ class Sandbox:
                 proc.kill()
                 proc.wait(timeout=5)
         for pid, start in ((pid1, pid1_start), (upid, ustart)):
-            if pid is not None and not _wait_gone(pid, start, 10):
+            if pid is not None and not wait_gone(pid, start, 10):
                 raise SandboxError(f"{name}: pid {pid} did not exit")
         cgroups = [Path(c) for c in state.get("cgroups", [])]
         for cgroup in cgroups:
-            _wait_cgroup_empty(cgroup, 10)
+            wait_cgroup_empty(cgroup, 10)
         root = Path(state.get("root", hdir / "root"))
         unmounted = unmount_all_under(root)
         for cgroup in cgroups:
-            _remove_cgroup(cgroup, keep_top=False)
-        _remove_tree(hdir)
+            remove_cgroup(cgroup, keep_top=False)
+        remove_tree(hdir)
         self.log(f"{name}: down ({len(unmounted)} mounts released)")
         return True
 
@@ -973,7 +973,7 @@ def _to_yaml(data: object) -> str:
     return yaml.safe_dump(data, default_flow_style=False, sort_keys=False, width=1000)
 
 
-def _port_open(address: str, port: int) -> bool:
+def port_open(address: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         try:
