@@ -8,6 +8,7 @@ import fcntl
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -219,3 +220,14 @@ def flock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[int
 def require_root() -> None:
     if os.geteuid() != 0:
         raise SandboxError("sandbox hosts need root (mounts, namespaces, chroot)")
+
+
+def port_open(address: str, port: int) -> bool:
+    """Whether something accepts TCP connections there (a host's sshd, or a stranger)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        try:
+            s.connect((address, port))
+        except OSError:
+            return False
+        return True
