@@ -20,6 +20,7 @@ from bench.report import ROOT
 if str(ROOT) not in sys.path:  # the stand-in lives in the project's testing/
     sys.path.insert(0, str(ROOT))
 
+from testing.pollers import poller_flags
 from testing.portal_standin import PortalStandin, Received
 
 USER, PASSWORD = "poller", "bench-Pa55word"
@@ -165,16 +166,7 @@ def leampoll(
             sys.executable,
             "-m",
             "leampoll",
-            "--workdir",
-            str(workdir),
-            "--min-free-disk",
-            "1M",
-            "--min-free-mem",
-            "1M",
-            "--min-free-inodes",
-            "10",
-            "--speed",
-            f"{speed:g}",
+            *poller_flags(workdir, speed=speed, max_backoff=None),
             "--idle",
             str(idle),
             *extra,

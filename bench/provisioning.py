@@ -20,6 +20,7 @@ from bench import Row, Section, suite
 from bench.common import PASSWORD, USER, log, ratio, secs
 from bench.report import machine, now
 from testing import playbook
+from testing.fleet import Inventory, leam_project
 from testing.portal_standin import PortalStandin
 from testing.sandbox import Sandbox
 
@@ -78,29 +79,14 @@ class Bench:
 
     def inventory(self, name: str) -> Path:
         projects = [
-            {
-                "name": p,
-                "portal_url": portal.url,
-                "portal_user": USER,
-                "portal_password": PASSWORD,
-                "speed": 5,
-                "min_free_disk": "10M",
-                "min_free_mem": "10M",
-            }
+            leam_project(p, portal.url, PASSWORD, USER, speed=5)
             for p, portal in self.portals.items()
         ]
-        path = self.work / f"{name}.yml"
-        self.sandbox.write_inventory(
-            path,
-            host_vars={h.name: {"leam_projects": projects} for h in self.sandbox.hosts()},
-            group_vars={
-                "leam_jobservers": {
-                    "leampoll_install_mode": "wheelhouse",
-                    "leam_jobdir_min_free": "20M",
-                }
-            },
-        )
-        return path
+        return Inventory(
+            self.sandbox,
+            self.work / f"{name}.yml",
+            projects={h.name: projects for h in self.sandbox.hosts()},
+        ).write()
 
     def converge(self, inventory: Path, what: str, env: dict | None = None) -> Timed:
         started, (busy0, total0) = time.monotonic(), cpu_ticks()

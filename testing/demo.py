@@ -26,6 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from testing.fleet import Inventory, leam_project
 from testing.playbook import ANSIBLE_PLAYBOOK, ROOT
 from testing.sandbox import Sandbox
 
@@ -141,34 +142,21 @@ def metrics_address(sandbox: Sandbox, host: str) -> str:
 
 def inventory(sandbox: Sandbox) -> Path:
     password = _password()
-    host_vars = {
-        host: {
-            "leampoll_node_exporter_listen_address": metrics_address(sandbox, host),
-            "leam_projects": [
-                {
-                    "name": p,
-                    "portal_url": portal_url(p),
-                    "portal_user": "poller",
-                    "portal_password": password,
-                    "speed": 2,
-                    "min_free_disk": "100M",
-                    "min_free_mem": "50M",
-                    "job_timeout": 600,
-                }
-                for p in projects
-            ],
-        }
-        for host, projects in HOSTS.items()
-    }
-    group_vars = {
-        "leam_jobservers": {
-            "leampoll_install_mode": "wheelhouse",
-            "leampoll_metrics": True,
-            "leam_jobdir_min_free": "100M",
-        }
-    }
-    path = STATE / "inventory.yml"
-    sandbox.write_inventory(path, host_vars=host_vars, group_vars=group_vars)
+    settings = {"speed": 2, "min_free_disk": "100M", "min_free_mem": "50M", "job_timeout": 600}
+    demo = Inventory(
+        sandbox,
+        STATE / "inventory.yml",
+        projects={
+            host: [leam_project(p, portal_url(p), password, **settings) for p in projects]
+            for host, projects in HOSTS.items()
+        },
+        host_vars={
+            host: {"leampoll_node_exporter_listen_address": metrics_address(sandbox, host)}
+            for host in HOSTS
+        },
+        group_vars={"leampoll_metrics": True, "leam_jobdir_min_free": "100M"},
+    )
+    path = demo.write()
     path.chmod(0o600)
     return path
 

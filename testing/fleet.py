@@ -1,19 +1,99 @@
-"""Sandbox hosts with a portal stand-in per project: the fleet a converging test stands on.
+"""The fleet a converging test, the demo and the benchmarks stand on: one builder.
 
-One place that starts them in the order the tests need (leftovers of an
-interrupted run first gone, the portals up before any host polls) and ends
-all of it, hosts before the portals they poll, whatever the test did.
+`stand` starts sandbox hosts and a portal stand-in per project in the order
+the tests need (leftovers of an interrupted run first gone, the portals up
+before any host polls) and ends all of it, hosts before the portals they
+poll, whatever the test did. `Inventory` is what is played against them: the
+projects of each host, host and group variables over the settings every
+sandbox fleet shares, written as one YAML inventory and converged with the
+real `site.yml`. `project` is one `leam_projects` item as tests write it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import json
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testing import playbook
 from testing.portal_standin import PortalStandin
 from testing.sandbox import Host, Sandbox
+
+GROUP = "leam_jobservers"
+# What every sandbox fleet shares: the wheelhouse (a sandbox host's pip may not
+# reach an index) and a free-space floor a small job filesystem meets.
+SANDBOX_GROUP_VARS: dict[str, object] = {
+    "leampoll_install_mode": "wheelhouse",
+    "leam_jobdir_min_free": "20M",
+}
+
+
+def leam_project(
+    name: str, url: str, password: str, user: str = "poller", **settings: object
+) -> dict:
+    """One `leam_projects` item: a poller polling every second, with guard thresholds a
+    sandbox host meets; `settings` add keys or override these."""
+    return {
+        "name": name,
+        "portal_url": url,
+        "portal_user": user,
+        "portal_password": password,
+        "speed": 1,
+        "min_free_disk": "10M",
+        "min_free_mem": "10M",
+        **settings,
+    }
+
+
+@dataclass
+class Inventory:
+    """An inventory of a sandbox's hosts for the playbooks, and playing it.
+
+    `projects` are the `leam_projects` of each host, `host_vars` its other
+    variables, `group_vars` what `leam_jobservers` gets over
+    `SANDBOX_GROUP_VARS`. Change them, then `write` (or `converge`); each
+    playbook's output is kept in `log_dir`.
+    """
+
+    sandbox: Sandbox
+    path: Path
+    projects: dict[str, list[dict]] = field(default_factory=dict)
+    host_vars: dict[str, dict] = field(default_factory=dict)
+    group_vars: dict[str, object] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    def write(self) -> Path:
+        hosts = {*self.projects, *self.host_vars}
+        host_vars: Mapping[str, Mapping[str, object]] = {
+            h: {**self.host_vars.get(h, {}), "leam_projects": self.projects.get(h, [])}
+            for h in sorted(hosts)
+        }
+        group_vars = {GROUP: {**SANDBOX_GROUP_VARS, **self.group_vars}}
+        return self.sandbox.write_inventory(self.path, host_vars=host_vars, group_vars=group_vars)
+
+    def play(
+        self,
+        *args: str,
+        playbook_name: str = "site.yml",
+        extra: dict | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
+        """`ansible-playbook` of the inventory as last written; `extra` as `-e @file`."""
+        if extra is not None:
+            extra_file = self.path.with_name(f"{self.path.stem}-extra.json")
+            extra_file.write_text(json.dumps(extra))
+            args = (*args, "-e", f"@{extra_file}")
+        return playbook.run(self.path, playbook_name, *args, env=env, log_dir=self.log_dir)
+
+    def converge(self, *args: str, **options) -> subprocess.CompletedProcess:
+        """Write the inventory and run site.yml; a failed run fails the caller."""
+        self.write()
+        out = self.play(*args, **options)
+        assert out.returncode == 0, out.stdout[-4000:]
+        return out
 
 
 @dataclass

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from testing.pollers import poller_flags
 from testing.wait import wait_until
 
 BIN = Path(sys.executable).parent
@@ -63,18 +64,7 @@ class Supervisord:
                 sys.executable,
                 "-m",
                 "leampoll",
-                "--workdir",
-                str(workdir),
-                "--speed",
-                "0.2",
-                "--max-backoff",
-                "0.5",
-                "--min-free-disk",
-                "1M",
-                "--min-free-mem",
-                "1M",
-                "--min-free-inodes",
-                "10",
+                *poller_flags(workdir),
                 "--grace",
                 "2",
                 "--project",

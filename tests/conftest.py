@@ -6,27 +6,27 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from testing.portal_standin import PortalStandin
+from testing.pollers import LEAMPOLL, poller_flags
+from testing.portal_standin import MODES, PortalStandin
 from testing.reliability import Run
 from testing.wait import wait_until
 
-LEAMPOLL = [sys.executable, "-m", "leampoll"]
 USER, PASSWORD = "poller", "s3cret-Pa55word"
+# A test of what the protocol decides runs against both modes of the stand-in.
+both_modes = pytest.mark.parametrize("portal", MODES, indirect=True)
 
 
 def leampoll_check(
     url: str, workdir: Path, env: dict[str, str], *extra: str
 ) -> subprocess.CompletedProcess:
     """`leampoll --check` of url, with guard thresholds any test machine meets."""
-    argv = [*LEAMPOLL, "--check", *extra, "--workdir", str(workdir)]
-    argv += ["--min-free-disk", "1M", "--min-free-mem", "1M", url]
+    argv = [*LEAMPOLL, "--check", *extra, *poller_flags(workdir, None, None), url]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
 
 
@@ -95,18 +95,10 @@ def start_poller(
     def start(
         *extra: str, url: str | None = None, wd: Path | None = None, quick: bool = True
     ) -> Poller:
-        base = [
-            "--workdir",
-            str(wd or workdir),
-            "--min-free-disk",
-            "1M",
-            "--min-free-mem",
-            "1M",
-            "--min-free-inodes",
-            "10",
-        ]
         if quick:
-            base += ["--speed", "0.2", "--max-backoff", "0.5"]
+            base = poller_flags(wd or workdir)
+        else:
+            base = poller_flags(wd or workdir, speed=None, max_backoff=None)
         p = Poller(
             [*base, *extra, url or portal.url],
             wd or workdir,

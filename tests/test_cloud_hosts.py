@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from testing import cloud_init, playbook
-from testing.fleet import stand
+from testing.fleet import leam_project, stand
 from testing.marks import sandbox_hosts
 from testing.outcomes import job_state, report_kinds, wait_job_state
 from testing.playbook import ROOT, recap
@@ -165,17 +165,7 @@ def render_user_data(tmp: Path, portal: PortalStandin) -> str:
 
 def host_vars(portal: PortalStandin) -> dict:
     return {
-        "leam_projects": [
-            {
-                "name": PROJECT,
-                "portal_url": portal.url,
-                "portal_user": "poller",
-                "portal_password": "{{ vault_cloud_password }}",
-                "speed": 1,
-                "min_free_disk": "10M",
-                "min_free_mem": "10M",
-            }
-        ],
+        "leam_projects": [leam_project(PROJECT, portal.url, "{{ vault_cloud_password }}")],
         "leam_jobdir_min_free": "20M",
         "leampoll_pip_extra_args": PIP_ARGS,
         "leampoll_drain_timeout": 300,

@@ -24,6 +24,7 @@ import yaml
 
 from leampoll import __version__
 from testing import playbook
+from testing.fleet import Inventory, leam_project
 from testing.playbook import recap
 from testing.portal_standin import PortalStandin
 from testing.sandbox import Sandbox
@@ -202,30 +203,11 @@ def converged(outside, tmp_path_factory) -> Iterator[dict]:
         PortalStandin("poller", PASSWORD, base_path="/coll") as portal,
         sandbox.hosts_up(["coll"]) as (host,),
     ):
-        inventory = sandbox.write_inventory(
+        inventory = Inventory(
+            sandbox,
             work / "inventory.yml",
-            host_vars={
-                "coll": {
-                    "leam_projects": [
-                        {
-                            "name": "coll",
-                            "portal_url": portal.url,
-                            "portal_user": "poller",
-                            "portal_password": PASSWORD,
-                            "speed": 1,
-                            "min_free_disk": "10M",
-                            "min_free_mem": "10M",
-                        }
-                    ]
-                }
-            },
-            group_vars={
-                "leam_jobservers": {
-                    "leampoll_install_mode": "wheelhouse",
-                    "leam_jobdir_min_free": "20M",
-                }
-            },
-        )
+            projects={"coll": [leam_project("coll", portal.url, PASSWORD)]},
+        ).write()
         out = playbook.run(inventory, "leam.jobserver.site", "-vv", env=env, cwd=work, log_dir=work)
         yield {
             "out": out,

@@ -25,14 +25,14 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from testing import playbook
 from testing.fault_proxy import FaultProxy
+from testing.fleet import Inventory, leam_project
 from testing.ledger import Runs, job_cmdline
 from testing.playbook import recap
 from testing.portal_standin import REPORT_KINDS, PortalStandin
 from testing.reliability import Case
 from testing.sandbox import TEST_STATE_DIR, Host, Sandbox
-from tests.conftest import wait_until
+from testing.wait import wait_until
 
 # Beside the other suites' hosts of the same state dir (LEAM_SANDBOX_STATE), never another's.
 STATE_DIR = TEST_STATE_DIR.with_name(TEST_STATE_DIR.name + "-faults")
@@ -109,42 +109,32 @@ class FaultFleet:
         self.inventory = workdir / "inventory.yml"
 
     def project(self, name: str, url: str, **settings: object) -> dict:
-        return {
-            "name": name,
-            "portal_url": url,
-            "portal_user": "poller",
-            "portal_password": PASSWORD,
-            "speed": 1,
-            "min_free_disk": "10M",
-            "min_free_mem": "10M",
-            **settings,
-        }
+        return leam_project(name, url, PASSWORD, **settings)
 
     def converge(self, extra: dict[str, list[dict]] | None = None, *args: str) -> None:
         """Run site.yml; ``extra``: more projects by host, ``args``: for ansible-playbook."""
-        host_vars = {
-            h: {"leam_projects": [self.project(p, self.proxy.url) for p in PROJECTS]} for h in HOSTS
-        }
-        host_vars["fa"]["leam_projects"] += [
-            self.project("solo", self.solo.url),
-        ]
-        # Metrics on fa, served on its own address (127.0.0.1:9100 may be taken here).
-        host_vars["fa"].update(
-            leampoll_metrics=True, leampoll_node_exporter_listen_address=self.metrics_address
-        )
-        for host, projects in (extra or {}).items():
-            host_vars[host]["leam_projects"] += projects
-        group_vars = {
-            "leam_jobservers": {
-                "leampoll_install_mode": "wheelhouse",
-                "leam_jobdir_min_free": "20M",
+        projects = {h: [self.project(p, self.proxy.url) for p in PROJECTS] for h in HOSTS}
+        projects["fa"] += [self.project("solo", self.solo.url)]
+        for host, more in (extra or {}).items():
+            projects[host] += more
+        inventory = Inventory(
+            self.sandbox,
+            self.inventory,
+            projects=projects,
+            # Metrics on fa, served on its own address (127.0.0.1:9100 may be taken here).
+            host_vars={
+                "fa": {
+                    "leampoll_metrics": True,
+                    "leampoll_node_exporter_listen_address": self.metrics_address,
+                }
+            },
+            group_vars={
                 "leampoll_drain_timeout": 120,
                 "leampoll_extra_args": ["--max-backoff", "4", "--timeout", "3"],
-            }
-        }
-        self.sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars=group_vars)
-        out = playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
-        assert out.returncode == 0, out.stdout[-4000:]
+            },
+            log_dir=self.dir,
+        )
+        out = inventory.converge(*args)
         assert all(r["failed"] == 0 for r in recap(out.stdout).values()), out.stdout[-4000:]
 
     @property

@@ -121,8 +121,9 @@ def test_selector_parsing_finds_names_and_matcher_labels():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, set[str]]:
     """Series name -> label names, as the real poller writes its metrics file."""
+    from testing.pollers import LEAMPOLL, poller_flags
     from testing.portal_standin import PortalStandin
-    from tests.conftest import LEAMPOLL, PASSWORD, USER
+    from tests.conftest import PASSWORD, USER
 
     tmp = tmp_path_factory.mktemp("exported")
     metrics, workdir = tmp / "leampoll-chicago.prom", tmp / "jobdir"
@@ -138,20 +139,11 @@ def exported(tmp_path_factory) -> dict[str, set[str]]:
         done = subprocess.run(
             [
                 *LEAMPOLL,
-                "--workdir",
-                str(workdir),
+                *poller_flags(workdir, max_backoff=None),
                 "--project",
                 "chicago",
                 "--idle",
                 "1",
-                "--speed",
-                "0.2",
-                "--min-free-disk",
-                "1M",
-                "--min-free-mem",
-                "1M",
-                "--min-free-inodes",
-                "10",
                 "--metrics-file",
                 str(metrics),
                 portal.url,

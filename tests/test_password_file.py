@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from testing import playbook
+from testing.fleet import Inventory, leam_project
+from testing.marks import sandbox_hosts
 from testing.playbook import recap
 from testing.portal_standin import PortalStandin
-from testing.sandbox import Host, Sandbox
-from tests.test_provisioning import STATE_DIR, pytestmark  # noqa: F401 - the same hosts' needs
+from testing.sandbox import TEST_STATE_DIR, Host, Sandbox
+
+pytestmark = sandbox_hosts(1500)
 
 OLD, NEW = 'old p@ss "w%rd\\ 1', "n3w 'pa%ss w0rd"
 PROJECT = "quincy"
@@ -31,27 +33,17 @@ class Site:
         self.inventory = workdir / "inventory.yml"
 
     def play(self, password: str, *args: str):
-        project = {
-            "name": PROJECT,
-            "portal_url": self.portal.url,
-            "portal_user": "poller",
-            "portal_password": password,
-            "speed": 0.5,
-            "min_free_disk": "10M",
-            "min_free_mem": "10M",
-        }
-        self.sandbox.write_inventory(
+        inventory = Inventory(
+            self.sandbox,
             self.inventory,
-            host_vars={self.host.name: {"leam_projects": [project]}},
-            group_vars={
-                "leam_jobservers": {
-                    "leampoll_password_mode": "file",
-                    "leampoll_install_mode": "wheelhouse",
-                    "leam_jobdir_min_free": "20M",
-                }
+            projects={
+                self.host.name: [leam_project(PROJECT, self.portal.url, password, speed=0.5)]
             },
+            group_vars={"leampoll_password_mode": "file"},
+            log_dir=self.dir,
         )
-        return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
+        inventory.write()
+        return inventory.play(*args)
 
     def pid(self) -> int:
         out = self.host.ssh(f"supervisorctl status leampoll-{PROJECT}").stdout
@@ -61,7 +53,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[Site]:
-    sandbox = Sandbox(STATE_DIR)
+    sandbox = Sandbox(TEST_STATE_DIR)
     portal = PortalStandin("poller", OLD, base_path=f"/{PROJECT}").start()
     try:
         with sandbox.hosts_up(["pwfile"]) as hosts:

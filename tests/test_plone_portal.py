@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from testing.pollers import samples, sh, status_json, workdir_status
 from testing.portal_standin import Canned, Received
-from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, wait_until
-from tests.test_poller import both_modes, sh, workdir_status
-from tests.test_status_metrics import samples, status_json
+from tests.conftest import LEAMPOLL, PASSWORD, USER, both_modes, leampoll_check, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -291,5 +290,5 @@ def test_bad_repository_url_fails_the_checkout_and_is_reported(portal, start_pol
     assert p.wait() == 0
     assert portal.outcome("nowhere") == "error"
     assert "checkout failed" in portal.ending("nowhere").form["message"]
-    status = workdir_status(p)
+    status = workdir_status(p.workdir)
     assert status and status["last"]["outcome"] == "error"

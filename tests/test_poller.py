@@ -13,15 +13,11 @@ import psutil
 import pytest
 
 from leampoll import __version__
-from testing.portal_standin import MODES, Canned
-from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, wait_until
+from testing.pollers import sh, workdir_status
+from testing.portal_standin import Canned
+from tests.conftest import LEAMPOLL, PASSWORD, USER, both_modes, leampoll_check, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def sh(script: str) -> str:
-    """A cmdline running a shell script (jobs are run without a shell themselves)."""
-    return "sh -c " + json.dumps(script)
 
 
 def states(portal, *ids):
@@ -31,9 +27,6 @@ def states(portal, *ids):
 def ended_as(portal, outcome: str) -> str:
     """The runstatus a job ends with: a real portal knows only 'complete'."""
     return "error" if outcome == "error" and portal.mode == "extended" else "complete"
-
-
-both_modes = pytest.mark.parametrize("portal", MODES, indirect=True)
 
 
 # -- command line ---------------------------------------------------------------
@@ -412,17 +405,9 @@ def test_backlog_drains_back_to_back(portal, start_poller):
 def test_stop_while_idle_is_immediate(portal, start_poller, sig):
     p = start_poller("--speed", "300", quick=False)
     wait_until(lambda: portal.requests_of("pop"), what="first poll")
-    wait_until(lambda: "idle" in (workdir_status(p) or {}).get("state", ""), what="idle")
+    wait_until(lambda: "idle" in (workdir_status(p.workdir) or {}).get("state", ""), what="idle")
     p.signal(sig)
     assert p.wait(timeout=5) == 0
-
-
-def workdir_status(p):
-    path = p.workdir / ".leampoll" / "status.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def test_sigterm_during_job_stops_it_and_requeues(portal, start_poller, workdir):

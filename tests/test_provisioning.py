@@ -23,12 +23,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from testing import playbook
-from testing.fleet import stand
+from testing.fleet import Inventory, leam_project, stand
 from testing.marks import sandbox_hosts
 from testing.playbook import recap
 from testing.portal_standin import PortalStandin
 from testing.sandbox import TEST_STATE_DIR, Host, Sandbox
-from tests.conftest import wait_until
+from testing.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = TEST_STATE_DIR
@@ -43,14 +43,34 @@ class Fleet:
     """The sandbox hosts, their portals and the inventory that ties them together."""
 
     def __init__(
-        self, hosts: dict[str, Host], portals: dict[str, PortalStandin], workdir: Path
+        self,
+        sandbox: Sandbox,
+        hosts: dict[str, Host],
+        portals: dict[str, PortalStandin],
+        workdir: Path,
     ) -> None:
+        self.sandbox = sandbox
         self.hosts = hosts
         self.portals = portals
         self.dir = workdir
-        self.inventory = workdir / "inventory.yml"
+        self.deployed = Inventory(
+            sandbox,
+            workdir / "inventory.yml",
+            host_vars={"tiny": {"leam_jobdir_min_free": "1G"}},
+            group_vars={"leampoll_drain_timeout": 300},
+            log_dir=workdir,
+        )
         self.overrides: dict[str, dict[str, dict]] = {}
         self.upgraded = False  # a build other than the checkout's is installed
+
+    @property
+    def inventory(self) -> Path:
+        """The inventory played: the deployed one, or one a test wrote for itself."""
+        return self.deployed.path
+
+    @inventory.setter
+    def inventory(self, path: Path) -> None:
+        self.deployed.path = path
 
     def ensure(self, project: str, state: str) -> None:
         """Bring an alpha project to `present` or `absent` unless it is so already.
@@ -64,7 +84,7 @@ class Fleet:
             return
         settings = {k: v for k, v in settings.items() if k != "state"}
         self.overrides[project] = settings if state == "present" else {**settings, "state": state}
-        self.write(self.sandbox)
+        self.write()
         out = self.play("--limit", "alpha")
         assert out.returncode == 0, out.stdout[-4000:]
 
@@ -76,43 +96,23 @@ class Fleet:
             self.upgraded = False
 
     def project(self, name: str, **settings) -> dict:
-        return {
-            "name": name,
-            "portal_url": self.portals[name].url,
-            "portal_user": "poller",
-            "portal_password": PASSWORD,
-            "speed": 1,
-            "min_free_disk": "10M",
-            "min_free_mem": "10M",
-            "job_timeout": 0,
-            **self.overrides.get(name, {}),
-            **settings,
-        }
+        return leam_project(
+            name,
+            self.portals[name].url,
+            PASSWORD,
+            job_timeout=0,
+            **{**self.overrides.get(name, {}), **settings},
+        )
 
-    def write(self, sandbox: Sandbox) -> None:
-        host_vars = {
-            h: {"leam_projects": [self.project(p) for p in projects]}
-            for h, projects in PROJECTS.items()
+    def write(self) -> None:
+        self.deployed.projects = {
+            h: [self.project(p) for p in projects] for h, projects in PROJECTS.items()
         }
-        host_vars["tiny"] = {
-            "leam_projects": [self.project("tinyproj")],
-            "leam_jobdir_min_free": "1G",
-        }
-        group_vars = {
-            "leam_jobservers": {
-                "leampoll_install_mode": "wheelhouse",
-                "leam_jobdir_min_free": "20M",
-                "leampoll_drain_timeout": 300,
-            }
-        }
-        sandbox.write_inventory(self.inventory, host_vars=host_vars, group_vars=group_vars)
+        self.deployed.projects["tiny"] = [self.project("tinyproj")]
+        self.deployed.write()
 
     def play(self, *args: str, extra: dict | None = None) -> subprocess.CompletedProcess:
-        if extra is not None:
-            path = self.dir / "extra.json"
-            path.write_text(json.dumps(extra))
-            args = (*args, "-e", f"@{path}")
-        return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
+        return self.deployed.play(*args, extra=extra)
 
     def program(self, host: str, project: str) -> tuple[str, int | None]:
         """Supervisor state and pid of a project's poller."""
@@ -128,9 +128,8 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
     with stand(STATE_DIR, names, PASSWORD) as s:
         # systemd hosts, beta on Debian 13 beside the bookworm ones
         s.up(["alpha", "beta", "tiny"], jobdir_size={"tiny": "40M"}, suites={"beta": "trixie"})
-        f = Fleet(s.hosts, s.portals, tmp_path_factory.mktemp("fleet"))
-        f.write(s.sandbox)
-        f.sandbox = s.sandbox
+        f = Fleet(s.sandbox, s.hosts, s.portals, tmp_path_factory.mktemp("fleet"))
+        f.write()
         f.first = f.play()
         yield f
 
@@ -350,7 +349,7 @@ def test_settings_change_waits_for_running_job_and_spares_other_projects(fleet):
     _, other_pid = fleet.program("alpha", "peoria")
     _, old_pid = fleet.program("alpha", "chicago")
     fleet.overrides["chicago"] = {"speed": 2}
-    fleet.write(fleet.sandbox)
+    fleet.write()
     out = fleet.play("--limit", "alpha")
     assert out.returncode == 0, out.stdout[-4000:]
     # The job was not killed: it finished and was reported before the new poller started.
@@ -369,7 +368,7 @@ def test_absent_drains_and_removes_program_keeps_job_tree(fleet):
     portal.queue("last-job", "sleep 3")
     portal.wait_for(lambda p: p.status.get("last-job") == "running", timeout=30)
     fleet.overrides["peoria"] = {"state": "absent"}
-    fleet.write(fleet.sandbox)
+    fleet.write()
     out = fleet.play("--limit", "alpha")
     assert out.returncode == 0, out.stdout[-4000:]
     assert portal.status["last-job"] == "complete"
@@ -486,7 +485,7 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
     chicago.queue("status-long", held_job("status-long"))  # runs until released below
     chicago.wait_for(lambda p: p.status.get("status-long") == "running", timeout=30)
     fleet.overrides["stlouis"] = {"min_free_disk": "1000T"}  # more than any disk here
-    fleet.write(fleet.sandbox)
+    fleet.write()
     try:
         assert fleet.play("--limit", "beta").returncode == 0
         wait_until(
@@ -509,7 +508,7 @@ def test_status_shows_a_running_job_and_a_guard_hold(fleet):
     finally:
         release(fleet, "alpha", "status-long")
         fleet.overrides.pop("stlouis")
-        fleet.write(fleet.sandbox)
+        fleet.write()
         assert fleet.play("--limit", "beta").returncode == 0
     chicago.wait_for(lambda p: p.status.get("status-long") == "complete", timeout=60)
 

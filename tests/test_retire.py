@@ -15,10 +15,10 @@ import psutil
 import pytest
 
 from testing.outcomes import job_state, report_kinds, wait_job_state
+from testing.pollers import sh
 from testing.portal_standin import PortalStandin
 from testing.supervisord import Supervisord
 from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
-from tests.test_poller import sh
 
 pytestmark = pytest.mark.timeout(180)
 

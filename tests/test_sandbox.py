@@ -25,7 +25,7 @@ from testing.sandbox import (
     Sandbox,
     mounts_under,
 )
-from testing.sandbox.system import _proc_start_time
+from testing.sandbox.system import proc_start_time
 
 pytestmark = sandbox_hosts()
 
@@ -97,7 +97,7 @@ def test_each_host_has_its_own_cgroup(sandbox: Sandbox, pair: tuple[Host, Host])
                 lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
             except OSError:
                 continue  # ended meanwhile (an SSH session)
-            if _proc_start_time(pid) is None:
+            if proc_start_time(pid) is None:
                 continue  # a zombie: out of every cgroup already
             assert all(line.split(":", 2)[2].startswith(f"/{cgroup.name}") for line in lines), lines
         outside = Path(f"/proc/{host.pid1}/cgroup").read_text()
@@ -170,7 +170,7 @@ def test_power_cut_kills_every_process_at_once_and_keeps_the_disk(
     before = b.processes()
     sandbox.power_cut(b)
     assert not b.alive
-    assert all(_proc_start_time(pid) != start for pid, start, _ in before)
+    assert all(proc_start_time(pid) != start for pid, start, _ in before)
     assert not (Path(b.state["cgroup"]) / "init.scope").exists() or not any(
         p.read_text().strip() for p in Path(b.state["cgroup"]).rglob("cgroup.procs")
     )
@@ -203,7 +203,7 @@ def test_teardown_leaves_nothing(sandbox: Sandbox, init: str) -> None:
 
     assert sandbox.down("sbx-gone") is True
     for pid, start in pids:
-        assert _proc_start_time(pid) != start, f"pid {pid} still alive"
+        assert proc_start_time(pid) != start, f"pid {pid} still alive"
     assert mounts_under(root) == []
     assert cgroup is None or not Path(cgroup).exists()
     assert not sandbox.host_dir("sbx-gone").exists()

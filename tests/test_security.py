@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import os
 import re
 import socket
 import subprocess
@@ -31,13 +30,14 @@ from leampoll.loading import load
 from leampoll.origins import TrustedOrigins
 from leampoll.portal import PortalClient, ReportError
 from testing import playbook
+from testing.fleet import Inventory, leam_project
 from testing.marks import sandbox_hosts
 from testing.playbook import recap
+from testing.pollers import samples
 from testing.portal_standin import PortalStandin
-from testing.sandbox import Host, Sandbox
+from testing.sandbox import TEST_STATE_DIR, Host, Sandbox
 from testing.tls import ServerCert, private_ca, self_signed
 from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, wait_until
-from tests.test_status_metrics import samples
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDS = {"PORTAL_USER": USER, "PORTAL_PASSWORD": PASSWORD}
@@ -365,7 +365,6 @@ def test_role_rejects_bad_security_settings(tmp_path, extra, variable):
 
 # -- one converged sandbox host, audited ---------------------------------------------
 
-STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE", "/run/leam-sandbox-pytest"))
 HOST = "audited"
 # Supervisor's specials (space, %, ;) and nothing else of it appears anywhere by chance.
 SECRET = "aUd1t S3cret%x-9f;q"
@@ -396,40 +395,22 @@ class Audit:
         assert out.returncode == 0, (command, out.stderr)
         return out.stdout
 
-    def project(self, name: str, **settings) -> dict:
-        return {
-            "name": name,
-            "portal_url": self.portals[name].url,
-            "portal_user": "poller",
-            "portal_password": SECRET,
-            "speed": 1,
-            "min_free_disk": "10M",
-            "min_free_mem": "10M",
-            **settings,
-        }
-
     def write(self, group_vars: dict | None = None, **overrides: dict) -> None:
         projects = [
-            self.project("plain"),
-            self.project("tlsca", ca_file=HOST_CA),
-            self.project("tlsnoca"),
+            leam_project("plain", self.portals["plain"].url, SECRET),
+            leam_project("tlsca", self.portals["tlsca"].url, SECRET, ca_file=HOST_CA),
+            leam_project("tlsnoca", self.portals["tlsnoca"].url, SECRET),
         ]
         projects = [{**p, **overrides.get(p["name"], {})} for p in projects]
-        metrics = {"leampoll_metrics": True}
+        metrics: dict[str, object] = {"leampoll_metrics": True}
         if not self.default_metrics_address:  # 127.0.0.1:9100 is taken on this machine
             metrics["leampoll_node_exporter_listen_address"] = f"{self.host.address}:9100"
-        self.sandbox.write_inventory(
+        Inventory(
+            self.sandbox,
             self.inventory,
-            host_vars={HOST: {"leam_projects": projects}},
-            group_vars={
-                "leam_jobservers": {
-                    "leampoll_install_mode": "wheelhouse",
-                    "leam_jobdir_min_free": "20M",
-                    **metrics,
-                    **(group_vars or {}),
-                }
-            },
-        )
+            projects={HOST: projects},
+            group_vars={**metrics, **(group_vars or {})},
+        ).write()
 
     def play(self, *args: str) -> subprocess.CompletedProcess:
         return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
@@ -445,7 +426,7 @@ def audit(tmp_path_factory) -> Iterator[Audit]:
         "tlsca": PortalStandin("poller", SECRET, base_path="/tlsca", tls=tls),
         "tlsnoca": PortalStandin("poller", SECRET, base_path="/tlsnoca", tls=tls),
     }
-    sandbox = Sandbox(STATE_DIR)
+    sandbox = Sandbox(TEST_STATE_DIR)
     sandbox.down(HOST)  # left over from an interrupted run
     try:
         for p in portals.values():

@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from testing.pollers import samples, sh, status_json
 from tests.conftest import LEAMPOLL, wait_until
-from tests.test_poller import sh
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def status_json(*workdirs, env=None) -> list[dict]:
-    out = subprocess.run(
-        [*LEAMPOLL, "status", "--json", *map(str, workdirs)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-        env=env,
-    )
-    return json.loads(out.stdout)
-
-
-def samples(path) -> dict[tuple, float]:
-    found = {}
-    for family in text_string_to_metric_families(path.read_text()):
-        for s in family.samples:
-            found[(s.name, *sorted(s.labels.items()))] = s.value
-    return found
 
 
 def test_status_shows_running_job_then_last_outcome(portal, start_poller, workdir):

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from testing import playbook
-from testing.fleet import Stand, stand
+from testing.fleet import Inventory, Stand, leam_project, stand
 from testing.marks import sandbox_hosts
 from testing.playbook import recap
 from testing.portal_standin import PortalStandin
 from testing.sandbox import TEST_STATE_DIR, Host
-from tests.conftest import wait_until
+from testing.wait import wait_until
 
 PASSWORD = "s3cret-for-boots"
 ANSIBLE = Path(sys.executable).with_name("ansible")
@@ -46,54 +45,37 @@ class Fleet:
         self.hosts = stand.hosts
         self.portals = stand.portals
         self.dir = workdir
-        self.inventory = workdir / "inventory.yml"
+        self.deployed = Inventory(
+            stand.sandbox,
+            workdir / "inventory.yml",
+            host_vars={"sys-a": {"leampoll_grace": GRACE_A}},
+            group_vars={"leampoll_drain_timeout": 300},
+            log_dir=workdir,
+        )
+        self.inventory = self.deployed.path
         self.projects = {h: list(p) for h, p in PROJECTS.items()}
         self.absent: dict[str, list[str]] = {h: [] for h in PROJECTS}  # removed by ensure()
 
     def write(self) -> None:
-        host_vars: dict[str, dict] = {
-            host: {
-                "leam_projects": [
-                    {
-                        "name": p,
-                        "portal_url": self.portals[p].url,
-                        "portal_user": "poller",
-                        "portal_password": PASSWORD,
-                        "speed": 1,
-                        "min_free_disk": "10M",
-                        "min_free_mem": "10M",
-                    }
-                    for p in projects
-                ]
-                + [
-                    {
-                        "name": p,
-                        "portal_url": f"http://127.0.0.1:9/{p}",
-                        "portal_user": "poller",
-                        "portal_password": PASSWORD,
-                        "state": "absent",
-                    }
-                    for p in self.absent[host]
-                    if p not in projects
-                ]
-            }
+        self.deployed.projects = {
+            host: [leam_project(p, self.portals[p].url, PASSWORD) for p in projects]
+            + [
+                {
+                    "name": p,
+                    "portal_url": f"http://127.0.0.1:9/{p}",
+                    "portal_user": "poller",
+                    "portal_password": PASSWORD,
+                    "state": "absent",
+                }
+                for p in self.absent[host]
+                if p not in projects
+            ]
             for host, projects in self.projects.items()
         }
-        host_vars["sys-a"]["leampoll_grace"] = GRACE_A
-        self.sandbox.write_inventory(
-            self.inventory,
-            host_vars=host_vars,
-            group_vars={
-                "leam_jobservers": {
-                    "leampoll_install_mode": "wheelhouse",
-                    "leam_jobdir_min_free": "20M",
-                    "leampoll_drain_timeout": 300,
-                }
-            },
-        )
+        self.deployed.write()
 
     def play(self, *args: str) -> subprocess.CompletedProcess:
-        return playbook.run(self.inventory, "site.yml", *args, log_dir=self.dir)
+        return self.deployed.play(*args)
 
     def ensure(self, host: str, projects: list[str]) -> None:
         """Converge a host to serve `projects` (those it loses absent) unless it does already.

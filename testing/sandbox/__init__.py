@@ -49,9 +49,13 @@ Python::
     # not resolve virtual packages: name them, e.g. python3-cffi-backend for cloud-init)
     sb.up("c", include=["cloud-init", "python3-cffi-backend"])
 
-Modules: ``settings`` (suites, packages, directories), ``system`` (commands,
-mounts, processes, cgroups), ``rootfs`` (the debootstrap cache), ``hosts``
-(boot, SSH, reboot, power cut, teardown, inventory) and ``cli``.
+Modules, along the seams of a host's life: ``settings`` (suites, packages,
+directories), ``system`` (what the hosts need of the machine: commands, mounts,
+processes, cgroups), ``rootfs`` (the debootstrap cache), ``host`` (a host as
+the controller sees it: SSH, nsenter, its processes), ``disk`` (the host's
+files: state, disk, console log), ``power`` (boot and power: PID 1 started,
+rebooted, power-cut, stopped), ``inventory`` (what Ansible reads), ``hosts``
+(``Sandbox``, the one entry point that ties them together) and ``cli``.
 """
 
 from testing.sandbox.hosts import Host, Sandbox

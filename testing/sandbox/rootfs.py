@@ -36,10 +36,10 @@ from testing.sandbox.settings import (
 )
 from testing.sandbox.system import (
     SandboxError,
-    _default_log,
-    _flock,
-    _require_root,
-    _run,
+    default_log,
+    flock,
+    require_root,
+    run_command,
     unmount_all_under,
 )
 
@@ -137,7 +137,7 @@ def rootfs_path(
 
 def ensure_rootfs(
     cache_dir: str | os.PathLike[str] | None = None,
-    log: Callable[[str], None] = _default_log,
+    log: Callable[[str], None] = default_log,
     spec: RootfsSpec | None = None,
 ) -> Path:
     """Return the cached root filesystem, building it first if it is missing.
@@ -151,7 +151,7 @@ def ensure_rootfs(
     final = rootfs_path(cache_dir, spec)
     if final.is_dir():
         return final
-    _require_root()
+    require_root()
     cache = final.parent
     cache.mkdir(parents=True, exist_ok=True)
     default = spec == RootfsSpec()
@@ -162,21 +162,21 @@ def ensure_rootfs(
     def waiting() -> None:
         log(f"another process is building {spec.name}, waiting")
 
-    with _flock(lock, waiting) as lock_fd, _terminate_raises():
+    with flock(lock, waiting) as lock_fd, _terminate_raises():
         if final.is_dir():  # built by someone else while we waited
             return final
         # Holding the lock (which build children inherit), any temporary
         # build of this variant left here is dead: an interrupted earlier run.
         for stale in cache.glob(f"{scratch}*"):
             log(f"removing interrupted build {stale}")
-            _remove_tree(stale)
+            remove_tree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=scratch, dir=cache))
         try:
             _build_rootfs(tmp, log, lock_fd, spec)
             os.rename(tmp, final)
         except BaseException:
             log(f"build failed or interrupted, removing {tmp}")
-            _remove_tree(tmp)
+            remove_tree(tmp)
             raise
     log(f"root filesystem ready at {final}")
     return final
@@ -264,7 +264,7 @@ def _build_rootfs(target: Path, log: Callable[[str], None], lock_fd: int, spec: 
         build_log,
     )
     log("debootstrap done; trusting the machine's CA certificates, seeding apt lists")
-    _copy_resolv(target / "etc/resolv.conf")
+    copy_resolv(target / "etc/resolv.conf")
     extra_ca = Path("/usr/local/share/ca-certificates")
     dest_ca = target / "usr/local/share/ca-certificates"
     dest_ca.mkdir(parents=True, exist_ok=True)
@@ -274,7 +274,7 @@ def _build_rootfs(target: Path, log: Callable[[str], None], lock_fd: int, spec: 
             (dest_ca / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(cert, dest_ca / rel)
     # The machine may relax apt's date checks for its mirror; hosts need the same.
-    relax = _run(["apt-config", "dump"], check=False).stdout
+    relax = run_command(["apt-config", "dump"], check=False).stdout
     keep = [
         line
         for line in relax.splitlines()
@@ -315,14 +315,14 @@ def _build_rootfs(target: Path, log: Callable[[str], None], lock_fd: int, spec: 
     )
 
 
-def _copy_resolv(dest: Path) -> None:
+def copy_resolv(dest: Path) -> None:
     """Give a root the machine's name servers (the hosts share its network)."""
     dest.unlink(missing_ok=True)  # may be a dangling symlink in the image
     shutil.copyfile("/etc/resolv.conf", dest)
     dest.chmod(0o644)
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a host or build directory, never crossing into a mount.
 
     Anything still mounted below is unmounted first; ``--one-file-system``
@@ -331,4 +331,4 @@ def _remove_tree(path: Path) -> None:
     if not path.exists():
         return
     unmount_all_under(path)
-    _run(["rm", "-rf", "--one-file-system", path])
+    run_command(["rm", "-rf", "--one-file-system", path])

@@ -8,6 +8,7 @@ import fcntl
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -21,11 +22,11 @@ class SandboxError(RuntimeError):
     """A sandbox step failed; the message says which and why."""
 
 
-def _default_log(message: str) -> None:
+def default_log(message: str) -> None:
     print(f"[{time.monotonic() - _T0:7.2f}s] {message}", file=sys.stderr, flush=True)
 
 
-def _run(
+def run_command(
     cmd: Sequence[str | os.PathLike[str]],
     *,
     env: Mapping[str, str] | None = None,
@@ -89,8 +90,8 @@ def unmount_all_under(path: str | os.PathLike[str]) -> list[str]:
         # newest first, then deepest first: children go before parents
         order = sorted(enumerate(targets), key=lambda it: (it[1].count("/"), it[0]), reverse=True)
         for _, target in order:
-            if _run(["umount", target], check=False).returncode != 0:
-                _run(["umount", "-l", target], check=False)
+            if run_command(["umount", target], check=False).returncode != 0:
+                run_command(["umount", "-l", target], check=False)
             done.append(target)
     left = mounts_under(path)
     if left:
@@ -98,7 +99,7 @@ def unmount_all_under(path: str | os.PathLike[str]) -> list[str]:
     return done
 
 
-def _proc_start_time(pid: int) -> int | None:
+def proc_start_time(pid: int) -> int | None:
     """Start time of ``pid`` (clock ticks since boot), None if it is gone.
 
     Stored next to a pid so teardown never signals a recycled pid.
@@ -114,7 +115,7 @@ def _proc_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -128,21 +129,21 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _same_process(pid: int | None, start: int | None) -> bool:
-    return pid is not None and start is not None and _proc_start_time(pid) == start
+def same_process(pid: int | None, start: int | None) -> bool:
+    return pid is not None and start is not None and proc_start_time(pid) == start
 
 
-def _wait_gone(pid: int, start: int | None, timeout: float) -> bool:
+def wait_gone(pid: int, start: int | None, timeout: float) -> bool:
     """Poll until ``pid`` (with that start time) has exited or become a zombie."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _same_process(pid, start):
+        if not same_process(pid, start):
             return True
         time.sleep(0.02)
-    return not _same_process(pid, start)
+    return not same_process(pid, start)
 
 
-def _cgroup_hierarchies() -> list[Path]:
+def cgroup_hierarchies() -> list[Path]:
     """Mount points of the machine's cgroup hierarchies (v1 and v2) below /sys/fs/cgroup."""
     found = []
     with open("/proc/self/mountinfo") as f:
@@ -155,7 +156,7 @@ def _cgroup_hierarchies() -> list[Path]:
     return found
 
 
-def _make_cgroup(cgroup: Path) -> None:
+def make_cgroup(cgroup: Path) -> None:
     """Make a cgroup a process can join (a v1 cpuset needs its cpus and mems first)."""
     cgroup.mkdir(exist_ok=True)
     for knob in ("cpuset.cpus", "cpuset.mems"):
@@ -163,7 +164,7 @@ def _make_cgroup(cgroup: Path) -> None:
             (cgroup / knob).write_text((cgroup.parent / knob).read_text())
 
 
-def _cgroup_procs(cgroup: Path) -> list[int]:
+def cgroup_procs(cgroup: Path) -> list[int]:
     """Pids in ``cgroup`` and every cgroup below it."""
     pids: list[int] = []
     for procs in cgroup.rglob("cgroup.procs") if cgroup.is_dir() else ():
@@ -172,16 +173,16 @@ def _cgroup_procs(cgroup: Path) -> list[int]:
     return pids
 
 
-def _wait_cgroup_empty(cgroup: Path, timeout: float) -> None:
+def wait_cgroup_empty(cgroup: Path, timeout: float) -> None:
     """Wait until no process is left in ``cgroup`` (killed processes take a moment)."""
     deadline = time.monotonic() + timeout
-    while _cgroup_procs(cgroup):
+    while cgroup_procs(cgroup):
         if time.monotonic() > deadline:
-            raise SandboxError(f"processes {_cgroup_procs(cgroup)} still in {cgroup}")
+            raise SandboxError(f"processes {cgroup_procs(cgroup)} still in {cgroup}")
         time.sleep(0.02)
 
 
-def _remove_cgroup(cgroup: Path, keep_top: bool = True) -> None:
+def remove_cgroup(cgroup: Path, keep_top: bool = True) -> None:
     """Remove a host's cgroup directories depth-first; they must hold no process."""
     if not cgroup.is_dir():
         return
@@ -196,7 +197,7 @@ def _remove_cgroup(cgroup: Path, keep_top: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[int]:
+def flock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[int]:
     """Hold an exclusive lock on ``path`` so concurrent callers take turns.
 
     Yields the lock's file descriptor: a child that inherits it keeps the
@@ -216,6 +217,17 @@ def _flock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[in
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _require_root() -> None:
+def require_root() -> None:
     if os.geteuid() != 0:
         raise SandboxError("sandbox hosts need root (mounts, namespaces, chroot)")
+
+
+def port_open(address: str, port: int) -> bool:
+    """Whether something accepts TCP connections there (a host's sshd, or a stranger)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        try:
+            s.connect((address, port))
+        except OSError:
+            return False
+        return True
