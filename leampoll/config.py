@@ -105,6 +105,10 @@ class Config:
     password_file: Path | None = None  # re-read on SIGHUP
     allow_insecure_http: bool = False
     ca_file: Path | None = None
+    memory_max: int | None = None  # bytes a job may use (its cgroup's MemoryMax)
+    tasks_max: int = 0  # processes and threads of a job (0: the slice's bound only)
+    cpu_weight: int = 0  # the job's share of CPU under contention (0: systemd's 100)
+    job_cgroups: bool = True  # a cgroup per job where systemd allows it ("auto")
 
     @property
     def pop_url(self) -> str:
@@ -140,6 +144,20 @@ def _size(text: str) -> Size:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _memory_max(text: str) -> int:
+    size = _size(text)
+    if size.percent or size.value < 1024**2:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an absolute size of at least 1M")
+    return int(size.value)
+
+
+def _cpu_weight(text: str) -> int:
+    value = _count(text)
+    if not 1 <= value <= 10000:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be within 1..10000")
+    return value
 
 
 def _inodes(text: str) -> Size:
@@ -316,6 +334,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="read timeout of portal requests (default 60)",
     )
+    p.add_argument(
+        "--memory-max",
+        type=_memory_max,
+        default=None,
+        metavar="SIZE",
+        help="memory a job may use, page cache included; beyond it the OOM killer ends "
+        "the job (cgroup mode; default: only the host's leam-jobs.slice bound)",
+    )
+    p.add_argument(
+        "--tasks-max",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="processes and threads a job may have (cgroup mode; 0 = the slice's bound)",
+    )
+    p.add_argument(
+        "--cpu-weight",
+        type=_cpu_weight,
+        default=0,
+        metavar="N",
+        help="a job's CPU share under contention, 1..10000 (cgroup mode; default systemd's 100)",
+    )
+    p.add_argument(
+        "--job-cgroups",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: each job in a systemd scope of its own where the host allows it, "
+        "else a process group; off: always a process group (default auto)",
+    )
     p.add_argument("--project", default="", help="name of the project (default: workdir name)")
     p.add_argument(
         "--metrics-file",
@@ -468,4 +515,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         password_file=args.password_file.absolute() if args.password_file else None,
         allow_insecure_http=args.allow_insecure_http,
         ca_file=args.ca_file.absolute() if args.ca_file else None,
+        memory_max=args.memory_max,
+        tasks_max=args.tasks_max,
+        cpu_weight=args.cpu_weight,
+        job_cgroups=args.job_cgroups == "auto",
     )
