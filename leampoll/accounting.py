@@ -82,6 +82,7 @@ class Sampler:
     peak_disk: int = 0
     peak_inodes: int = 0
     cpu_seconds: float = 0.0
+    exited_cpu: float = 0.0  # the stages' main processes and what they reaped (wait4)
     pids: list[int] = field(default_factory=list)  # process-group mode: the stages' main pids
     _next_walk: float = 0.0
 
@@ -115,5 +116,6 @@ class Sampler:
     def add_exited(self, maxrss_kib: int, cpu: float) -> None:
         """A process-group stage's main process ended: its own peak and CPU (wait4)."""
         self.peak_memory = max(self.peak_memory, maxrss_kib * 1024)
-        if self.cgroup is None:
-            self.cpu_seconds += cpu
+        # Where the cgroup keeps no CPU time (cgroup v1 without cpuacct), this is it.
+        self.exited_cpu += cpu
+        self.cpu_seconds = max(self.cpu_seconds, self.exited_cpu)
