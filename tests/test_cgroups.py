@@ -225,7 +225,7 @@ def test_kill_all_ends_a_daemon_that_ignores_term_and_spares_the_keeper():
                 "os.setsid()\n"
                 "if os.fork() == 0:\n    time.sleep(60)\nelse:\n    time.sleep(60)\n",
             ],
-            preexec_fn=lambda: procs.write_text(str(os.getpid())),  # noqa: PLW1509
+            preexec_fn=lambda: procs.write_text(str(os.getpid())),
         )
         procs.write_text(str(keeper.pid))
         wait_until(lambda: len(cg.pids()) == 3, 10, "the daemon, its child and the keeper")
