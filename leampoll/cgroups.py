@@ -279,12 +279,28 @@ def _signal(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
+def unit_active(unit: str) -> bool:
+    """systemd still lists the unit as active (no privilege needed to ask)."""
+    try:
+        return (
+            subprocess.run(
+                ["systemctl", "is-active", "--quiet", unit],
+                stdin=subprocess.DEVNULL,
+                timeout=HELPER_TIMEOUT,
+                check=False,
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def running_units(project: str) -> list[str]:
     """The job units of a project systemd knows (no privilege needed to list)."""
     pattern = f"{UNIT_PREFIX}{_safe(project, MAX_PROJECT)}-*.scope"
     try:
         out = subprocess.run(
-            ["systemctl", "list-units", "--plain", "--no-legend", "--all", pattern],
+            ["systemctl", "list-units", "--plain", "--no-legend", pattern],
             capture_output=True,
             text=True,
             timeout=HELPER_TIMEOUT,

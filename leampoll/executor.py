@@ -274,6 +274,10 @@ class Executor:
             cgroups.kill_all(cgroup, self.grace, spare={self._keeper.pid})
         if self._keeper is not None:
             _end_keeper(self._keeper)  # the empty scope is then collected by systemd
+        if self.units is not None and cgroups.unit_active(self._unit):
+            # Where systemd hears of no empty cgroup (v1 in a container: no
+            # release agent), the scope would stay listed: stopped here.
+            self.units.stop(self._unit)
         self._unit = self._keeper = None
 
     def _usage(self, job: Job, result: Outcome, started: float) -> JobUsage:

@@ -402,6 +402,7 @@ class Worker:
         """Hand back the job a killed poller left behind, before any pop."""
         record = self.state.orphan()
         if record is None:
+            self.stop_leftover_units()
             return
         job = Job.from_dict(record["job"])
         stopped = self.stop_orphan_unit(record)
@@ -422,23 +423,35 @@ class Worker:
             log.warning("job %s: found orphaned by a killed poller; handing it back", job.id)
             self.enqueue(job, "requeue", "leampoll restarted during this job; requeued")
         self.state.finish()
+        self.stop_leftover_units()
 
     def stop_orphan_unit(self, record: dict) -> list[int]:
-        """Stop what is left in the orphan's cgroup, found by the unit's name in the record.
-
-        Its processes run as the poller's user: they are signalled directly;
-        the helper stops the unit itself only if something survives that.
-        """
+        """Stop what is left in the orphan's cgroup, found by the unit's name in the record."""
         unit = record.get("unit")
         if not isinstance(unit, str) or not unit.startswith(cgroups.UNIT_PREFIX):
             return []
-        version = cgroups.cgroup_version() or 1
-        cgroup = cgroups.JobCgroup(unit, version)
+        return self.stop_unit(unit)
+
+    def stop_unit(self, unit: str) -> list[int]:
+        """End every process of a job unit, then the unit; the pids found.
+
+        Its processes run as the poller's user: they are signalled directly;
+        the helper stops the unit itself, so that it is not left listed.
+        """
+        cgroup = cgroups.JobCgroup(unit, cgroups.cgroup_version() or 1)
         found = cgroup.pids()
         cgroups.kill_all(cgroup, self.config.grace)
-        if cgroup.pids():
+        if cgroups.unit_active(unit):
             cgroups.Units(grace=self.config.grace).stop(unit)
         return found
+
+    def stop_leftover_units(self) -> None:
+        """At start no job of this poller runs: a unit of its project is a leftover."""
+        if not self.mode.cgroup:
+            return
+        for unit in cgroups.running_units(self.config.project):
+            found = self.stop_unit(unit)
+            log.warning("stopped leftover job unit %s (%d process(es))", unit, len(found))
 
     def retain(self, rundir: Path, ok: bool) -> None:
         """Successful run directories go unless --preserve; failed ones are kept, bounded."""
