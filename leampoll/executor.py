@@ -46,12 +46,12 @@ MAX_NAME = 100
 # is recorded as ended by a full disk.
 DISK_FULL_BELOW = 16 * 1024 * 1024
 # A stage's process in a job's cgroup: held until the helper has put it in the
-# unit (fd 3 says go), made a fair OOM victim again (the poller is not one),
-# then the job's own command. A poller killed meanwhile closes fd 3: the job
-# never starts.
+# unit (its stdin, a pipe from the poller, says go), made a fair OOM victim
+# again (the poller is not one), then the job's own command with stdin closed
+# as always. A poller killed meanwhile closes the pipe: the job never starts.
 GATE = (
-    'read -r go <&3 && [ "$go" = go ] || exit 125; exec 3<&-; '
-    'echo 0 >/proc/self/oom_score_adj 2>/dev/null; exec "$@"'
+    'read -r go && [ "$go" = go ] || exit 125; '
+    'echo 0 >/proc/self/oom_score_adj 2>/dev/null; exec "$@" </dev/null'
 )
 TAIL_LINES = 20
 TAIL_CHARS = 2000
@@ -371,7 +371,7 @@ class Executor:
         gate_r, gate_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                ["sh", "-c", GATE, "leam-job", *argv], pass_fds=(gate_r,), **common
+                ["sh", "-c", GATE, "leam-job", *argv], close_fds=True, **{**common, "stdin": gate_r}
             )
         finally:
             os.close(gate_r)

@@ -148,6 +148,13 @@ def once_job(portal: PortalStandin, job: str, pidfile: str) -> None:
     )
 
 
+def ended(portal: PortalStandin, job: str, outcome: str | None, timeout: float = 60) -> None:
+    """Wait until the job is ended (success or error, not handed back); check how."""
+    portal.wait_for(lambda p: p.outcome(job) in ("success", "error"), timeout)
+    if outcome is not None:
+        assert portal.outcome(job) == outcome, portal.events(job)
+
+
 def running(fleet: Fleet, project: str, job: str, pidfile: str) -> None:
     fleet.portals[project].wait_for(lambda p: p.status.get(job) == "running", timeout=60)
     wait_until(lambda: fleet.alive(project, pidfile), 30, f"{job}'s daemon running")
@@ -177,7 +184,7 @@ def test_status_and_check_say_how_jobs_are_contained(fleet, host):
 def test_a_daemon_left_by_a_job_is_gone_after_the_grace(fleet, project):
     pidfile = f"/var/tmp/{project}-left.pid"
     daemon_job(fleet.portals[project], f"{project}-left", pidfile)
-    fleet.portals[project].wait_for(lambda p: p.status.get(f"{project}-left") == "complete", 60)
+    ended(fleet.portals[project], f"{project}-left", "success")
     gone(fleet, project, pidfile)
     assert fleet.portals[project].ended_once(f"{project}-left")
     message = fleet.message(project, f"{project}-left")
@@ -189,7 +196,7 @@ def test_a_timed_out_job_leaves_nothing(fleet):
     pidfile = "/var/tmp/rio-timeout.pid"
     daemon_job(fleet.portals["rio"], "rio-timeout", pidfile, stay=900)
     running(fleet, "rio", "rio-timeout", pidfile)
-    fleet.portals["rio"].wait_for(lambda p: p.status.get("rio-timeout") == "error", 90)
+    ended(fleet.portals["rio"], "rio-timeout", "error", 90)
     assert "timed out" in fleet.message("rio", "rio-timeout")
     gone(fleet, "rio", pidfile, timeout=5)  # gone by the time it is reported
     assert fleet.portals["rio"].ended_once("rio-timeout")
@@ -202,7 +209,7 @@ def test_a_drained_poller_reports_the_job_and_leaves_no_daemon(fleet):
     daemon_job(fleet.portals["quito"], "quito-drain", pidfile, stay=5)
     running(fleet, "quito", "quito-drain", pidfile)
     h.ssh("supervisorctl signal USR1 leampoll-quito", check=True)
-    fleet.portals["quito"].wait_for(lambda p: p.status.get("quito-drain") == "complete", 60)
+    ended(fleet.portals["quito"], "quito-drain", "success")
     gone(fleet, "quito", pidfile)
     wait_until(lambda: fleet.poller_pid("quito") == 0, 30, "the drained poller exited")
     assert fleet.portals["quito"].ended_once("quito-drain")
@@ -229,7 +236,7 @@ def test_a_stopped_poller_hands_the_job_back_once_and_leaves_nothing(fleet, proj
     portal.wait_for(lambda p: len([r for r in p.reports("requeue") if job in r.path]) == 1, 60)
     if how != "kill-9":
         h.ssh(f"supervisorctl start leampoll-{project}", check=True)
-    portal.wait_for(lambda p: p.status.get(job) == "complete", 90)
+    ended(portal, job, "success", 90)
     assert len([r for r in portal.reports("requeue") if job in r.path]) == 1
     assert portal.ended_once(job)
     wait_until(lambda: not fleet.units(project), 30, "no job unit left")
@@ -239,7 +246,7 @@ def test_a_job_over_its_memory_max_is_reported_as_oom_and_the_next_runs(fleet):
     portal, pid = fleet.portals["rio"], fleet.poller_pid("rio")
     portal.queue("rio-big", "python3 -c \"b = bytearray(b'1') * (300 << 20)\"")
     portal.queue("rio-next", "true")
-    portal.wait_for(lambda p: p.status.get("rio-next") == "complete", 90)
+    ended(portal, "rio-next", "success", 90)
     assert portal.outcome("rio-big") == "error"
     message = fleet.message("rio", "rio-big")
     assert "OOM killer" in message and "peak of" in message, message
@@ -255,9 +262,7 @@ def test_two_projects_at_the_slice_limit_lose_a_job_never_the_host(fleet):
     for p in pids:
         fleet.portals[p].queue(f"{p}-hog", hog)
     for p in pids:
-        fleet.portals[p].wait_for(
-            lambda s, j=f"{p}-hog": s.status.get(j) in ("complete", "error"), 90
-        )
+        ended(fleet.portals[p], f"{p}-hog", None, 90)
     outcomes = {p: fleet.portals[p].outcome(f"{p}-hog") for p in pids}
     assert "error" in outcomes.values(), outcomes  # 600M of jobs in a 450M slice
     for p, outcome in outcomes.items():
@@ -282,7 +287,7 @@ def test_a_job_is_measured_within_ten_percent(fleet):
     )
     portal = fleet.portals["quito"]
     portal.queue("quito-measure", f"python3 -c {shlex.quote(code)}")
-    portal.wait_for(lambda p: p.status.get("quito-measure") == "complete", 120)
+    ended(portal, "quito-measure", "success", 120)
     record = next(r for r in fleet.history("quito") if r["job_id"] == "quito-measure")
     assert record["mode"] == expected_mode(fleet.hosts["cg-b"])
     assert 300 * MiB <= record["peak_memory_bytes"] <= 330 * MiB, record
@@ -293,7 +298,7 @@ def test_a_job_is_measured_within_ten_percent(fleet):
 def test_without_init_jobs_are_process_groups_and_still_measured(fleet):
     portal = fleet.portals["bogota"]
     portal.queue("bogota-1", "python3 -c \"b = bytearray(b'1') * (50 << 20)\"")
-    portal.wait_for(lambda p: p.status.get("bogota-1") == "complete", 60)
+    ended(portal, "bogota-1", "success")
     record = fleet.history("bogota")[-1]
     assert record["mode"] == "pgroup" and record["ended"] == "exit"
     assert record["peak_memory_bytes"] >= 50 * MiB
