@@ -252,7 +252,9 @@ def test_a_job_over_its_memory_max_is_reported_as_oom_and_the_next_runs(fleet):
     assert "OOM killer" in message and "peak of" in message, message
     record = next(r for r in fleet.history("rio") if r["job_id"] == "rio-big")
     assert record["ended"] == "oom"
-    assert 90 * MiB <= record["peak_memory_bytes"] <= 101 * MiB  # at its 100M bound
+    # At its 100M bound: cgroup v1's max_usage_in_bytes was seen a few MiB past it
+    # (pages charged as the kernel reclaims), never the 300M the job asked for.
+    assert 90 * MiB <= record["peak_memory_bytes"] <= 120 * MiB, record
     assert fleet.poller_pid("rio") == pid
 
 
