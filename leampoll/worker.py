@@ -306,9 +306,9 @@ class Worker:
         else:
             log.error("job %s: %s", job.id, outcome.describe().splitlines()[0])
             self.enqueue(job, "error", f"job {job.id} {outcome.describe()}")
-        self.record_usage(outcome)
-        self.state.finish()
+        self.state.finish()  # at once: a report in the outbox and a current job = ended twice
         self.state.forget_orphan(job.url or job.id)
+        self.record_usage(outcome)
         self.status.current = None
         self.status.usage = None
         if self.metrics:
@@ -319,8 +319,9 @@ class Worker:
     def record_usage(self, outcome: Outcome) -> None:
         """Append what the job used to the project's history (the guards learn from it).
 
-        After its report is in the outbox: a history that cannot be written
-        (a full disk) costs a record, never the report.
+        After its report is in the outbox and the job is no longer current: a
+        history that cannot be written (a full disk) costs a record, never the
+        report, and a kill meanwhile never ends the job twice.
         """
         usage = outcome.usage
         if usage is None:
