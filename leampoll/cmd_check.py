@@ -12,7 +12,7 @@ from typing import TextIO
 
 import requests
 
-from leampoll import __version__, guards
+from leampoll import __version__, cgroups, guards
 from leampoll.auth import CHECK_PATH, Verdict, classify
 from leampoll.config import Config
 from leampoll.portal import PortalClient
@@ -37,6 +37,10 @@ def run(config: Config, out: TextIO = sys.stdout) -> int:
         line("ok", "workdir", f"{workdir} is writable")
         for reading in guards.check(config):
             line("FAIL" if reading.holds else "ok", reading.guard, str(reading))
+
+    mode = cgroups.detect(config.job_cgroups)
+    # Process groups are a working mode, not a failure: said, never failed.
+    line("ok", "jobs", mode.describe().removeprefix("jobs: "))
 
     client = PortalClient(
         config.site,

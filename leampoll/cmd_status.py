@@ -99,7 +99,14 @@ def row(project: dict, programs: dict[str, str], now: float) -> dict:
         "pid": status.pid if alive else None,
         "uptime": now - status.started_at if alive and status.started_at else None,
         "state": status.state if alive else "stopped",
-        "job": {"id": current.id, "running_for": now - current.started_at} if current else None,
+        "job": {
+            "id": current.id,
+            "running_for": now - current.started_at,
+            "usage": status.usage,  # so far: memory now and peaks (leampoll.accounting)
+        }
+        if current
+        else None,
+        "jobs_mode": status.jobs if alive else None,
         "last": {**last.to_json(), "ago": now - last.at} if last and last.at else None,
         "succeeded": status.session.get("success", 0),
         "failed": status.session.get("error", 0),
@@ -168,7 +175,26 @@ def render(rows: list[dict], portal_error_after: float = PORTAL_ERROR_AFTER) -> 
         "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
         for line in [COLUMNS, *cells]
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _notes(rows))
+
+
+def _notes(rows: list[dict]) -> list[str]:
+    """Below the table: how each running poller contains jobs, and its job's usage so far."""
+    notes = []
+    for r in rows:
+        text = r.get("jobs_mode") or ""
+        usage = (r.get("job") or {}).get("usage")
+        if usage:
+            text += (
+                f"; {r['job']['id']} so far: memory {human(usage.get('memory_bytes', 0))} "
+                f"(peak {human(usage.get('peak_memory_bytes', 0))}), "
+                f"cpu {usage.get('cpu_seconds', 0):.1f}s, "
+                f"disk {human(usage.get('peak_disk_bytes', 0))} "
+                f"in {usage.get('peak_inodes', 0)} inodes"
+            )
+        if text:
+            notes.append(f"{r['project']}: {text.lstrip('; ')}")
+    return notes
 
 
 def main(argv: Sequence[str]) -> int:

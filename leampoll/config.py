@@ -59,6 +59,10 @@ class Config:
     password_file: Path | None = None  # re-read on SIGHUP
     allow_insecure_http: bool = False
     ca_file: Path | None = None
+    memory_max: int | None = None  # bytes a job may use (its cgroup's MemoryMax)
+    tasks_max: int = 0  # processes and threads of a job (0: the slice's bound only)
+    cpu_weight: int = 0  # the job's share of CPU under contention (0: systemd's 100)
+    job_cgroups: bool = True  # a cgroup per job where systemd allows it ("auto")
 
     @property
     def pop_url(self) -> str:

@@ -1,9 +1,12 @@
-"""Job execution: the run directory, the checkout, the job's process group.
+"""Job execution: the run directory, the checkout, the job's cgroup or process group.
 
 Nothing here talks to the portal. Commands are split shell-style and run
 without a shell, stdin closed, each in a session (and so a process group) of
 its own, so a timeout or a stop reaches the job's children too and never the
-poller itself. The groups an earlier, killed poller left running are
+poller itself. Where systemd allows it (leampoll.cgroups) the whole job also
+lives in a scope unit of its own, which a daemon it starts cannot leave: the
+job ends with nothing of it left. Every job is measured (leampoll.accounting)
+into `Outcome.usage`. The groups an earlier, killed poller left running are
 stopped here too (`stop_orphan_groups`), the same way.
 """
 
@@ -25,11 +28,34 @@ from typing import IO, Any
 
 import psutil
 
+from leampoll import cgroups
+from leampoll.accounting import SAMPLE_EVERY, Sampler
+from leampoll.cgroups import MODE_PGROUP, JobCgroup, Limits, Mode, Units
 from leampoll.checkout import plan as plan_checkout
 from leampoll.jobs import Job
 from leampoll.lifecycle import COLD, Lifecycle
+from leampoll.usage import (
+    ENDED_DISK_FULL,
+    ENDED_EXIT,
+    ENDED_INTERRUPTED,
+    ENDED_OOM,
+    ENDED_SIGNAL,
+    ENDED_TIMEOUT,
+    JobUsage,
+)
 
 MAX_NAME = 100
+# Below this much free space on the run directory's filesystem, a failed job
+# is recorded as ended by a full disk.
+DISK_FULL_BELOW = 16 * 1024 * 1024
+# A stage's process in a job's cgroup: held until the helper has put it in the
+# unit (its stdin, a pipe from the poller, says go), made a fair OOM victim
+# again (the poller is not one), then the job's own command with stdin closed
+# as always. A poller killed meanwhile closes the pipe: the job never starts.
+GATE = (
+    'read -r go && [ "$go" = go ] || exit 125; '
+    'echo 0 >/proc/self/oom_score_adj 2>/dev/null; exec "$@" </dev/null'
+)
 TAIL_LINES = 20
 TAIL_CHARS = 2000
 
@@ -84,23 +110,53 @@ class Outcome:
     duration: float = 0.0
     detail: str = ""
     tail: str = ""
+    oom: bool = False  # killed by the OOM killer (seen in its cgroup)
+    usage: JobUsage | None = None  # what the job used; set by Executor.execute
 
     def describe(self) -> str:
         """A short human text for the portal's message field."""
+        text = self._what()
+        if self.usage is not None:
+            text += "\n" + usage_line(self.usage)
+        if self.tail and not self.ok:
+            text += "\n--- last lines of the log ---\n" + self.tail
+        return text
+
+    def _what(self) -> str:
         if self.ok:
             return f"succeeded in {self.duration:.1f}s"
         if self.detail:
             what = self.detail
+        elif self.oom:
+            peak = self.usage.peak_memory_bytes if self.usage else 0
+            what = (
+                f"killed by the OOM killer (out of memory) at a peak of {_human(peak)} "
+                f"after {self.duration:.1f}s"
+            )
         elif self.timed_out:
             what = f"timed out after {self.duration:.0f}s and was killed"
         elif self.returncode is not None and self.returncode < 0:
             what = f"killed by {_signame(-self.returncode)} after {self.duration:.1f}s"
         else:
             what = f"exit code {self.returncode} after {self.duration:.1f}s"
-        text = f"{self.stage} failed: {what}"
-        if self.tail:
-            text += "\n--- last lines of the log ---\n" + self.tail
-        return text
+        return f"{self.stage} failed: {what}"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def usage_line(u: JobUsage) -> str:
+    """One line of what a job used, for the report message and the log."""
+    return (
+        f"usage: wall {u.wall_seconds:.1f}s, cpu {u.cpu_seconds:.1f}s, "
+        f"peak memory {_human(u.peak_memory_bytes)}, peak disk {_human(u.peak_disk_bytes)} "
+        f"in {u.peak_inodes} inodes, ended {u.ended} ({u.mode})"
+    )
 
 
 def _signame(num: int) -> str:
@@ -118,6 +174,10 @@ def _started(stage: str, pgid: int) -> None:
     """No one to tell."""
 
 
+PGROUP_DEFAULT = Mode(MODE_PGROUP, "cgroups not asked for")
+NO_LIMITS = Limits()
+
+
 @dataclass
 class Executor:
     """Runs one job in a fresh run directory inside `workdir`."""
@@ -132,10 +192,24 @@ class Executor:
     # its status and metrics fresh during long jobs.
     on_wake: Callable[[], None] = lambda: None
     wake_every: float | None = None
+    mode: Mode = PGROUP_DEFAULT
+    limits: Limits = NO_LIMITS
+    project: str = ""
+    units: Units | None = None
+    # The running job's measurements (None between jobs), for status.
+    sampler: Sampler | None = None
+    _unit: str | None = None
+    _keeper: subprocess.Popen[bytes] | None = None
 
     def paths(self, job: Job) -> tuple[Path, Path]:
         name = rundir_name(job.id)
         return self.workdir / name, self.workdir / f"{name}.log"
+
+    def unit_for(self, job: Job) -> str | None:
+        """The job's scope unit in cgroup mode, named by project and job (recovery finds it)."""
+        if not self.mode.cgroup:
+            return None
+        return cgroups.unit_name(self.project or self.workdir.name, rundir_name(job.id))
 
     def execute(
         self, job: Job, job_env: Mapping[str, str], on_start: OnStart = _started
@@ -146,20 +220,102 @@ class Executor:
         starts, so the state folder can record it before anything else happens.
         """
         rundir, logpath = self.paths(job)
-        start = time.monotonic()
+        start, started = time.monotonic(), time.time()
+        self.sampler = Sampler(rundir, started=start)
+        result: Outcome | None
         try:
             _fresh_dir(rundir)
             log = _open_log(logpath)
         except OSError as exc:
-            return Outcome(False, "setup", detail=f"cannot prepare {rundir}: {exc}")
-        with log:
-            result = self._checkout(job, rundir, log, on_start)
-            if result is None:
-                result = self._run(job, rundir, log, job_env, on_start)
+            result = Outcome(False, "setup", detail=f"cannot prepare {rundir}: {exc}")
+        else:
+            with log:
+                result = self._open_unit(job, log)
+                if result is None:
+                    result = self._checkout(job, rundir, log, on_start)
+                if result is None:
+                    result = self._run(job, rundir, log, job_env, on_start)
+                self._close_unit()
         result.duration = time.monotonic() - start
+        result.usage = self._usage(job, result, started)
+        self.sampler = None
         if not result.ok:
             result.tail = tail(logpath)
         return result
+
+    # -- the job's unit --------------------------------------------------------
+
+    def _open_unit(self, job: Job, log: IO[bytes]) -> Outcome | None:
+        """Make the job's scope around a keeper process (so it outlives a stage's
+        end); a helper that refuses fails the job loudly rather than run it uncontained."""
+        unit = self.unit_for(job)
+        if unit is None or self.sampler is None:
+            return None
+        units = self.units or Units(grace=self.grace)
+        keeper = subprocess.Popen(
+            ["cat"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        problem = units.start(unit, [keeper.pid], self.limits)
+        if problem:
+            _end_keeper(keeper)
+            return Outcome(False, "setup", detail=f"cannot make the job's cgroup {unit}: {problem}")
+        self._unit, self._keeper, self.units = unit, keeper, units
+        self.sampler.cgroup = JobCgroup(unit, self.mode.version)
+        log.write(f"leampoll: job in {unit} ({self.mode.name})\n".encode())
+        return None
+
+    def _close_unit(self) -> None:
+        if self._unit is None or self.sampler is None:
+            return
+        self.sampler.sample()  # the kernel's peak, before the unit goes
+        cgroup = self.sampler.cgroup
+        if cgroup is not None and self._keeper is not None:
+            cgroups.kill_all(cgroup, self.grace, spare={self._keeper.pid})
+        if self._keeper is not None:
+            _end_keeper(self._keeper)  # the empty scope is then collected by systemd
+        if self.units is not None and cgroups.unit_active(self._unit):
+            # Where systemd hears of no empty cgroup (v1 in a container: no
+            # release agent), the scope would stay listed: stopped here.
+            self.units.stop(self._unit)
+        self._unit = self._keeper = None
+
+    def _usage(self, job: Job, result: Outcome, started: float) -> JobUsage:
+        sampler = self.sampler
+        assert sampler is not None
+        if sampler.rundir.is_dir():
+            sampler.walk_now()
+        if result.oom:
+            ended = ENDED_OOM
+        elif result.interrupted:
+            ended = ENDED_INTERRUPTED
+        elif result.timed_out:
+            ended = ENDED_TIMEOUT
+        elif result.returncode is not None and result.returncode < 0:
+            ended = ENDED_SIGNAL
+        elif not result.ok and _disk_full(sampler.rundir):
+            ended = ENDED_DISK_FULL
+        else:
+            ended = ENDED_EXIT
+        rc = result.returncode
+        return JobUsage(
+            job_id=job.id,
+            started=started,
+            wall_seconds=round(result.duration, 3),
+            cpu_seconds=round(sampler.cpu_seconds, 3),
+            peak_memory_bytes=sampler.peak_memory,
+            peak_disk_bytes=sampler.peak_disk,
+            peak_inodes=sampler.peak_inodes,
+            ended=ended,
+            exit_code=rc if rc is not None and rc >= 0 else None,
+            signal=-rc if rc is not None and rc < 0 else None,
+            mode=self.mode.name if sampler.cgroup is not None else MODE_PGROUP,
+        )
+
+    # -- stages --------------------------------------------------------------
 
     def _checkout(
         self, job: Job, rundir: Path, log: IO[bytes], on_start: OnStart
@@ -200,6 +356,37 @@ class Executor:
         env = {**os.environ, **job_env, "LEAM_RUNDIR": str(rundir)}
         return self.run_group("run", argv, rundir, env, log, self.job_timeout, on_start=on_start)
 
+    def _spawn(
+        self, argv: list[str], cwd: Path, env: Mapping[str, str], log: IO[bytes]
+    ) -> subprocess.Popen[bytes]:
+        """Start a stage: in cgroup mode held at the gate until it is in the job's unit."""
+        common: dict = dict(
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if self._unit is None or self.units is None:
+            return subprocess.Popen(argv, close_fds=True, **common)
+        _must_exist(argv[0], env, cwd)
+        gate_r, gate_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                ["sh", "-c", GATE, "leam-job", *argv], close_fds=True, **{**common, "stdin": gate_r}
+            )
+        finally:
+            os.close(gate_r)
+        with os.fdopen(gate_w, "wb") as gate:
+            problem = self.units.attach(self._unit, proc.pid)
+            if problem is None:
+                gate.write(b"go\n")  # else closed unsaid: the gate exits 125
+        if problem is not None:
+            proc.wait()
+            raise _Uncontained(problem)
+        return proc
+
     def run_group(
         self,
         stage: str,
@@ -210,29 +397,27 @@ class Executor:
         timeout: float,
         on_start: OnStart = _started,
     ) -> Outcome:
-        """Run argv in its own session; stop its whole group on timeout or cold stop."""
+        """Run argv in its own session (and the job's unit); stop it whole on timeout or stop."""
         log.flush()
         start = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+            proc = self._spawn(argv, cwd, env, log)
         except OSError as exc:
             return Outcome(False, stage, detail=f"cannot start {argv[0]!r}: {exc.strerror}")
         except ValueError as exc:  # a NUL or an unencodable character: no exec can take it
             return Outcome(False, stage, detail=f"cannot start {argv[0]!r}: {exc}")
+        except _Uncontained as exc:
+            return Outcome(False, stage, detail=f"cannot put {argv[0]!r} in its cgroup: {exc}")
         on_start(stage, proc.pid)
+        sampler = self.sampler
+        if sampler is not None:
+            sampler.pids.append(proc.pid)
+        cgroup = sampler.cgroup if sampler is not None else None
         deadline = start + timeout if timeout else None
         kill_at: float | None = None
         timed_out = interrupted = False
-        while proc.poll() is None:
+        next_sample = start
+        while not _reaped(proc, sampler):
             now = time.monotonic()
             if kill_at is None:
                 if self.lifecycle.stop == COLD:
@@ -240,19 +425,90 @@ class Executor:
                 elif deadline is not None and now >= deadline:
                     timed_out = True
                 if interrupted or timed_out:
+                    if sampler is not None:
+                        sampler.sample(now)
+                    if cgroup is not None and self._keeper is not None:
+                        # Everything of the job, the main process too: TERM, grace, KILL.
+                        cgroups.kill_all(cgroup, self.grace, spare={self._keeper.pid})
+                        kill_at = float("inf")
+                        continue
                     _killpg(proc.pid, signal.SIGTERM)
                     kill_at = now + self.grace
             elif now >= kill_at:
                 _killpg(proc.pid, signal.SIGKILL)
                 kill_at = float("inf")
-            waits = [t - now for t in (deadline, kill_at) if t is not None and t != float("inf")]
+            if sampler is not None and now >= next_sample:
+                sampler.sample(now)
+                next_sample = now + SAMPLE_EVERY
+            pending = (deadline,) if kill_at is None else (kill_at,)
+            waits = [t - now for t in pending if t is not None and t != float("inf")]
+            waits.append(max(0.0, next_sample - now) if sampler is not None else SAMPLE_EVERY)
             if self.wake_every:
                 waits.append(self.wake_every)
-            self.lifecycle.wait(max(0.0, min(waits)) if waits else None)
+            self.lifecycle.wait(max(0.0, min(waits)))
             self.on_wake()
-        _killpg(proc.pid, signal.SIGKILL)  # children the job left behind die with it
+        oom = False
+        if cgroup is not None and sampler is not None and self._keeper is not None:
+            sampler.sample()  # the kernel's peak and CPU before leftovers are stopped
+            oom = cgroup.oom_kills() > 0 and proc.returncode != 0
+            # Leftovers (a daemon it started): the grace, then KILL.
+            cgroups.kill_all(cgroup, self.grace, spare={self._keeper.pid})
+        else:
+            _killpg(proc.pid, signal.SIGKILL)  # children the job left behind die with it
         ok = proc.returncode == 0 and not (timed_out or interrupted)
-        return Outcome(ok, stage, proc.returncode, timed_out, interrupted, time.monotonic() - start)
+        return Outcome(
+            ok, stage, proc.returncode, timed_out, interrupted, time.monotonic() - start, oom=oom
+        )
+
+
+class _Uncontained(Exception):
+    """The helper did not put a stage's process in the job's unit."""
+
+
+def _reaped(proc: subprocess.Popen[bytes], sampler: Sampler | None) -> bool:
+    """Reap the stage's main process if it ended, keeping its own peak memory and CPU."""
+    if proc.returncode is not None:
+        return True
+    try:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        return proc.poll() is not None
+    if pid == 0:
+        return False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if sampler is not None:
+        sampler.add_exited(ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
+    return True
+
+
+def _end_keeper(keeper: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        if keeper.stdin:
+            keeper.stdin.close()
+    try:
+        keeper.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        keeper.kill()
+        keeper.wait()
+
+
+def _must_exist(program: str, env: Mapping[str, str], cwd: Path) -> None:
+    """What exec would say of a missing program, said before the gate hides it behind sh."""
+    if "/" in program:
+        path = program if os.path.isabs(program) else os.path.join(cwd, program)
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, "No such file or directory", program)
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", program)
+    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(2, "No such file or directory", program)
+
+
+def _disk_full(rundir: Path) -> bool:
+    try:
+        return shutil.disk_usage(rundir).free < DISK_FULL_BELOW
+    except OSError:
+        return False
 
 
 def _killpg(pgid: int, sig: int) -> None:

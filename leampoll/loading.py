@@ -115,4 +115,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         password_file=args.password_file.absolute() if args.password_file else None,
         allow_insecure_http=args.allow_insecure_http,
         ca_file=args.ca_file.absolute() if args.ca_file else None,
+        memory_max=args.memory_max,
+        tasks_max=args.tasks_max,
+        cpu_weight=args.cpu_weight,
+        job_cgroups=args.job_cgroups == "auto",
     )

@@ -15,6 +15,7 @@ from leampoll.answers import REFUSED_KINDS
 from leampoll.config import Config
 from leampoll.executor import Outcome
 from leampoll.state import Status
+from leampoll.usage import JobUsage
 
 GUARDS = ("disk", "inodes", "memory", "auth")
 # Why pops failed (portal.REFUSED_KINDS) and reports set aside: a fixed set of labels.
@@ -24,6 +25,8 @@ PORTAL_ERRORS = (*REFUSED_KINDS, "report_undeliverable")
 STATES = ("starting", "idle", "holding", "backoff", "running", "draining", "stopping", "stopped")
 # Model runs last from seconds to a day.
 BUCKETS = (1, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
+# A job's peak memory or disk: 16 MiB to 256 GiB, a factor of 4 apart.
+BYTE_BUCKETS = (*(16 * 1024**2 * 4**i for i in range(8)), float("inf"))
 
 
 class Metrics:
@@ -39,6 +42,27 @@ class Metrics:
         self.duration = Histogram(
             "leampoll_job_duration_seconds",
             "Job run time",
+            ["project"],
+            buckets=BUCKETS,
+            registry=reg,
+        ).labels(p)
+        self.peak_memory = Histogram(
+            "leampoll_job_peak_memory_bytes",
+            "Peak memory of a job (its cgroup's, page cache included; sampled without one)",
+            ["project"],
+            buckets=BYTE_BUCKETS,
+            registry=reg,
+        ).labels(p)
+        self.peak_disk = Histogram(
+            "leampoll_job_peak_disk_bytes",
+            "Peak disk space used in a job's run directory (sampled)",
+            ["project"],
+            buckets=BYTE_BUCKETS,
+            registry=reg,
+        ).labels(p)
+        self.cpu = Histogram(
+            "leampoll_job_cpu_seconds",
+            "CPU time of a job, all its processes",
             ["project"],
             buckets=BUCKETS,
             registry=reg,
@@ -95,6 +119,11 @@ class Metrics:
 
     def job_done(self, outcome: Outcome) -> None:
         self.duration.observe(outcome.duration)
+
+    def job_usage(self, usage: JobUsage) -> None:
+        self.peak_memory.observe(usage.peak_memory_bytes)
+        self.peak_disk.observe(usage.peak_disk_bytes)
+        self.cpu.observe(usage.cpu_seconds)
 
     def _sync_counts(self, status: Status) -> None:
         for outcome, total in status.counts.items():

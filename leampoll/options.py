@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from leampoll import __version__, security, sources
+from leampoll import __version__, security, sources, units
 from leampoll.config import Config
 from leampoll.units import Size, parse_size
 
@@ -45,6 +45,20 @@ def _count(text: str) -> int:
 def _size(text: str) -> Size:
     try:
         return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _memory_max(text: str) -> int:
+    try:
+        return units.parse_memory_max(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cpu_weight(text: str) -> int:
+    try:
+        return units.check_cpu_weight(_count(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -225,6 +239,35 @@ def build_parser() -> sources.Parser:
         default=DEFAULTS["read_timeout"],
         metavar="SECONDS",
         help=f"read timeout of portal requests (default {DEFAULTS['read_timeout']:g})",
+    )
+    p.add_argument(
+        "--memory-max",
+        type=_memory_max,
+        default=DEFAULTS["memory_max"],
+        metavar="SIZE",
+        help="memory a job may use, page cache included; beyond it the OOM killer ends "
+        "the job (cgroup mode; default: only the host's leam-jobs.slice bound)",
+    )
+    p.add_argument(
+        "--tasks-max",
+        type=_count,
+        default=DEFAULTS["tasks_max"],
+        metavar="N",
+        help="processes and threads a job may have (cgroup mode; 0 = the slice's bound)",
+    )
+    p.add_argument(
+        "--cpu-weight",
+        type=_cpu_weight,
+        default=DEFAULTS["cpu_weight"],
+        metavar="N",
+        help="a job's CPU share under contention, 1..10000 (cgroup mode; default systemd's 100)",
+    )
+    p.add_argument(
+        "--job-cgroups",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: each job in a systemd scope of its own where the host allows it, "
+        "else a process group; off: always a process group (default auto)",
     )
     p.add_argument(
         "--project", default=DEFAULTS["project"], help="name of the project (default: workdir name)"

@@ -159,6 +159,8 @@ class Status:
     portal_error: Trouble | None = None  # failed pops going on now
     portal_errors_total: dict[str, int] = field(default_factory=dict)
     idle_since: float | None = None  # the queue is found empty since (retire --when-idle)
+    jobs: str | None = None  # how jobs are contained: "jobs: cgroup-v1 (...)" (cgroups.Mode)
+    usage: dict[str, float] | None = None  # the running job's usage so far (accounting)
 
     def to_json(self) -> dict[str, Any]:
         """The content of status.json. Shallow (json.dump copies it at once): asdict's
@@ -190,6 +192,7 @@ class Status:
                     "state",
                     "last_poll",
                     "idle_since",
+                    "jobs",
                 )
             },
             current=_record(Current, data.get("current")),
@@ -201,6 +204,7 @@ class Status:
             auth=_record(AuthHold, data.get("auth")),
             portal_error=_record(Trouble, data.get("portal_error")),
             portal_errors_total=_counts(data.get("portal_errors_total")),
+            usage=data.get("usage") if isinstance(data.get("usage"), dict) else None,
         )
 
 
@@ -259,10 +263,13 @@ class State:
 
     # -- the current job ---------------------------------------------------
 
-    def begin(self, job: Job, rundir: Path) -> dict[str, Any]:
+    def begin(self, job: Job, rundir: Path, unit: str | None = None) -> dict[str, Any]:
+        """Record the job before anything of it starts; `unit` is its cgroup's scope,
+        by which a restarted poller stops what is left of it."""
         record: dict[str, Any] = {
             "job": job.to_dict(),
             "rundir": str(rundir),
+            "unit": unit,
             "poller_pid": os.getpid(),
             "started": time.time(),
             "groups": [],

@@ -46,6 +46,24 @@ def parse_size(text: str, units: bool = True) -> Size:
     return Size(value)
 
 
+MIN_MEMORY_MAX = 1024**2
+CPU_WEIGHT_MIN, CPU_WEIGHT_MAX = 1, 10000  # systemd's CPUWeight=
+
+
+def parse_memory_max(text: str) -> int:
+    """A job's memory bound: an absolute size of at least 1M, in bytes."""
+    size = parse_size(text)
+    if size.percent or size.value < MIN_MEMORY_MAX:
+        raise ValueError(f"{text!r}: must be an absolute size of at least 1M")
+    return int(size.value)
+
+
+def check_cpu_weight(value: int) -> int:
+    if not CPU_WEIGHT_MIN <= value <= CPU_WEIGHT_MAX:
+        raise ValueError(f"{value!r}: must be within {CPU_WEIGHT_MIN}..{CPU_WEIGHT_MAX}")
+    return value
+
+
 def human(n: float) -> str:
     """Bytes as a short figure with a 1024-based unit, e.g. 5.0G."""
     for unit in ("", "K", "M", "G", "T"):

@@ -19,19 +19,20 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from leampoll import __version__, guards
+from leampoll import __version__, cgroups, guards
 from leampoll.answers import Empty, Refused
 from leampoll.auth import CHECK_PATH, AuthResult, AuthWatch, Verdict, classify
 from leampoll.backoff import Backoff, idle_wait
 from leampoll.config import Config
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.delivery import Deliverer, EndpointMemory
-from leampoll.executor import Executor, Outcome, stop_orphan_groups
+from leampoll.executor import Executor, Outcome, stop_orphan_groups, usage_line
 from leampoll.jobs import Job, Report
 from leampoll.lifecycle import COLD, WARM, Lifecycle
 from leampoll.portal import PortalClient
 from leampoll.portal_health import PortalHealth
 from leampoll.state import AuthHold, Current, Guard, Last, State, Status
+from leampoll.usage import append_history, history_path
 
 if TYPE_CHECKING:  # imported only with --metrics-file, see run()
     from leampoll.metrics import Metrics
@@ -66,6 +67,7 @@ class Worker:
             config.allow_insecure_http,
         )
         self.state = State(config.state_dir)
+        self.mode = cgroups.detect(config.job_cgroups)
         self.deliverer = Deliverer(
             self.portal,
             EndpointMemory(self.state.endpoints_path, config.site),
@@ -86,6 +88,11 @@ class Worker:
             config.job_timeout,
             on_wake=self._during_job,
             wake_every=JOB_REFRESH,
+            mode=self.mode,
+            limits=cgroups.Limits(
+                config.memory_max, config.tasks_max or None, config.cpu_weight or None
+            ),
+            project=config.project,
         )
         self.backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
         self.report_backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
@@ -111,11 +118,12 @@ class Worker:
             self.metrics = Metrics(self.config, self.status)
         self.life.install()
         log.info(
-            "leampoll %s polling %s every %gs, workdir %s",
+            "leampoll %s polling %s every %gs, workdir %s; %s",
             __version__,
             self.config.pop_url,
             self.config.speed,
             self.config.workdir,
+            self.mode.describe(),
         )
         try:
             self.recover()
@@ -245,6 +253,15 @@ class Worker:
     def _during_job(self) -> None:
         if self.life.stop == WARM and self.status.state == "running":
             self.status.state = "draining"
+        sampler = self.executor.sampler
+        if sampler is not None:
+            self.status.usage = {
+                "memory_bytes": sampler.memory_now,
+                "peak_memory_bytes": sampler.peak_memory,
+                "peak_disk_bytes": sampler.peak_disk,
+                "peak_inodes": sampler.peak_inodes,
+                "cpu_seconds": round(sampler.cpu_seconds, 1),
+            }
         self.publish()
 
     # -- guards ----------------------------------------------------------------
@@ -288,7 +305,7 @@ class Worker:
             return
         rundir, logpath = self.executor.paths(job)
         log.info("job %s: starting in %s (log %s)", job.id, rundir, logpath)
-        record = self.state.begin(job, rundir)
+        record = self.state.begin(job, rundir, self.executor.unit_for(job))
         self.status.state = "running"
         self.status.current = Current(job.id, job.title, time.time(), str(rundir), str(logpath))
         self.publish()
@@ -307,20 +324,43 @@ class Worker:
     def finish(self, job: Job, outcome: Outcome, rundir: Path) -> None:
         if outcome.interrupted:
             log.warning("job %s: stopped after %.1fs; handing it back", job.id, outcome.duration)
-            self.enqueue(job, "requeue", "leampoll was stopped during this job; requeued")
+            message = "leampoll was stopped during this job; requeued"
+            if outcome.usage is not None:
+                message += "\n" + usage_line(outcome.usage)
+            self.enqueue(job, "requeue", message)
         elif outcome.ok:
             log.info("job %s: %s", job.id, outcome.describe())
             self.enqueue(job, "success", f"job {job.id} {outcome.describe()}")
         else:
             log.error("job %s: %s", job.id, outcome.describe().splitlines()[0])
             self.enqueue(job, "error", f"job {job.id} {outcome.describe()}")
-        self.state.finish()
+        self.state.finish()  # at once: a report in the outbox and a current job = ended twice
         self.state.forget_orphan(job.url or job.id)
+        self.record_usage(outcome)
         self.status.current = None
+        self.status.usage = None
         if self.metrics:
             self.metrics.job_done(outcome)
         self.flush_reports()
         self.retain(rundir, outcome.ok and not outcome.interrupted)
+
+    def record_usage(self, outcome: Outcome) -> None:
+        """Append what the job used to the project's history (the guards learn from it).
+
+        After its report is in the outbox and the job is no longer current: a
+        history that cannot be written (a full disk) costs a record, never the
+        report, and a kill meanwhile never ends the job twice.
+        """
+        usage = outcome.usage
+        if usage is None:
+            return
+        log.info("job %s: %s", usage.job_id, usage_line(usage))
+        try:
+            append_history(history_path(self.config.state_dir), usage)
+        except OSError as exc:
+            log.warning("job %s: usage not recorded in the history: %s", usage.job_id, exc)
+        if self.metrics:
+            self.metrics.job_usage(usage)
 
     def enqueue(self, job: Job, kind: str, message: str) -> None:
         """Put a report in the outbox (it survives a crash) and count the outcome."""
@@ -391,9 +431,11 @@ class Worker:
         """Hand back the job a killed poller left behind, before any pop."""
         record = self.state.orphan()
         if record is None:
+            self.stop_leftover_units()
             return
         job = Job.from_dict(record["job"])
-        stopped = stop_orphan_groups(record, self.config.grace)
+        stopped = self.stop_orphan_unit(record)
+        stopped += stop_orphan_groups(record, self.config.grace)
         if stopped:
             log.warning(
                 "job %s: stopped %d leftover process(es) of an orphaned run", job.id, len(stopped)
@@ -410,6 +452,35 @@ class Worker:
             log.warning("job %s: found orphaned by a killed poller; handing it back", job.id)
             self.enqueue(job, "requeue", "leampoll restarted during this job; requeued")
         self.state.finish()
+        self.stop_leftover_units()
+
+    def stop_orphan_unit(self, record: dict) -> list[int]:
+        """Stop what is left in the orphan's cgroup, found by the unit's name in the record."""
+        unit = record.get("unit")
+        if not isinstance(unit, str) or not unit.startswith(cgroups.UNIT_PREFIX):
+            return []
+        return self.stop_unit(unit)
+
+    def stop_unit(self, unit: str) -> list[int]:
+        """End every process of a job unit, then the unit; the pids found.
+
+        Its processes run as the poller's user: they are signalled directly;
+        the helper stops the unit itself, so that it is not left listed.
+        """
+        cgroup = cgroups.JobCgroup(unit, cgroups.cgroup_version() or 1)
+        found = cgroup.pids()
+        cgroups.kill_all(cgroup, self.config.grace)
+        if cgroups.unit_active(unit):
+            cgroups.Units(grace=self.config.grace).stop(unit)
+        return found
+
+    def stop_leftover_units(self) -> None:
+        """At start no job of this poller runs: a unit of its project is a leftover."""
+        if not self.mode.cgroup:
+            return
+        for unit in cgroups.running_units(self.config.project):
+            found = self.stop_unit(unit)
+            log.warning("stopped leftover job unit %s (%d process(es))", unit, len(found))
 
     def retain(self, rundir: Path, ok: bool) -> None:
         """Successful run directories go unless --preserve; failed ones are kept, bounded."""
@@ -441,6 +512,7 @@ class Worker:
         return Status(
             project=self.config.project,
             version=__version__,
+            jobs=self.mode.describe(),
             pid=os.getpid(),
             site=self.config.site,
             workdir=str(self.config.workdir),

@@ -32,6 +32,8 @@ STATUS_KEYS = [
     "portal_error",
     "portal_errors_total",
     "idle_since",
+    "jobs",  # how jobs are contained (cgroups.Mode.describe)
+    "usage",  # the running job's usage so far
 ]
 
 

@@ -85,6 +85,24 @@ def is_size(value: Any) -> bool:
     return True
 
 
+def is_memory_max(value: Any) -> bool:
+    try:
+        units.parse_memory_max(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def is_cpu_weight(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        return False
+    try:
+        units.check_cpu_weight(int(value))
+    except ValueError:
+        return False
+    return True
+
+
 def number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -223,7 +241,11 @@ def leampoll_problems(variables: Mapping[str, Any], host: str) -> list[str]:
     out = Problems(host, variables)
     seconds = "a number of seconds"
     out.check("leampoll_speed", above(0), f"{seconds} greater than 0")
-    for key, example in (("leampoll_min_free_disk", "5G"), ("leampoll_min_free_mem", "1G")):
+    for key, example in (
+        ("leampoll_min_free_disk", "5G"),
+        ("leampoll_min_free_mem", "1G"),
+        ("leampoll_jobs_memory_max", "12G"),
+    ):
         out.check(
             key,
             is_size,
@@ -320,6 +342,16 @@ def _project_problems(out: Problems, label: str, project: Mapping[str, Any]) -> 
             )
     if "job_timeout" in project and not at_least(0)(project["job_timeout"]):
         out.add(f"{label}.job_timeout must be a number of seconds (0 = no limit)")
+    if "memory_max" in project and not is_memory_max(project["memory_max"]):
+        out.add(
+            f"{label}.memory_max must be a size such as 4G (K/M/G/T, powers of 1024; at least 1M)"
+        )
+    if "tasks_max" in project and not at_least(0, whole)(project["tasks_max"]):
+        out.add(
+            f"{label}.tasks_max must be a whole number of processes and threads (0 = no own bound)"
+        )
+    if "cpu_weight" in project and not is_cpu_weight(project["cpu_weight"]):
+        out.add(f"{label}.cpu_weight must be a whole number within 1..10000")
     trusted = project.get("trusted_origins", [])
     listed = strings(trusted)
     if listed is None or not all(is_url(o) and supervisor_safe(o) for o in listed):
