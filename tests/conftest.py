@@ -14,6 +14,9 @@ import psutil
 import pytest
 
 from testing.portal_standin import PortalStandin
+
+# The real portal (leam.luc on Plone 4.3), for tests marked real_portal.
+from testing.real_portal.fixtures import real_portal, real_portal_build  # noqa: F401
 from testing.reliability import Run
 from testing.wait import wait_until
 
