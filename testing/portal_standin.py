@@ -481,6 +481,8 @@ class PortalStandin:
             return self._login_redirect(f"{self.url}{rel}")
         if rec.kind == "pop":
             return self._pop(rec.user)
+        if rec.kind == "search":
+            return self._search(rec)
         if rec.kind == "check":
             return (
                 Canned(200, b"1", "text/plain; charset=utf-8")
@@ -490,6 +492,25 @@ class PortalStandin:
         if rel in ("", "/"):
             return Canned(200, b"<html>LEAM portal stand-in</html>", html)
         return Canned(404, NOT_FOUND_PAGE, html)  # success, error and anything else
+
+    def _search(self, rec: Received) -> Canned:
+        """`search_rss`: an RSS 1.0 list of the jobs the user may see, filtered by
+        `runstatus` (a catalog index on the real portal), oldest first."""
+        state = rec.query.get("runstatus")
+        with self.lock:
+            found = [
+                self.jobs[j]["url"].replace(self.job_base, rec.site_url, 1)
+                for j in self.jobs
+                if (state is None or self.status.get(j) == state) and self._may_view(rec.user, j)
+            ]
+        items = "".join(f'<rdf:li rdf:resource="{escape(u)}"/>' for u in found)
+        feed = (
+            '<?xml version="1.0"?>\n<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"'
+            ' xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns="http://purl.org/rss/1.0/">'
+            f'<channel rdf:about="{escape(rec.site_url)}"><items><rdf:Seq>{items}</rdf:Seq>'
+            "</items></channel></rdf:RDF>"
+        )
+        return Canned(200, feed.encode(), RSS_TYPE)
 
     def _extended(self, rec: Received, rel: str) -> Canned:
         if rec.kind == "check":

@@ -250,7 +250,7 @@ def build(log: Callable[[str], None] = print) -> Build:
         work.mkdir(parents=True)
         t0 = time.monotonic()
         steps = _Steps(Build(work), mirror, source, log)
-        for step in (steps.debootstrap, steps.pip, steps.plone, steps.instance, steps.site):
+        for step in (steps.base, steps.plone, steps.instance, steps.site):
             t = time.monotonic()
             step()
             log(f"{step.__name__}: {time.monotonic() - t:.0f} s")
@@ -273,6 +273,28 @@ class _Steps:
     def run(self, script: str, name: str) -> None:
         chroot_run(self.b.root, script, self.b.dir / f"{name}.log")
 
+    def base(self) -> None:
+        """Debian and pip for Python 2.7, from a kept tarball when there is one: the
+        debootstrap is the slowest step and changes with none of the portal's inputs."""
+        h = hashlib.sha256(f"{RECIPE_VERSION} {SUITE} {DEB_PACKAGES} {BOOTSTRAP}".encode())
+        tarball = cache_dir() / "base" / f"{SUITE}-{h.hexdigest()[:16]}.tar"
+        if tarball.exists():
+            self.b.root.mkdir()
+            subprocess.run(["tar", "-C", str(self.b.root), "-xpf", str(tarball)], check=True)
+        else:
+            self.debootstrap()
+            self.pip()
+            tarball.parent.mkdir(exist_ok=True)
+            partial = tarball.with_suffix(".partial")
+            subprocess.run(["tar", "-C", str(self.b.root), "-cf", str(partial), "."], check=True)
+            partial.rename(tarball)
+        etc = self.b.root / "etc"
+        shutil.copy("/etc/resolv.conf", etc / "resolv.conf")
+        shutil.copy(HOST_CA, etc / "ssl" / "certs" / "host-ca.crt")
+        (etc / "pip.conf").write_text(
+            "[global]\ncert = /etc/ssl/certs/host-ca.crt\ndisable-pip-version-check = 1\n"
+        )
+
     def debootstrap(self) -> None:
         self.log(f"debootstrap {SUITE} from {self.mirror}")
         argv = ["debootstrap", "--variant=minbase", f"--include={DEB_PACKAGES}"]
@@ -282,12 +304,6 @@ class _Steps:
         if proc.returncode:
             tail = (self.b.dir / "debootstrap.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"debootstrap failed ({proc.returncode}):\n{tail}")
-        etc = self.b.root / "etc"
-        shutil.copy("/etc/resolv.conf", etc / "resolv.conf")
-        shutil.copy(HOST_CA, etc / "ssl" / "certs" / "host-ca.crt")
-        (etc / "pip.conf").write_text(
-            "[global]\ncert = /etc/ssl/certs/host-ca.crt\ndisable-pip-version-check = 1\n"
-        )
 
     def pip(self) -> None:
         """pip, setuptools and wheel for 2.7: downloaded by the host's pip, installed offline."""
@@ -302,7 +318,8 @@ class _Steps:
         pip_whl = next(p.name for p in boot.glob("pip-*.whl"))
         self.run(
             f"python2.7 /tmp/boot/{pip_whl}/pip install -q --no-index --find-links /tmp/boot "
-            + " ".join(BOOTSTRAP),
+            + " ".join(BOOTSTRAP)
+            + " && rm -rf /tmp/boot",
             "pip",
         )
 
