@@ -116,6 +116,15 @@ def chroot_run(root: Path, script: str, log: Path | None = None) -> None:
         raise RuntimeError(f"in the chroot, {script!r} failed ({proc.returncode}):\n{tail}")
 
 
+def chroot_uid(root: Path, user: str) -> tuple[int, int]:
+    """uid and gid of a user of the chroot (its own /etc/passwd)."""
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise KeyError(f"no user {user} in {root}/etc/passwd")
+
+
 def debian_mirror() -> str:
     """The first Debian archive URI of this machine's apt sources (not the security one)."""
     uris: list[str] = []
@@ -394,7 +403,13 @@ class _Steps:
         secrets_file = tmp / "fixture.json"
         secrets_file.touch(mode=0o600)
         secrets_file.write_text((self.b.dir / "credentials.json").read_text())
+        os.chown(secrets_file, *chroot_uid(self.b.root, "plone"))  # zopectl runs as plone
         shutil.copy(CHROOT_FILES / "setup_site.py", tmp / "setup_site.py")
+        # The External Method's module must exist where it is added; each started portal
+        # gets its own copy, so it is no input of the build's key.
+        extensions = self.b.root / INSTANCE.lstrip("/") / "Extensions"
+        extensions.mkdir(exist_ok=True)
+        shutil.copy(CHROOT_FILES / "leam_fixture.py", extensions)
         shutil.copy(CHROOT_FILES / "set_settings.py", tmp / "set_settings.py")
         zopectl = f"{INSTANCE}/bin/zopectl run"
         self.run(f"{zopectl} /tmp/setup_site.py /tmp/fixture.json", "site")

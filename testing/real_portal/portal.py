@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from testing.real_portal.build import CHROOT_FILES, CHROOT_PATH, SETTINGS, Build
+from testing.real_portal.build import CHROOT_FILES, CHROOT_PATH, SETTINGS, Build, chroot_uid
 from testing.wait import wait_until
 
 SITE = "leam"
@@ -48,14 +48,6 @@ def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((address, 0))
         return s.getsockname()[1]
-
-
-def _chroot_uid(root: Path, user: str) -> tuple[int, int]:
-    for line in (root / "etc" / "passwd").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == user:
-            return int(fields[2]), int(fields[3])
-    raise KeyError(f"no user {user} in {root}/etc/passwd")
 
 
 class RealPortal:
@@ -126,7 +118,7 @@ class RealPortal:
             (var / d).mkdir(parents=True)
         fresh = self.build.fresh if settings else self.build.unset
         shutil.copyfile(fresh, var / "filestorage" / "Data.fs")
-        uid, gid = _chroot_uid(self.build.root, "plone")
+        uid, gid = chroot_uid(self.build.root, "plone")
         for p in [var, *var.rglob("*")]:
             os.chown(p, uid, gid)
         return self
