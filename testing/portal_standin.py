@@ -92,7 +92,8 @@ TRACEBACK_PAGE = traceback_page("AttributeError: repository")
 UNSET_SETTINGS_PAGE = traceback_page("AttributeError: 'NoneType' object has no attribute 'format'")
 # The order of a pop answer's keys on the real portal (a Python 2.7 dict's).
 POP_KEYS = ("status", "repository", "title", "url", "on_success", "cmdline", "on_error", "id")
-RSS_TYPE = "application/atom+xml"
+RSS_TYPE = "application/atom+xml; charset=utf-8"  # (sic) RSS 1.0, as Plone 4.3 labels it
+SITE_TITLE = "LEAM Planning Portal"
 
 
 @dataclass
@@ -494,21 +495,33 @@ class PortalStandin:
         return Canned(404, NOT_FOUND_PAGE, html)  # success, error and anything else
 
     def _search(self, rec: Received) -> Canned:
-        """`search_rss`: an RSS 1.0 list of the jobs the user may see, filtered by
+        """`search_rss`: Plone's RSS 1.0 list of the jobs the user may see, filtered by
         `runstatus` (a catalog index on the real portal), oldest first."""
         state = rec.query.get("runstatus")
         with self.lock:
             found = [
-                self.jobs[j]["url"].replace(self.job_base, rec.site_url, 1)
+                (self.jobs[j]["url"].replace(self.job_base, rec.site_url, 1), self.jobs[j])
                 for j in self.jobs
                 if (state is None or self.status.get(j) == state) and self._may_view(rec.user, j)
             ]
-        items = "".join(f'<rdf:li rdf:resource="{escape(u)}"/>' for u in found)
+        site = escape(rec.site_url)
+        seq = "".join(f'<rdf:li rdf:resource="{escape(url)}"/>' for url, _ in found)
+        items = "".join(
+            f'<item rdf:about="{escape(url)}"><title>{escape(job["title"])}</title>'
+            f"<link>{escape(url)}</link><description></description>"
+            "<dc:publisher>No publisher</dc:publisher><dc:creator></dc:creator>"
+            "<dc:rights></dc:rights><dc:date></dc:date><dc:type>LUC Scenario</dc:type></item>"
+            for url, job in found
+        )
         feed = (
-            '<?xml version="1.0"?>\n<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"'
-            ' xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns="http://purl.org/rss/1.0/">'
-            f'<channel rdf:about="{escape(rec.site_url)}"><items><rdf:Seq>{items}</rdf:Seq>'
-            "</items></channel></rdf:RDF>"
+            '<?xml version="1.0" encoding="utf-8" ?>\n<rdf:RDF '
+            'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+            'xmlns:dc="http://purl.org/dc/elements/1.1/" '
+            'xmlns:syn="http://purl.org/rss/1.0/modules/syndication/" '
+            'xmlns="http://purl.org/rss/1.0/">'
+            f'<channel rdf:about="{site}/search_rss"><title>{SITE_TITLE}</title>'
+            f'<link>{site}</link><image rdf:resource="{site}/logo.png"/>'
+            f"<items><rdf:Seq>{seq}</rdf:Seq></items></channel>{items}</rdf:RDF>"
         )
         return Canned(200, feed.encode(), RSS_TYPE)
 

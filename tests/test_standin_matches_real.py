@@ -117,8 +117,8 @@ def html_summary(page: str) -> str:
 
 
 def rss_summary(feed: str) -> str:
-    """The job URLs an RSS 1.0 search result lists, in order."""
-    return " ".join(re.findall(r'<rdf:li rdf:resource="([^"]*)"', feed))
+    """An RSS 1.0 feed without the white space between its elements."""
+    return re.sub(r">\s+<", "><", feed.strip())
 
 
 def send(target: Target, req: Request) -> Answer:

@@ -7,6 +7,8 @@ import json
 
 from leam.luc.interfaces import IModel
 from plone import api
+from plone.registry.interfaces import IRegistry
+from zope.component import getUtility
 from zope.component.hooks import setSite
 
 REPO = "leam.luc.interfaces.settings.ILUCSettings.scenario_repo"
@@ -29,13 +31,12 @@ def _queue(site, form):
 
 
 def _settings(form):
+    # The registry itself: plone.api refuses None, which is what "unset" is.
+    registry = getUtility(IRegistry)
     for name, key in ((REPO, "repo"), (CMD, "cmd")):
         value = form.get(key)
-        api.portal.set_registry_record(name, value.decode("utf-8") if value else None)
-    return {
-        "repo": api.portal.get_registry_record(REPO),
-        "cmd": api.portal.get_registry_record(CMD),
-    }
+        registry[name] = value.decode("utf-8") if value else None
+    return {"repo": registry[REPO], "cmd": registry[CMD]}
 
 
 def dispatch(self, op):
