@@ -16,6 +16,15 @@ the project allows itself. Two modes:
 - `extended`: a portal that also has `success` and `error` endpoints reading
   `message`, and refuses bad credentials with 401 (or a login page).
 
+It is proven against the real portal (leam.luc on Plone 4.3, built by
+`testing/real_portal/`) by tests/test_standin_matches_real.py. Set up as that
+portal is (`base_path="/leam"`, `job_folder=""`, a plain member in `members`),
+it also answers `search_rss` (Plone's RSS 1.0 list of the jobs the user may
+see, by `runstatus`), job URLs through Zope's VirtualHostMonster
+(`/VirtualHostBase/http/host:port/leam/VirtualHostRoot/...`), and, with
+`settings_unset`, a site whose `scenario_repo` is unset (500 on a pop that
+finds a job, which stays queued).
+
 Run states follow the portal's `runstatus`: queued, running, complete; the
 extended portal's `error` endpoint sets `error`.
 

@@ -186,8 +186,15 @@ def luc_source(log: Callable[[str], None] = print) -> LucSource:
         log(f"cloning {LUC_REPO} at {LUC_COMMIT}")
         shutil.rmtree(clone, ignore_errors=True)
         clone.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "-q", LUC_REPO, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", LUC_COMMIT], check=True)
+        try:
+            subprocess.run(["git", "clone", "-q", LUC_REPO, str(clone)], check=True)
+            subprocess.run(["git", "-C", str(clone), "checkout", "-q", LUC_COMMIT], check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            shutil.rmtree(clone, ignore_errors=True)
+            raise Unavailable(
+                f"leam.luc: cannot clone {LUC_REPO} ({e}); set LEAM_LUC_SOURCE to a "
+                "directory or archive of it"
+            ) from e
     return LucSource(clone, _digest(clone))
 
 
