@@ -28,6 +28,7 @@ from pathlib import Path
 
 from testing.fleet import Inventory, leam_project
 from testing.playbook import ANSIBLE_PLAYBOOK, ROOT
+from testing.real_portal.leftovers import leftovers as real_portal_leftovers
 from testing.sandbox import Sandbox
 
 STATE = Path(os.environ.get("LEAM_DEMO_STATE", "/run/leam-demo"))
@@ -267,7 +268,8 @@ def clean() -> int:
 
 
 def leftovers() -> int:
-    """Exit 1 naming whatever of the demo is still there: processes, mounts, ports."""
+    """Exit 1 naming whatever of the demo is still there: processes, mounts, ports;
+    and any real portal still running, or its mounts."""
     found = []
     marker = str(STATE).encode()
     for proc in Path("/proc").glob("[0-9]*"):
@@ -287,6 +289,7 @@ def leftovers() -> int:
             found.append(f"port 127.0.0.1:{port} ({project}'s portal stand-in) still open")
     if STATE.exists():
         found.append(f"directory {STATE}")
+    found += real_portal_leftovers()
     for item in found:
         say(f"left over: {item}")
     say("nothing of the demo is left" if not found else f"{len(found)} things left over")

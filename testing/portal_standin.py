@@ -16,6 +16,15 @@ the project allows itself. Two modes:
 - `extended`: a portal that also has `success` and `error` endpoints reading
   `message`, and refuses bad credentials with 401 (or a login page).
 
+It is proven against the real portal (leam.luc on Plone 4.3, built by
+`testing/real_portal/`) by tests/test_standin_matches_real.py. Set up as that
+portal is (`base_path="/leam"`, `job_folder=""`, a plain member in `members`),
+it also answers `search_rss` (Plone's RSS 1.0 list of the jobs the user may
+see, by `runstatus`), job URLs through Zope's VirtualHostMonster
+(`/VirtualHostBase/http/host:port/leam/VirtualHostRoot/...`), and, with
+`settings_unset`, a site whose `scenario_repo` is unset (500 on a pop that
+finds a job, which stays queued).
+
 Run states follow the portal's `runstatus`: queued, running, complete; the
 extended portal's `error` endpoint sets `error`.
 
@@ -73,12 +82,27 @@ NOT_FOUND_PAGE = (
     b"&hellip;</h1><p>We apologize for the inconvenience, but the page you were trying to "
     b"access is not at this address.</p></div></body></html>"
 )
-TRACEBACK_PAGE = (
-    b"<!DOCTYPE html><html><head><title>Site error</title></head><body>"
-    b"<h1>We're sorry, but there seems to be an error&hellip;</h1><pre>Traceback (innermost "
-    b"last):\n  Module ZPublisher.Publish, line 126, in publish\n  Module leam.luc.browser."
-    b"queue, line 61, in __call__\nAttributeError: repository</pre></body></html>"
-)
+
+
+def traceback_page(error: str) -> bytes:
+    """Plone's error page as a Manager sees it: the traceback's last line names the error."""
+    return (
+        "<!DOCTYPE html><html><head><title>Site error</title></head><body>"
+        "<h1 class='documentFirstHeading'>We&#8217;re sorry, but there seems to be an error"
+        "&hellip;</h1><p>Traceback (innermost last):</p><ul><li>  Module ZPublisher.Publish, "
+        "line 138, in publish</li><li>  Module leam.luc.browser.queue, line 53, in __call__"
+        f"</li></ul><p>{escape(error)}\n</p></body></html>"
+    ).encode()
+
+
+# A queued item of a kind without repository() (stress analysis, SCALDS).
+TRACEBACK_PAGE = traceback_page("AttributeError: repository")
+# A LUC scenario popped while the site's scenario_repo is unset.
+UNSET_SETTINGS_PAGE = traceback_page("AttributeError: 'NoneType' object has no attribute 'format'")
+# The order of a pop answer's keys on the real portal (a Python 2.7 dict's).
+POP_KEYS = ("status", "repository", "title", "url", "on_success", "cmdline", "on_error", "id")
+RSS_TYPE = "application/atom+xml; charset=utf-8"  # (sic) RSS 1.0, as Plone 4.3 labels it
+SITE_TITLE = "LEAM Planning Portal"
 
 
 @dataclass
@@ -96,6 +120,8 @@ class Received:
     job_id: str | None = None
     answer: int = 0  # the status it was answered with
     host: str = ""  # the Host header (virtual hosting)
+    site_url: str = ""  # the site's URL as this request names it (VirtualHostMonster)
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,8 +154,13 @@ class PortalStandin:
         public_url: str | None = None,
         legacy_xml: bool = False,
         tls: tuple[str, str] | None = None,
+        members: dict[str, str] | None = None,
+        job_folder: str = "jobs",
     ) -> None:
-        """`tls=(certfile, keyfile)` serves https:// with that certificate."""
+        """`tls=(certfile, keyfile)` serves https:// with that certificate. `members`:
+        plain members (user -> password), who log in but see only public jobs.
+        `job_folder`: the folder below the site holding the jobs ("" puts them in the
+        site itself, as leam.luc's scenarios are)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.user = user
@@ -140,6 +171,11 @@ class PortalStandin:
         self.public_url = public_url  # job URLs on this origin (virtual hosting)
         self.legacy_xml = legacy_xml  # plone: answer pops in the 2012-2014 XML form
         self.auth_failure = auth_failure  # extended: "401" or "html" (a 200 login page)
+        self.members = dict(members or {})
+        self.job_folder = job_folder.strip("/")
+        # plone: the site's scenario_repo is unset, so a pop that finds a job answers 500
+        # (the job stays queued), as a new site does until an operator sets it.
+        self.settings_unset = False
         self.lock = threading.Condition()
         self.jobs: dict[str, dict[str, Any]] = {}
         self.status: dict[str, str] = {}  # runstatus per job
@@ -217,7 +253,8 @@ class PortalStandin:
         `public`: Anonymous may see and pop it. `broken`: an item of a kind
         without a repository; while it is queued every pop answers 500.
         """
-        job_url = f"{self.job_base}/jobs/{urllib.parse.quote(job_id, safe='')}"
+        folder = f"/{self.job_folder}" if self.job_folder else ""
+        job_url = f"{self.job_base}{folder}/{urllib.parse.quote(job_id, safe='')}"
         job = {
             "status": "OK",
             "id": job_id,
@@ -363,6 +400,10 @@ class PortalStandin:
                 self.history[rec.job_id].append(f"{rec.kind} {status}")
             self.lock.notify_all()
 
+    def _may_view(self, user: str | None, job_id: str) -> bool:
+        """The portal's user sees every job; Anonymous and plain members the public ones."""
+        return (user is not None and user not in self.members) or job_id in self.public
+
     def _pop(self, user: str | None = "") -> Canned:
         """The next pop's answer; `user` None is Anonymous ('' : as the portal's user)."""
         with self.lock:
@@ -370,9 +411,11 @@ class PortalStandin:
                 return self.canned.popleft()
             if any(j in self.broken for j in self.waiting):
                 return Canned(500, TRACEBACK_PAGE, "text/html;charset=utf-8")
-            visible = [j for j in self.waiting if user is not None or j in self.public]
+            visible = [j for j in self.waiting if self._may_view(user, j)]
             if not visible:
                 return self._answer({"status": "EMPTY"})
+            if self.settings_unset:
+                return Canned(500, UNSET_SETTINGS_PAGE, "text/html;charset=utf-8")
             job_id = visible[0]
             self.waiting.remove(job_id)
             self.status[job_id] = "running"  # before answering, as the portal does
@@ -381,7 +424,9 @@ class PortalStandin:
 
     def _answer(self, data: dict[str, Any], job_id: str | None = None) -> Canned:
         if not self.legacy_xml:
-            return Canned(body=json.dumps(data).encode())
+            ordered = {k: data[k] for k in POP_KEYS if k in data}
+            ordered.update(data)
+            return Canned(body=json.dumps(ordered).encode())
         if job_id is None:
             doc = "<model>EMPTY</model>"
         else:
@@ -423,6 +468,10 @@ class PortalStandin:
         if rec.kind.endswith("-refused"):
             return Canned(self.report_status, b"Service Unavailable", "text/plain")
         answer = self._plone(rec, rel) if self.mode == "plone" else self._extended(rec, rel)
+        if rec.kind == "pop" and rec.site_url not in ("", self.job_base) and answer.body:
+            # Zope builds the job's URLs from the request's virtual host.
+            body = answer.body.replace(self.job_base.encode(), rec.site_url.encode())
+            answer = Canned(**{**asdict(answer), "body": body})
         if rec.kind == "pop" and self.pop_delay and not answer.delay:
             answer = Canned(**{**asdict(answer), "delay": self.pop_delay})
         return answer
@@ -442,6 +491,8 @@ class PortalStandin:
             return self._login_redirect(f"{self.url}{rel}")
         if rec.kind == "pop":
             return self._pop(rec.user)
+        if rec.kind == "search":
+            return self._search(rec)
         if rec.kind == "check":
             return (
                 Canned(200, b"1", "text/plain; charset=utf-8")
@@ -451,6 +502,37 @@ class PortalStandin:
         if rel in ("", "/"):
             return Canned(200, b"<html>LEAM portal stand-in</html>", html)
         return Canned(404, NOT_FOUND_PAGE, html)  # success, error and anything else
+
+    def _search(self, rec: Received) -> Canned:
+        """`search_rss`: Plone's RSS 1.0 list of the jobs the user may see, filtered by
+        `runstatus` (a catalog index on the real portal), oldest first."""
+        state = rec.query.get("runstatus")
+        with self.lock:
+            found = [
+                (self.jobs[j]["url"].replace(self.job_base, rec.site_url, 1), self.jobs[j])
+                for j in self.jobs
+                if (state is None or self.status.get(j) == state) and self._may_view(rec.user, j)
+            ]
+        site = escape(rec.site_url)
+        seq = "".join(f'<rdf:li rdf:resource="{escape(url)}"/>' for url, _ in found)
+        items = "".join(
+            f'<item rdf:about="{escape(url)}"><title>{escape(job["title"])}</title>'
+            f"<link>{escape(url)}</link><description></description>"
+            "<dc:publisher>No publisher</dc:publisher><dc:creator></dc:creator>"
+            "<dc:rights></dc:rights><dc:date></dc:date><dc:type>LUC Scenario</dc:type></item>"
+            for url, job in found
+        )
+        feed = (
+            '<?xml version="1.0" encoding="utf-8" ?>\n<rdf:RDF '
+            'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+            'xmlns:dc="http://purl.org/dc/elements/1.1/" '
+            'xmlns:syn="http://purl.org/rss/1.0/modules/syndication/" '
+            'xmlns="http://purl.org/rss/1.0/">'
+            f'<channel rdf:about="{site}/search_rss"><title>{SITE_TITLE}</title>'
+            f'<link>{site}</link><image rdf:resource="{site}/logo.png"/>'
+            f"<items><rdf:Seq>{seq}</rdf:Seq></items></channel>{items}</rdf:RDF>"
+        )
+        return Canned(200, feed.encode(), RSS_TYPE)
 
     def _extended(self, rec: Received, rel: str) -> Canned:
         if rec.kind == "check":
@@ -523,9 +605,11 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
                 user, _, password = base64.b64decode(header[6:]).decode().partition(":")
             except ValueError:
                 return None
-            if (user, password) != (portal.user, portal.password):
-                return None
-            return user
+            if (user, password) == (portal.user, portal.password):
+                return user
+            if user in portal.members and portal.members[user] == password:
+                return user
+            return None
 
         def _form(self) -> dict[str, str]:
             length = int(self.headers.get("Content-Length") or 0)
@@ -551,11 +635,12 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
             if self.path.startswith(ADMIN):
                 self._admin(method)
                 return
-            path = urllib.parse.urlsplit(self.path).path
+            parts = urllib.parse.urlsplit(self.path)
+            path, site_url = _virtual_host(parts.path, portal.base_path)
             form = self._form() if method == "POST" else {}
             base = portal.base_path
             rel = path[len(base) :] if path == base or path.startswith(base + "/") else None
-            kind, job_id = _classify(rel)
+            kind, job_id = _classify(rel, portal.job_folder)
             if kind in REPORT_KINDS and portal.report_status != 200:
                 kind += "-refused"
             rec = Received(
@@ -569,6 +654,8 @@ def _make_handler(portal: PortalStandin) -> type[BaseHTTPRequestHandler]:
                 self.client_address[1],
                 job_id,
                 host=self.headers.get("Host", ""),
+                site_url=site_url or portal.job_base,
+                query=dict(urllib.parse.parse_qsl(parts.query)),
             )
             portal._record(rec)
             answer = portal.respond(rec, rel)
@@ -609,17 +696,42 @@ def _popped_id(answer: Canned) -> str | None:
     return None
 
 
-def _classify(rel: str | None) -> tuple[str, str | None]:
+def _classify(rel: str | None, folder: str = "jobs") -> tuple[str, str | None]:
     if rel is None:
         return "other", None
     if rel == "/pop_queue":
         return "pop", None
     if rel == "/portal_membership/isAnonymousUser":
         return "check", None
+    if rel == "/search_rss":
+        return "search", None
     parts = rel.strip("/").split("/")
-    if len(parts) == 3 and parts[0] == "jobs" and parts[2] in REPORT_KINDS:
-        return parts[2], urllib.parse.unquote(parts[1])
+    if folder:
+        if parts[:1] != [folder]:
+            return "other", None
+        parts = parts[1:]
+    if len(parts) == 2 and parts[1] in REPORT_KINDS:
+        return parts[1], urllib.parse.unquote(parts[0])
     return "other", None
+
+
+def _virtual_host(path: str, site: str) -> tuple[str, str]:
+    """Zope's VirtualHostMonster: `/VirtualHostBase/<scheme>/<host:port>/<physical
+    path>/VirtualHostRoot/<rest>` is the object at physical path + rest, and URLs of
+    what lies below the physical path start at scheme://host:port (default ports left
+    out). Returns the physical path and the site's URL for this request ('' without)."""
+    segments = path.split("/")
+    if segments[1:2] != ["VirtualHostBase"] or "VirtualHostRoot" not in segments:
+        return path, ""
+    scheme, hostport = segments[2], segments[3]
+    root = segments.index("VirtualHostRoot")
+    vroot = "/".join(segments[4:root])
+    physical = "/" + "/".join(s for s in [vroot, *segments[root + 1 :]] if s)
+    host, _, port = hostport.partition(":")
+    default = {"http": "80", "https": "443"}.get(scheme)
+    origin = f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
+    below = site[len("/" + vroot) :] if site.startswith("/" + vroot) else site
+    return physical, origin + below
 
 
 # -- command line ----------------------------------------------------------

@@ -14,6 +14,9 @@ import pytest
 
 from testing.pollers import LEAMPOLL, poller_flags
 from testing.portal_standin import MODES, PortalStandin
+
+# The real portal (leam.luc on Plone 4.3), for tests marked real_portal.
+from testing.real_portal.fixtures import real_portal, real_portal_build  # noqa: F401
 from testing.reliability import Run
 from testing.wait import wait_until
 
