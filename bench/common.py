@@ -103,16 +103,22 @@ def standin() -> Iterator[BenchPortal]:
         portal.stop()
 
 
-def poller_env() -> dict[str, str]:
+def poller_env(password: str = PASSWORD) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    env.update(PORTAL_USER=USER, PORTAL_PASSWORD=PASSWORD)
+    env.update(PORTAL_USER=USER, PORTAL_PASSWORD=password)
     return env
 
 
 class Proc:
     """A poller (or other helper) process the bench started; ended only by its pid."""
 
-    def __init__(self, argv: Sequence[str], log: Path, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.log_path = log
         with open(log, "ab") as out:
@@ -121,7 +127,7 @@ class Proc:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=poller_env(),
+                env=env or poller_env(),
                 cwd=cwd,
             )
         self.pid = self.popen.pid
@@ -156,9 +162,16 @@ class Proc:
 
 
 def leampoll(
-    portal: PortalStandin, workdir: Path, log: Path, speed: float, idle: int, *extra: str
+    portal: PortalStandin,
+    workdir: Path,
+    log: Path,
+    speed: float,
+    idle: int,
+    *extra: str,
+    password: str = PASSWORD,
 ) -> Proc:
-    """The real poller, with guard thresholds low enough for any test machine."""
+    """The real poller, with guard thresholds low enough for any test machine; `portal`
+    is anything with a site `url` (a stand-in or a real portal)."""
     workdir.mkdir(parents=True, exist_ok=True)
     return Proc(
         [
@@ -181,6 +194,7 @@ def leampoll(
             portal.url,
         ],
         log,
+        env=poller_env(password),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,33 @@ from testing.wait import wait_until
 
 LEAMPOLL = [sys.executable, "-m", "leampoll"]
 USER, PASSWORD = "poller", "s3cret-Pa55word"
+
+
+def sh(script: str) -> str:
+    """A cmdline running a shell script (jobs are run without a shell themselves)."""
+    return "sh -c " + json.dumps(script)
+
+
+def password_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    """Replace the file the way an operator (or the role) would: a new file, renamed."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text + "\n")
+    tmp.chmod(mode)
+    tmp.rename(path)
+    return path
+
+
+def status_json(*workdirs, env=None) -> list[dict]:
+    """`leampoll status --json` of workdirs."""
+    out = subprocess.run(
+        [*LEAMPOLL, "status", "--json", *map(str, workdirs)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env=env,
+    )
+    return json.loads(out.stdout)
 
 
 def leampoll_check(
@@ -89,15 +117,13 @@ def env() -> dict[str, str]:
 
 
 @pytest.fixture
-def start_poller(
-    portal: PortalStandin, workdir: Path, env: dict[str, str], tmp_path: Path
+def start_leampoll(
+    workdir: Path, env: dict[str, str], tmp_path: Path
 ) -> Iterator[Callable[..., Poller]]:
-    """Start `leampoll` against the stand-in; every process it left is ended afterwards."""
+    """Start `leampoll` against a portal URL; every process it left is ended afterwards."""
     started: list[Poller] = []
 
-    def start(
-        *extra: str, url: str | None = None, wd: Path | None = None, quick: bool = True
-    ) -> Poller:
+    def start(*extra: str, url: str, wd: Path | None = None, quick: bool = True) -> Poller:
         base = [
             "--workdir",
             str(wd or workdir),
@@ -111,7 +137,7 @@ def start_poller(
         if quick:
             base += ["--speed", "0.2", "--max-backoff", "0.5"]
         p = Poller(
-            [*base, *extra, url or portal.url],
+            [*base, *extra, url],
             wd or workdir,
             env,
             tmp_path / f"poller-{len(started)}.log",
@@ -123,6 +149,18 @@ def start_poller(
     for p in started:
         p.stop()
     _end_job_processes(workdir)
+
+
+@pytest.fixture
+def start_poller(
+    portal: PortalStandin, start_leampoll: Callable[..., Poller]
+) -> Callable[..., Poller]:
+    """Start `leampoll` against the stand-in (or `url=`)."""
+
+    def start(*extra: str, url: str | None = None, **options) -> Poller:
+        return start_leampoll(*extra, url=url or portal.url, **options)
+
+    return start
 
 
 def _end_job_processes(workdir: Path) -> None:

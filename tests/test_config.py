@@ -15,7 +15,7 @@ import pytest
 
 from leampoll import sources
 from leampoll.config import ConfigError, build_parser, load
-from tests.conftest import LEAMPOLL, PASSWORD, USER
+from tests.conftest import LEAMPOLL, PASSWORD, USER, password_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -153,15 +153,6 @@ def test_once_from_environment_and_check_flag(portal, workdir, env, tmp_path):
 
 
 # -- the password file ---------------------------------------------------------------
-
-
-def password_file(path: Path, text: str, mode: int = 0o600) -> Path:
-    """Replace the file the way an operator (or the role) would: a new file, renamed."""
-    tmp = path.with_suffix(".new")
-    tmp.write_text(text + "\n")
-    tmp.chmod(mode)
-    tmp.rename(path)
-    return path
 
 
 @pytest.fixture

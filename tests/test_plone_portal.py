@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from testing.portal_standin import Canned, Received
-from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, wait_until
-from tests.test_poller import both_modes, sh, workdir_status
-from tests.test_status_metrics import samples, status_json
+from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, sh, status_json, wait_until
+from tests.test_poller import both_modes, workdir_status
+from tests.test_status_metrics import samples
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,14 +14,9 @@ import pytest
 
 from leampoll import __version__
 from testing.portal_standin import MODES, Canned
-from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, wait_until
+from tests.conftest import LEAMPOLL, PASSWORD, USER, leampoll_check, sh, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def sh(script: str) -> str:
-    """A cmdline running a shell script (jobs are run without a shell themselves)."""
-    return "sh -c " + json.dumps(script)
 
 
 def states(portal, *ids):

@@ -17,8 +17,7 @@ import pytest
 from testing.outcomes import job_state, report_kinds, wait_job_state
 from testing.portal_standin import PortalStandin
 from testing.supervisord import Supervisord
-from tests.conftest import LEAMPOLL, PASSWORD, USER, wait_until
-from tests.test_poller import sh
+from tests.conftest import LEAMPOLL, PASSWORD, USER, sh, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

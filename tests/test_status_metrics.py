@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import LEAMPOLL, wait_until
-from tests.test_poller import sh
+from tests.conftest import LEAMPOLL, sh, status_json, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def status_json(*workdirs, env=None) -> list[dict]:
-    out = subprocess.run(
-        [*LEAMPOLL, "status", "--json", *map(str, workdirs)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-        env=env,
-    )
-    return json.loads(out.stdout)
 
 
 def samples(path) -> dict[tuple, float]:
