@@ -21,7 +21,7 @@ from testing.real_portal import build as builder
 from testing.real_portal.portal import RealPortal
 
 BLANK_REPO = " "  # no checkout (an unset repository makes every pop answer 500)
-_REQUEST = re.compile(r'"(GET|POST) (\S+) HTTP/[\d.]+" (\d{3})')
+_REQUEST = re.compile(r'"(\w+) (.+?) HTTP/[\d.]+" (\d{3})')
 
 
 class RealPortals:

@@ -17,7 +17,7 @@ import pytest
 from testing.portal_standin import PortalStandin
 
 # The real portal (leam.luc on Plone 4.3), for tests marked real_portal.
-from testing.real_portal.fixtures import real_portal, real_portal_build  # noqa: F401
+from testing.real_portal.fixtures import real_portal, real_portal_build, required  # noqa: F401
 from testing.reliability import Run
 from testing.wait import wait_until
 
@@ -170,6 +170,18 @@ def _end_job_processes(workdir: Path) -> None:
             cwd = proc.info.get("cwd") or ""
             if cwd.startswith(str(workdir)):
                 os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With LEAM_REAL_PORTAL_REQUIRED=1 (CI) a real-portal test that skips fails instead,
+    whatever skipped it (the build, sandbox hosts, a missing tool)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and required() and item.get_closest_marker("real_portal"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"LEAM_REAL_PORTAL_REQUIRED=1, but a real-portal test skipped: {reason}"
 
 
 @pytest.fixture(scope="session")

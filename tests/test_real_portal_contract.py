@@ -25,7 +25,8 @@ from tests.conftest import leampoll_check, password_file, sh, status_json, wait_
 pytestmark = [pytest.mark.real_portal, pytest.mark.timeout(600)]
 
 NO_CHECKOUT = "true"
-_REQUEST = re.compile(r'"(GET|POST) (\S+) HTTP/[\d.]+" (\d{3})')
+# One line of Z2.log: client, -, user (from the request's credentials, right or wrong), ...
+_REQUEST = re.compile(r'^\S+ - (\S+) \[[^]]*\] "(\w+) (.+?) HTTP/[\d.]+" (\d{3})', re.M)
 
 
 @pytest.fixture(autouse=True)
@@ -34,21 +35,23 @@ def poller_password(env: dict[str, str], real_portal: RealPortal) -> None:
     env["PORTAL_PASSWORD"] = real_portal.credentials["poller"]
 
 
-def taken(portal: RealPortal, job: str, endpoint: str) -> list[int]:
-    """Status codes the portal answered to requests for <job>/<endpoint>, from its Z2.log."""
+def access_log(portal: RealPortal) -> list[tuple[str, str, int]]:
+    """(user, path, status) of every request the portal took, from its Z2.log."""
     log = portal.home / "var" / "log" / "Z2.log"
     text = log.read_text(errors="replace") if log.exists() else ""
-    return [
-        int(m.group(3))
-        for m in _REQUEST.finditer(text)
-        if m.group(2).split("?")[0].endswith(f"/{job}/{endpoint}")
-    ]
+    return [(m[1], m[3].split("?")[0], int(m[4])) for m in _REQUEST.finditer(text)]
+
+
+def taken(portal: RealPortal, job: str, endpoint: str) -> list[int]:
+    """Status codes the portal answered to requests for <job>/<endpoint>."""
+    return [status for _, path, status in access_log(portal) if path.endswith(f"/{job}/{endpoint}")]
 
 
 def pops(portal: RealPortal) -> int:
-    log = portal.home / "var" / "log" / "Z2.log"
-    text = log.read_text(errors="replace") if log.exists() else ""
-    return sum(1 for m in _REQUEST.finditer(text) if m.group(2).endswith("/pop_queue"))
+    """Pops sent as the poller (the fixture's own start-up probes are anonymous)."""
+    return sum(
+        1 for u, path, _ in access_log(portal) if u == "poller" and path.endswith("/pop_queue")
+    )
 
 
 def settle(portal: RealPortal, want: dict[str, str], timeout: float = 60.0) -> None:
