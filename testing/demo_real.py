@@ -68,13 +68,12 @@ class RealPortals:
 
     def command(self, project: str) -> str:
         """The site's scenario_cmd: each known job's command line, by job id."""
-        cases = "".join(
-            f"{shlex.quote(job_id)}) exec {cmdline};;\n"
+        cases = " ".join(
+            f"{shlex.quote(job_id)}) exec {cmdline};;"
             for job_id, cmdline in self.jobs().get(project, {}).items()
         )
-        script = (
-            f'case "$LEAM_JOB_ID" in\n{cases}*) echo "no demo command for $LEAM_JOB_ID";;\nesac'
-        )
+        # One line: the setting is a text line.
+        script = f'case "$LEAM_JOB_ID" in {cases} *) echo "no demo command for $LEAM_JOB_ID";; esac'
         # The portal fills in {id} and {url} with str.format: braces of the script doubled.
         return shlex.join(["sh", "-c", script]).replace("{", "{{").replace("}", "}}")
 

@@ -9,6 +9,7 @@ sets them first; `true` as the repository is a checkout command that does nothin
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -125,7 +126,7 @@ def test_jobs_end_complete_through_end_run_and_the_404_is_learned_once(
         [204]
     ] * 3
     # Remembered in the workdir: a restarted poller goes straight to end_run.
-    assert '"end_run": true' in (workdir / ".leampoll" / "endpoints.json").read_text()
+    assert json.loads((workdir / ".leampoll" / "endpoints.json").read_text())["end_run"] is True
     real_portal.queue("job-4")
     assert start_leampoll("-i", "1", url=real_portal.url).wait(120) == 0
     assert real_portal.status()["job-4"] == "complete"
