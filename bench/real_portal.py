@@ -29,7 +29,7 @@ from bench import Row, Section, suite
 from bench.common import PASSWORD, USER, leampoll, log, median, ms, pct, ratio, secs
 from bench.report import machine, now
 from testing.portal_standin import PortalStandin
-from testing.real_portal.build import build
+from testing.real_portal.build import build, use_shipped_luc
 from testing.real_portal.portal import RealPortal
 
 BLANK_REPO = " "  # no checkout; the real portal answers 500 to an unset one
@@ -76,6 +76,7 @@ class Real(Target):
     name = "real portal"
 
     def __init__(self) -> None:
+        use_shipped_luc()
         self.portal = RealPortal(build(log=log))
         self.password = self.portal.credentials["poller"]
 

@@ -11,7 +11,6 @@ the demo's state directory, so `clean` stops it without building or finding anyt
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from collections.abc import Callable
@@ -44,8 +43,7 @@ class RealPortals:
 
     def start(self, say: Callable[[str], None]) -> str:
         """Build (or find) the portal, start one per project; returns the poller's password."""
-        if "LEAM_LUC_SOURCE" not in os.environ and builder.LUC_ARCHIVE.exists():
-            os.environ["LEAM_LUC_SOURCE"] = str(builder.LUC_ARCHIVE)
+        builder.use_shipped_luc()
         say("the real LEAM portal: leam.luc on Plone 4.3 (built once, ~4 min; cached after)")
         b = builder.build(log=lambda m: say(f"real portal: {m}"))
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
