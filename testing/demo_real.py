@@ -35,7 +35,7 @@ class RealPortals:
 
     def portal(self, project: str) -> RealPortal:
         saved = self._saved()
-        if project not in saved:
+        if "build" not in saved or project not in self.ports:
             raise SystemExit(f"no real demo portal for {project}: run `make demo` first")
         return RealPortal(
             builder.Build(Path(saved["build"])), port=self.ports[project], name=f"demo-{project}"
