@@ -16,6 +16,7 @@ jobs' own stamps, and the moment the poller exits.
 from __future__ import annotations
 
 import itertools
+import os
 import shlex
 import shutil
 import tempfile
@@ -161,6 +162,7 @@ def measure(target: Target, plan: Plan, wd: Path) -> dict:
 def real_portal(options) -> Section:
     plan = Plan.quick() if options.quick else Plan()
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="leampoll-bench-real-"))
     real, standin = Real(), Standin()
     try:
@@ -205,7 +207,8 @@ def real_portal(options) -> Section:
     ]
     header = (
         f"Machine: {machine()}.  \nDate: {now()}; this suite ran "
-        f"{time.monotonic() - started:.0f} s (`python -m bench real_portal`).  \n"
+        f"{time.monotonic() - started:.0f} s (`python -m bench real_portal`); load average "
+        f"(1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after.  \n"
         "Real portal: leam.luc 7a454dd on Plone 4.3.20 / Zope 2.13.30 / Python 2.7 "
         "(one Zope process, 2 threads, `testing/real_portal`); stand-in: "
         "`testing/portal_standin.py` in `plone` mode, in this process."
