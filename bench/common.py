@@ -104,16 +104,22 @@ def standin() -> Iterator[BenchPortal]:
         portal.stop()
 
 
-def poller_env() -> dict[str, str]:
+def poller_env(password: str = PASSWORD) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    env.update(PORTAL_USER=USER, PORTAL_PASSWORD=PASSWORD)
+    env.update(PORTAL_USER=USER, PORTAL_PASSWORD=password)
     return env
 
 
 class Proc:
     """A poller (or other helper) process the bench started; ended only by its pid."""
 
-    def __init__(self, argv: Sequence[str], log: Path, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.log_path = log
         with open(log, "ab") as out:
@@ -122,7 +128,7 @@ class Proc:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=poller_env(),
+                env=env or poller_env(),
                 cwd=cwd,
             )
         self.pid = self.popen.pid
@@ -157,9 +163,16 @@ class Proc:
 
 
 def leampoll(
-    portal: PortalStandin, workdir: Path, log: Path, speed: float, idle: int, *extra: str
+    portal: PortalStandin,
+    workdir: Path,
+    log: Path,
+    speed: float,
+    idle: int,
+    *extra: str,
+    password: str = PASSWORD,
 ) -> Proc:
-    """The real poller, with guard thresholds low enough for any test machine."""
+    """The real poller, with guard thresholds low enough for any test machine; `portal`
+    is anything with a site `url` (a stand-in or a real portal)."""
     workdir.mkdir(parents=True, exist_ok=True)
     return Proc(
         [
@@ -173,6 +186,7 @@ def leampoll(
             portal.url,
         ],
         log,
+        env=poller_env(password),
     )
 
 

@@ -3,6 +3,8 @@
 Portal stand-ins on loopback with queued demo jobs, two sandbox hosts, the
 real `site.yml` with a demo inventory (two hosts, three projects), then the
 jobs are popped, run and reported, and the fleet's status is shown.
+With LEAM_DEMO_PORTAL=real the portals are real LEAM portals (leam.luc on
+Plone 4.3, testing/real_portal; built on first use) instead of stand-ins.
 `make demo-clean` ends every process, host and mount the demo started.
 
     python -m testing.demo up      # idempotent: a second run reuses what is there
@@ -26,6 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from testing.demo_real import RealPortals
 from testing.fleet import Inventory, leam_project
 from testing.playbook import ANSIBLE_PLAYBOOK, ROOT
 from testing.real_portal.leftovers import leftovers as real_portal_leftovers
@@ -41,7 +44,17 @@ JOBS = [  # project, id, cmdline
     ("peoria", "long-run", "sleep 20"),
     ("stlouis", "writes-output", "sh -c 'seq 1 1000 > result.txt; wc -l result.txt'"),
 ]
+PORTAL_KINDS = ("standin", "real")
 T0 = time.monotonic()
+REAL = RealPortals(STATE, PORTS)
+
+
+def real() -> bool:
+    """LEAM_DEMO_PORTAL: `standin` (the default) or `real`."""
+    kind = os.environ.get("LEAM_DEMO_PORTAL", "standin")
+    if kind not in PORTAL_KINDS:
+        raise SystemExit(f"LEAM_DEMO_PORTAL={kind!r}: one of {', '.join(PORTAL_KINDS)}")
+    return kind == "real"
 
 
 def say(text: str) -> None:
@@ -67,6 +80,8 @@ def _password() -> str:
 
 
 def portal_url(project: str, admin: bool = False) -> str:
+    if real() and not admin:
+        return REAL.url(project)
     root = f"http://127.0.0.1:{PORTS[project]}"
     return root if admin else f"{root}/{project}"
 
@@ -116,7 +131,15 @@ def _state(project: str) -> dict | None:
         return None
 
 
+def statuses(project: str) -> dict[str, str]:
+    """Every job's runstatus on the project's portal."""
+    return REAL.status(project) if real() else (_state(project) or {}).get("status", {})
+
+
 def queue(project: str, job_id: str, cmdline: str) -> None:
+    if real():
+        REAL.queue(project, job_id, cmdline)
+        return
     subprocess.run(
         [
             sys.executable,
@@ -141,8 +164,7 @@ def metrics_address(sandbox: Sandbox, host: str) -> str:
     return f"{sandbox.host(host).address}:9100"
 
 
-def inventory(sandbox: Sandbox) -> Path:
-    password = _password()
+def inventory(sandbox: Sandbox, password: str) -> Path:
     settings = {"speed": 2, "min_free_disk": "100M", "min_free_mem": "50M", "job_timeout": 600}
     demo = Inventory(
         sandbox,
@@ -173,7 +195,9 @@ def up() -> int:
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", *[pkgs.get(t, t) for t in missing]], check=True
         )
-    start_portals()
+    password = REAL.start(say) if real() else _password()
+    if not real():
+        start_portals()
     sandbox = Sandbox(STATE / "sandbox", log=lambda m: say(f"sandbox: {m}"))
     say("root filesystem for the sandbox hosts (built once, ~1 min; cached after)")
     sandbox.ensure_rootfs()
@@ -185,9 +209,9 @@ def up() -> int:
     if todo:
         sandbox.up_many(todo)
     say(f"sandbox hosts up: {', '.join(f'{h.name} {h.address}' for h in sandbox.hosts())}")
-    inv = inventory(sandbox)
+    inv = inventory(sandbox, password)
     for project, job_id, cmdline in JOBS:
-        if job_id not in (_state(project) or {}).get("status", {}):
+        if job_id not in statuses(project):
             queue(project, job_id, cmdline)
     say(f"queued {len(JOBS)} demo jobs; running ansible-playbook -i {inv} site.yml")
     if play(inv, "site.yml") != 0:
@@ -198,19 +222,24 @@ def up() -> int:
     deadline = time.monotonic() + 180
     done: set = set()
     while time.monotonic() < deadline and done != wanted:
-        done = {
-            (p, j) for p, j in wanted if (_state(p) or {}).get("status", {}).get(j) == "complete"
-        }
+        done = {(p, j) for p, j in wanted if statuses(p).get(j) == "complete"}
         time.sleep(1)
     say(f"the fleet's status: ansible-playbook -i {inv} playbooks/status.yml")
     play(inv, "playbooks/status.yml", table=True)
-    say("what the portal stand-ins received (runstatus, outcome reported, requests):")
-    for project in PORTS:
-        state = _state(project) or {}
-        for job_id, status in sorted(state.get("status", {}).items()):
-            told = state.get("outcome", {}).get(job_id) or "-"
-            history = ", ".join(state.get("history", {}).get(job_id, []))
-            print(f"  {project:8} {job_id:16} {status:9} {told:8} {history}")
+    if real():
+        say("what the real portals hold (runstatus) and took (reports, from their Z2.log):")
+        for project in PORTS:
+            for job_id, status in statuses(project).items():
+                taken = ", ".join(REAL.requests(project, job_id))
+                print(f"  {project:8} {job_id:16} {status:9} {taken}")
+    else:
+        say("what the portal stand-ins received (runstatus, outcome reported, requests):")
+        for project in PORTS:
+            state = _state(project) or {}
+            for job_id, status in sorted(state.get("status", {}).items()):
+                told = state.get("outcome", {}).get(job_id) or "-"
+                history = ", ".join(state.get("history", {}).get(job_id, []))
+                print(f"  {project:8} {job_id:16} {status:9} {told:8} {history}")
     for host in HOSTS:
         address = metrics_address(sandbox, host)
         say(
@@ -255,6 +284,7 @@ def clean() -> int:
     sandbox = Sandbox(STATE / "sandbox", log=lambda m: say(f"sandbox: {m}"))
     for name in sandbox.down_all():
         say(f"host {name} removed")
+    REAL.stop(say)  # whichever kind the demo ran with
     for pidfile in STATE.glob("portal-*.pid"):
         pid = _alive(pidfile)
         if pid:
@@ -286,7 +316,7 @@ def leftovers() -> int:
     found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"*/leam-sandbox-{tag}-*")]
     for project, port in PORTS.items():
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            found.append(f"port 127.0.0.1:{port} ({project}'s portal stand-in) still open")
+            found.append(f"port 127.0.0.1:{port} ({project}'s demo portal) still open")
     if STATE.exists():
         found.append(f"directory {STATE}")
     found += real_portal_leftovers()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,17 +13,26 @@ from pathlib import Path
 import psutil
 import pytest
 
-from testing.pollers import LEAMPOLL, poller_flags
+from testing.pollers import LEAMPOLL, poller_flags, sh, status_json  # noqa: F401
 from testing.portal_standin import MODES, PortalStandin
 
 # The real portal (leam.luc on Plone 4.3), for tests marked real_portal.
-from testing.real_portal.fixtures import real_portal, real_portal_build  # noqa: F401
+from testing.real_portal.fixtures import real_portal, real_portal_build, required  # noqa: F401
 from testing.reliability import Run
 from testing.wait import wait_until
 
 USER, PASSWORD = "poller", "s3cret-Pa55word"
 # A test of what the protocol decides runs against both modes of the stand-in.
 both_modes = pytest.mark.parametrize("portal", MODES, indirect=True)
+
+
+def password_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    """Replace the file the way an operator (or the role) would: a new file, renamed."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text + "\n")
+    tmp.chmod(mode)
+    tmp.rename(path)
+    return path
 
 
 def leampoll_check(
@@ -89,21 +99,19 @@ def env() -> dict[str, str]:
 
 
 @pytest.fixture
-def start_poller(
-    portal: PortalStandin, workdir: Path, env: dict[str, str], tmp_path: Path
+def start_leampoll(
+    workdir: Path, env: dict[str, str], tmp_path: Path
 ) -> Iterator[Callable[..., Poller]]:
-    """Start `leampoll` against the stand-in; every process it left is ended afterwards."""
+    """Start `leampoll` against a portal URL; every process it left is ended afterwards."""
     started: list[Poller] = []
 
-    def start(
-        *extra: str, url: str | None = None, wd: Path | None = None, quick: bool = True
-    ) -> Poller:
+    def start(*extra: str, url: str, wd: Path | None = None, quick: bool = True) -> Poller:
         if quick:
             base = poller_flags(wd or workdir)
         else:
             base = poller_flags(wd or workdir, speed=None, max_backoff=None)
         p = Poller(
-            [*base, *extra, url or portal.url],
+            [*base, *extra, url],
             wd or workdir,
             env,
             tmp_path / f"poller-{len(started)}.log",
@@ -117,6 +125,18 @@ def start_poller(
     _end_job_processes(workdir)
 
 
+@pytest.fixture
+def start_poller(
+    portal: PortalStandin, start_leampoll: Callable[..., Poller]
+) -> Callable[..., Poller]:
+    """Start `leampoll` against the stand-in (or `url=`)."""
+
+    def start(*extra: str, url: str | None = None, **options) -> Poller:
+        return start_leampoll(*extra, url=url or portal.url, **options)
+
+    return start
+
+
 def _end_job_processes(workdir: Path) -> None:
     """Kill job process groups the tests left behind, by the pgids the poller recorded."""
     for proc in psutil.process_iter(["pid", "cwd"]):
@@ -124,6 +144,18 @@ def _end_job_processes(workdir: Path) -> None:
             cwd = proc.info.get("cwd") or ""
             if cwd.startswith(str(workdir)):
                 os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With LEAM_REAL_PORTAL_REQUIRED=1 (CI) a real-portal test that skips fails instead,
+    whatever skipped it (the build, sandbox hosts, a missing tool)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and required() and item.get_closest_marker("real_portal"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"LEAM_REAL_PORTAL_REQUIRED=1, but a real-portal test skipped: {reason}"
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from leampoll import sources
 from leampoll.config import ConfigError
 from leampoll.loading import load
 from leampoll.options import build_parser
-from tests.conftest import LEAMPOLL, PASSWORD, USER
+from tests.conftest import LEAMPOLL, PASSWORD, USER, password_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -155,15 +155,6 @@ def test_once_from_environment_and_check_flag(portal, workdir, env, tmp_path):
 
 
 # -- the password file ---------------------------------------------------------------
-
-
-def password_file(path: Path, text: str, mode: int = 0o600) -> Path:
-    """Replace the file the way an operator (or the role) would: a new file, renamed."""
-    tmp = path.with_suffix(".new")
-    tmp.write_text(text + "\n")
-    tmp.chmod(mode)
-    tmp.rename(path)
-    return path
 
 
 @pytest.fixture

@@ -171,6 +171,13 @@ class LucSource:
     digest: str
 
 
+def use_shipped_luc() -> None:
+    """LEAM_LUC_SOURCE, where unset, names the leam.luc archive shipped beside the project
+    (for the demo and the bench, as for the tests)."""
+    if "LEAM_LUC_SOURCE" not in os.environ and LUC_ARCHIVE.exists():
+        os.environ["LEAM_LUC_SOURCE"] = str(LUC_ARCHIVE)
+
+
 def luc_source(log: Callable[[str], None] = print) -> LucSource:
     """LEAM_LUC_SOURCE (a directory or an archive; relative paths from the project root),
     else a clone of leam.luc at LUC_COMMIT kept in the cache."""
