@@ -22,7 +22,7 @@ from bench import Row, Section, suite
 from bench.common import PASSWORD, USER, log, median, ms, pct, standin
 from bench.provisioning import STATE_DIR
 from bench.report import machine, now
-from testing import playbook
+from testing.fleet import Inventory, leam_project
 from testing.sandbox import Host, Sandbox
 
 PROJECT = "cgb"
@@ -49,31 +49,12 @@ machine, the sandbox-host tests of the cgroups running beside it.
 
 
 def _converge(sandbox: Sandbox, work: Path, url: str) -> None:
-    inventory = work / "inventory.yml"
-    sandbox.write_inventory(
-        inventory,
-        host_vars={
-            "bench-cg": {
-                "leam_projects": [
-                    {
-                        "name": PROJECT,
-                        "portal_url": url,
-                        "portal_user": USER,
-                        "portal_password": PASSWORD,
-                        "min_free_disk": "10M",
-                        "min_free_mem": "10M",
-                    }
-                ]
-            }
-        },
-        group_vars={
-            "leam_jobservers": {
-                "leampoll_install_mode": "wheelhouse",
-                "leam_jobdir_min_free": "20M",
-            }
-        },
-    )
-    out = playbook.run(inventory, "site.yml", log_dir=work)
+    # The project polls at its default speed: the bench measures pop to start.
+    project = leam_project(PROJECT, url, PASSWORD, user=USER)
+    del project["speed"]
+    inventory = Inventory(sandbox, work / "inventory.yml", {"bench-cg": [project]}, log_dir=work)
+    inventory.write()
+    out = inventory.play()
     if out.returncode != 0:
         raise RuntimeError(f"site.yml failed; output in {work}")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from testing import playbook
 from testing.fault_proxy import FaultProxy
+from testing.fleet import Inventory, leam_project
 from testing.ledger import Runs, job_cmdline
 from testing.marks import sandbox_hosts
 from testing.playbook import recap
@@ -58,18 +58,6 @@ class Fleet:
         ).stdout.strip()
 
 
-def project(name: str, url: str, password: str) -> dict:
-    return {
-        "name": name,
-        "portal_url": url,
-        "portal_user": "poller",
-        "portal_password": password,
-        "speed": 1,
-        "min_free_disk": "10M",
-        "min_free_mem": "10M",
-    }
-
-
 @pytest.fixture(scope="module")
 def fleet(real_portal_build: Build, tmp_path_factory) -> Iterator[Fleet]:
     sandbox = Sandbox(STATE_DIR)
@@ -84,28 +72,21 @@ def fleet(real_portal_build: Build, tmp_path_factory) -> Iterator[Fleet]:
         password = real_portal_build.credentials["poller"]
         direct.set_settings("true", portal_cmd())
         flappy.set_settings("true", portal_cmd(seconds=1))
-        inventory = workdir / "inventory.yml"
-        sandbox.write_inventory(
-            inventory,
-            host_vars={
-                "rp-a": {
-                    "leam_projects": [
-                        project("direct", direct.url, password),
-                        project("flap1", proxy.url, password),
-                        project("flap2", proxy.url, password),
-                    ]
-                }
+        inventory = Inventory(
+            sandbox,
+            workdir / "inventory.yml",
+            projects={
+                "rp-a": [
+                    leam_project("direct", direct.url, password),
+                    leam_project("flap1", proxy.url, password),
+                    leam_project("flap2", proxy.url, password),
+                ]
             },
-            group_vars={
-                "leam_jobservers": {
-                    "leampoll_install_mode": "wheelhouse",
-                    "leam_jobdir_min_free": "20M",
-                    "leampoll_extra_args": ["--max-backoff", "4", "--timeout", "3"],
-                }
-            },
+            group_vars={"leampoll_extra_args": ["--max-backoff", "4", "--timeout", "3"]},
+            log_dir=workdir,
         )
-        inventory.chmod(0o600)
-        out = playbook.run(inventory, "site.yml", log_dir=workdir)
+        inventory.write().chmod(0o600)
+        out = inventory.play()
         yield Fleet(hosts[0], direct, flappy, proxy, out)
 
 
