@@ -1,0 +1,98 @@
+"""cgroup v2 as real Debian servers boot it, in a VM booting Debian's own kernel (this
+machine's kernel puts the controllers on v1, so sandbox hosts cannot show it). Slow:
+`make test-cgroup-v2` runs it, `make test` does not. It also runs the test modules named
+by LEAM_VM_TESTS (`make test-cgroup-v2 VM_TESTS=...`) inside the VM as root."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testing.marks import vm as vm_marks
+from testing.vm import VM, booted, ensure_image, prepare, run_pytest
+
+pytestmark = vm_marks(timeout=3600)
+
+PROJECT = Path(__file__).resolve().parents[1]
+DEFAULT_GUEST_TESTS = "tests/test_vm_guest.py"
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[VM]:
+    """One VM for the module (a boot costs about half a minute of emulation)."""
+    image = ensure_image()
+    with booted(image) as machine:
+        yield machine
+    # Torn down: qemu gone (by its pid) and its overlay, key and logs removed.
+    assert not machine.alive(), f"qemu pid {machine.pid} still running"
+    assert not machine.workdir.exists(), f"{machine.workdir} left behind"
+
+
+def test_boots_debians_own_kernel(vm: VM) -> None:
+    kernel = vm.text("uname -r").strip()
+    assert kernel == vm.image.meta["kernel"]
+    assert kernel != os.uname().release
+    assert vm.system_state == "running"
+
+
+def test_unified_cgroup_hierarchy_has_memory_and_pids(vm: VM) -> None:
+    assert vm.text("stat -fc %T /sys/fs/cgroup").strip() == "cgroup2fs"
+    assert {"memory", "pids"} <= set(vm.text("cat /sys/fs/cgroup/cgroup.controllers").split())
+    # systemd hands both down to its slices, so a unit's limits take effect.
+    delegated = vm.text("cat /sys/fs/cgroup/cgroup.subtree_control").split()
+    assert {"memory", "pids"} <= set(delegated)
+
+
+def test_memory_max_kills_a_scope_and_its_peak_is_recorded(vm: VM) -> None:
+    alloc = 'python3 -c "bytearray(300<<20)"'
+    killed = vm.run(f"systemd-run --quiet --scope -p MemoryMax=100M {alloc}", check=False)
+    assert killed.returncode == 137, killed.stderr.decode(errors="replace")
+    assert "Killed process" in vm.text("journalctl -k --no-pager -g 'Memory cgroup out of memory'")
+    # The same allocation under a shell that survives it reads the scope's own counters.
+    probe = (
+        f'{alloc}; echo "rc=$?"; cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); '
+        'echo "peak=$(cat $cg/memory.peak)"; echo "max=$(cat $cg/memory.max)"; '
+        'grep "^oom_kill " $cg/memory.events'
+    )
+    out = vm.text(f"systemd-run --quiet --scope -p MemoryMax=100M sh -c '{probe}'", check=False)
+    fields = dict(line.replace(" ", "=", 1).split("=", 1) for line in out.split())
+    assert fields["rc"] == "137", out
+    assert fields["max"] == str(100 << 20), out
+    assert 90 << 20 <= int(fields["peak"]) <= 100 << 20, out
+    assert int(fields["oom_kill"]) >= 1, out
+
+
+def test_project_tests_run_inside_as_root(vm: VM, tmp_path: Path) -> None:
+    tests = os.environ.get("LEAM_VM_TESTS", "").split() or [DEFAULT_GUEST_TESTS]
+    results = Path(os.environ.get("LEAM_VM_RESULTS") or tmp_path / "vm")
+    started = time.monotonic()
+    prepare(vm, PROJECT)
+    prepare_seconds = round(time.monotonic() - started, 1)
+    result = run_pytest(vm, tests, results)
+    (results / "summary.json").write_text(
+        json.dumps(
+            {
+                "tests": tests,
+                "kernel": vm.image.meta["kernel"],
+                "image_build_seconds": vm.image.meta["build_seconds"],
+                "boot_seconds": vm.boot_seconds,
+                "prepare_seconds": prepare_seconds,
+                "test_seconds": result.seconds,
+                "returncode": result.returncode,
+                "passed": result.passed,
+                "failures": result.failures,
+                "errors": result.errors,
+                "skipped": result.skipped,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.passed > 0, result.output[-4000:]
