@@ -31,7 +31,7 @@ from testing.sandbox.system import SandboxError, _default_log, _flock, _require_
 # Bump when the recipe changes in a way the key below does not see.
 IMAGE_VERSION = "v1"
 # Beside the sandbox's systemd root: Debian's own kernel and what boots it.
-KERNEL_PACKAGES = ("linux-image-amd64", "initramfs-tools", "udev", "e2fsprogs")
+KERNEL_PACKAGES = ("linux-image-amd64", "initramfs-tools", "kmod", "udev", "e2fsprogs")
 DISK_SIZE = "4G"
 DISK_LABEL = "leam-root"
 HOSTNAME = "leam-vm"
@@ -70,7 +70,7 @@ WantedBy=ssh.service
 
 # Files written into the guest (path relative to its root -> content).
 GUEST_FILES: dict[str, str] = {
-    "etc/fstab": f"LABEL={DISK_LABEL} / ext4 defaults,errors=remount-ro 0 1\n",
+    "etc/fstab": "/dev/vda / ext4 defaults,errors=remount-ro 0 1\n",
     "etc/hostname": f"{HOSTNAME}\n",
     "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n",
     "etc/resolv.conf": f"nameserver {GUEST_DNS}\n",

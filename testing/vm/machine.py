@@ -42,7 +42,7 @@ READY_TIMEOUT = 180.0  # SSH to `systemctl is-system-running` settled
 POWEROFF_TIMEOUT = 90.0
 # The guest's 10.0.2.x network reaches nothing by default (restrict=on): tests bring
 # what they need (a wheelhouse); hostfwd to the guest's sshd works either way.
-KERNEL_ARGS = ("root=LABEL=leam-root", "rw", "console=ttyS0", "panic=-1")
+KERNEL_ARGS = ("root=/dev/vda", "rw", "console=ttyS0", "panic=-1")
 
 
 @dataclass(frozen=True)
