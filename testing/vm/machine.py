@@ -37,12 +37,22 @@ from testing.vm.image import KEY_ARG, Image
 # Overlays grow with what the guest writes (a venv, test output): on disk, not in /run.
 DEFAULT_STATE_PARENT = Path(os.environ.get("LEAM_VM_STATE", "/var/tmp"))
 STATE_PREFIX = "leam-vm-"
-BOOT_TIMEOUT = 300.0  # start to SSH; about 30-40 s seen under TCG on 2 shared cores
-READY_TIMEOUT = 180.0  # SSH to `systemctl is-system-running` settled
+BOOT_TIMEOUT = 900.0  # start to SSH: 30-40 s on a quiet machine, minutes when it is busy
+READY_TIMEOUT = 600.0  # SSH to `systemctl is-system-running` settled
 POWEROFF_TIMEOUT = 90.0
 # The guest's 10.0.2.x network reaches nothing by default (restrict=on): tests bring
 # what they need (a wheelhouse); hostfwd to the guest's sshd works either way.
-KERNEL_ARGS = ("root=/dev/vda", "rw", "console=ttyS0", "panic=-1")
+# net.ifnames=0: the one NIC is eth0, whatever PCI slot QEMU gives it. mitigations=off:
+# emulated page-table isolation and retpolines cost much and guard nothing here.
+KERNEL_ARGS = (
+    "root=/dev/vda",
+    "rw",
+    "console=ttyS0",
+    "panic=-1",
+    "net.ifnames=0",
+    "mitigations=off",
+    "quiet",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class VMConfig:
     boot_timeout: float = BOOT_TIMEOUT
     state_parent: Path = DEFAULT_STATE_PARENT
     extra_kernel_args: tuple[str, ...] = ()
+    console_copy: Path | None = None  # where the guest's console log is kept at teardown
 
 
 @dataclass
@@ -191,6 +202,7 @@ class VM:
             failed = self.text("systemctl --failed --no-legend --plain", check=False)
             self.log(f"VM system state {state!r}; failed units:\n{failed}")
         self.system_state = state
+        self.log(self.text("systemd-analyze time", check=False).strip())
         return state
 
     def console_tail(self, chars: int = 3000) -> str:
@@ -210,6 +222,9 @@ class VM:
 
     def destroy(self) -> None:
         """Kill qemu by its pid (if still running) and remove the VM's files."""
+        if self.config.console_copy and self.console.exists():
+            self.config.console_copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.console, self.config.console_copy)
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
