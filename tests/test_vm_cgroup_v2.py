@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from testing.marks import vm as vm_marks
-from testing.vm import VM, booted, ensure_image, prepare, run_pytest
+from testing.vm import VM, VMConfig, booted, ensure_image, prepare, run_pytest
 
 pytestmark = vm_marks(timeout=3600)
 
@@ -26,7 +26,9 @@ DEFAULT_GUEST_TESTS = "tests/test_vm_guest.py"
 def vm() -> Iterator[VM]:
     """One VM for the module (a boot costs about half a minute of emulation)."""
     image = ensure_image()
-    with booted(image) as machine:
+    results = os.environ.get("LEAM_VM_RESULTS")
+    config = VMConfig(console_copy=Path(results) / "console.log" if results else None)
+    with booted(image, config) as machine:
         yield machine
     # Torn down: qemu gone (by its pid) and its overlay, key and logs removed.
     assert not machine.alive(), f"qemu pid {machine.pid} still running"

@@ -70,8 +70,6 @@ WantedBy=ssh.service
 
 _NETWORK_UNIT = f"""[Unit]
 Description=the VM's user-mode network (addresses fixed by QEMU)
-BindsTo=sys-subsystem-net-devices-eth0.device
-After=sys-subsystem-net-devices-eth0.device
 Before=network.target ssh.service
 Wants=network.target
 
@@ -101,9 +99,10 @@ GUEST_FILES: dict[str, str] = {
         "[Manager]\nDefaultTimeoutStartSec=15min\nDefaultTimeoutStopSec=2min\n"
     ),
     "etc/ssh/sshd_config.d/leam-vm.conf": "UseDNS no\nPasswordAuthentication no\n",
-    # Only what boots a virtio disk: a small initrd that TCG unpacks quickly.
+    # Only what boots a virtio disk: a small initrd that TCG unpacks quickly. It loads
+    # virtio_net too, so eth0 is there before udev's coldplug (seen taking minutes).
     "etc/initramfs-tools/conf.d/leam-vm.conf": "MODULES=list\nCOMPRESS=gzip\n",
-    "etc/initramfs-tools/modules": "virtio_pci\nvirtio_blk\ncrc32c_generic\next4\n",
+    "etc/initramfs-tools/modules": "virtio_pci\nvirtio_blk\nvirtio_net\ncrc32c_generic\next4\n",
     "usr/local/sbin/leam-vm-authorized-key": _KEY_SCRIPT,
     "etc/systemd/system/leam-vm-authorized-key.service": _KEY_UNIT,
 }
@@ -121,6 +120,9 @@ GUEST_LINKS: dict[str, str] = {
     "etc/systemd/system/apt-daily-upgrade.timer": "/dev/null",
     "etc/systemd/system/dpkg-db-backup.timer": "/dev/null",
     "etc/systemd/system/e2scrub_reap.service": "/dev/null",
+    # The serial port is the kernel's console only; their device units wait on udev.
+    "etc/systemd/system/serial-getty@ttyS0.service": "/dev/null",
+    "etc/systemd/system/getty@tty1.service": "/dev/null",
 }
 
 
