@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint venv deps bench demo demo-clean clean collection man faults faults-quick
+.PHONY: test lint venv deps bench demo demo-clean clean collection man faults faults-quick test-cgroup-v2
 
 venv: $(STAMP)
 
@@ -23,7 +23,15 @@ $(STAMP): requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 test: deps $(STAMP)
-	$(BIN)/pytest -q -rs -m "not faults"
+	$(BIN)/pytest -q -rs -m "not faults and not vm"
+
+# cgroup v2 as real servers boot it, in a VM booting Debian's own kernel under QEMU
+# (slow: emulated; docs/vm.md). VM_TESTS: test modules of the checkout it also runs
+# inside the VM as root; results and timings in .build/vm/.
+VM_TESTS ?= tests/test_vm_guest.py
+test-cgroup-v2: deps $(STAMP)
+	tools/setup-machine.sh vm
+	LEAM_VM_TESTS="$(VM_TESTS)" LEAM_VM_RESULTS=.build/vm $(BIN)/pytest -q -rs -m vm tests/test_vm_cgroup_v2.py
 
 # The fault suite (RELIABILITY.md is written from its figures); faults-quick is
 # the reduced form CI runs: fewer jobs, shorter outage and flapping.

@@ -12,6 +12,11 @@ set -uo pipefail
 # Sandbox hosts (debootstrap, unshare, mount, ssh), job checkouts (git,
 # subversion), the project's venv (python3-venv) and make itself.
 PACKAGES=(git subversion make debootstrap openssh-client util-linux mount procps python3-venv)
+# `tools/setup-machine.sh vm` (make test-cgroup-v2): QEMU and mkfs.ext4 for the
+# VM that boots Debian's own kernel (docs/vm.md); the rest of the suite needs neither.
+if [ "${1:-}" = vm ]; then
+    PACKAGES+=(qemu-system-x86 qemu-utils e2fsprogs)
+fi
 # The libraries of Debian's cloud-init under /usr/bin/python3: its
 # `cloud-init schema` checks the rendered user data (testing/cloud_init.py
 # unpacks the package without installing it; its boot units have no

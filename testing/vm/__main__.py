@@ -1,0 +1,7 @@
+"""``python -m testing.vm ...``: see testing.vm.cli."""
+
+import sys
+
+from testing.vm.cli import main
+
+sys.exit(main())
