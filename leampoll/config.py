@@ -105,6 +105,13 @@ class Config:
     password_file: Path | None = None  # re-read on SIGHUP
     allow_insecure_http: bool = False
     ca_file: Path | None = None
+    guard_mode: str = "learned"  # static: the min_free_* thresholds only
+    learn_runs: int = 10
+    learn_margin: float = 1.2
+    need_disk: Size | None = None  # fixed needs: for projects whose runs vary
+    need_memory: Size | None = None
+    need_inodes: Size | None = None
+    ledger: Path | None = Path("/run/leampoll/ledger.json")  # None: guard alone
 
     @property
     def pop_url(self) -> str:
@@ -133,6 +140,24 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 0")
     return value
+
+
+def _runs(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 1")
+    return value
+
+
+def _margin(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number from 1 to 100")
+    return value
+
+
+def _ledger(text: str) -> Path | None:
+    return None if text.strip().lower() in ("off", "none", "") else Path(text)
 
 
 def _size(text: str) -> Size:
@@ -359,6 +384,56 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="CA certificate(s) (PEM) to verify the portal's TLS certificate with",
     )
+    p.add_argument(
+        "--guard-mode",
+        choices=("static", "learned"),
+        default="learned",
+        help="learned (default): each resource's need is max(--min-free-*, margin x the "
+        "peak of the project's last runs); static: the --min-free-* thresholds only",
+    )
+    p.add_argument(
+        "--learn-runs",
+        type=_runs,
+        default=10,
+        metavar="N",
+        help="learn needs from the project's last N runs (default 10)",
+    )
+    p.add_argument(
+        "--learn-margin",
+        type=_margin,
+        default=1.2,
+        metavar="FACTOR",
+        help="a learned need is this many times the peak (default 1.2)",
+    )
+    p.add_argument(
+        "--need-disk",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="a fixed disk need for every job, instead of a learned one",
+    )
+    p.add_argument(
+        "--need-memory",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="a fixed memory need for every job, instead of a learned one",
+    )
+    p.add_argument(
+        "--need-inodes",
+        type=_inodes,
+        default=None,
+        metavar="N",
+        help="a fixed inode need for every job, instead of a learned one",
+    )
+    p.add_argument(
+        "--ledger",
+        type=_ledger,
+        default=Path("/run/leampoll/ledger.json"),
+        metavar="PATH",
+        help="the host-wide reservation ledger the pollers of this host share "
+        "(default /run/leampoll/ledger.json; off: guard alone)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--once", action="store_true", help="at most one guard/pop/run/report cycle, then exit"
@@ -468,4 +543,11 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         password_file=args.password_file.absolute() if args.password_file else None,
         allow_insecure_http=args.allow_insecure_http,
         ca_file=args.ca_file.absolute() if args.ca_file else None,
+        guard_mode=args.guard_mode,
+        learn_runs=args.learn_runs,
+        learn_margin=args.learn_margin,
+        need_disk=args.need_disk,
+        need_memory=args.need_memory,
+        need_inodes=args.need_inodes,
+        ledger=args.ledger.absolute() if args.ledger else None,
     )

@@ -25,6 +25,8 @@ from typing import IO
 from leampoll.checkout import plan as plan_checkout
 from leampoll.jobs import Job
 from leampoll.lifecycle import COLD, Lifecycle
+from leampoll.sampling import OnSample, Sampler
+from leampoll.usage import JobUsage
 
 MAX_NAME = 100
 TAIL_LINES = 20
@@ -81,6 +83,7 @@ class Outcome:
     duration: float = 0.0
     detail: str = ""
     tail: str = ""
+    usage: JobUsage | None = None  # what the run stage used, and how it ended
 
     def describe(self) -> str:
         """A short human text for the portal's message field."""
@@ -129,6 +132,7 @@ class Executor:
     # its status and metrics fresh during long jobs.
     on_wake: Callable[[], None] = lambda: None
     wake_every: float | None = None
+    on_usage: OnSample | None = None  # told the running job's usage now and then
 
     def paths(self, job: Job) -> tuple[Path, Path]:
         name = rundir_name(job.id)
@@ -195,7 +199,28 @@ class Executor:
         if not argv:
             return Outcome(False, "run", detail="empty command line")
         env = {**os.environ, **job_env, "LEAM_RUNDIR": str(rundir)}
-        return self.run_group("run", argv, rundir, env, log, self.job_timeout, on_start=on_start)
+        # STOPGAP: sampled with psutil until the cgroup accounting measures jobs.
+        sampler = Sampler(rundir, self.on_usage)
+
+        def started(stage: str, pgid: int) -> None:
+            on_start(stage, pgid)
+            sampler.start(pgid)
+
+        try:
+            result = self.run_group(
+                "run", argv, rundir, env, log, self.job_timeout, on_start=started
+            )
+        finally:
+            sampler.stop()
+        log.flush()
+        result.usage = sampler.usage(
+            job.id,
+            result.returncode,
+            result.timed_out,
+            result.interrupted,
+            tail(self.paths(job)[1]),
+        )
+        return result
 
     def run_group(
         self,

@@ -117,10 +117,17 @@ class Last:
 
 @dataclass
 class Guard:
-    """The guards holding popping, and each local guard's [free, total, required]."""
+    """The guards holding popping, and each local guard's [free, total, required].
+
+    `needs`: by resource, the need, where it came from (`source`, `why`) and
+    what it waits for (`free`, `reserved` by the host's other jobs, `available`);
+    `ledger`: why the host's ledger could not be used, if it could not.
+    """
 
     holding: list[str] = field(default_factory=list)
     readings: dict[str, list[int]] = field(default_factory=dict)
+    needs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,12 @@ class Status:
             last=_record(Last, data.get("last")),
             counts=_counts(data.get("counts")),
             session=_counts(data.get("session")),
-            guard=Guard(guard.get("holding", []), guard.get("readings", {})),
+            guard=Guard(
+                guard.get("holding", []),
+                guard.get("readings", {}),
+                guard.get("needs", {}) if isinstance(guard.get("needs"), dict) else {},
+                guard.get("ledger"),
+            ),
             reports_pending=data.get("reports_pending", 0),
             auth=_record(AuthHold, data.get("auth")),
             portal_error=_record(Trouble, data.get("portal_error")),

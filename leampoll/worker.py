@@ -26,11 +26,13 @@ from leampoll.config import Config
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.delivery import Deliverer, EndpointMemory
 from leampoll.executor import Executor, Outcome
+from leampoll.guards import Guards
 from leampoll.jobs import Job, Report
 from leampoll.lifecycle import COLD, WARM, Lifecycle
 from leampoll.portal import Empty, PortalClient, Refused
 from leampoll.portal_health import PortalHealth
 from leampoll.state import AuthHold, Current, Guard, Last, State, Status, stop_orphan_groups
+from leampoll.usage import append_history, history_path
 
 if TYPE_CHECKING:  # imported only with --metrics-file, see run()
     from leampoll.metrics import Metrics
@@ -45,6 +47,8 @@ STATUS_REFRESH = 10.0
 # Seconds between refreshes of status and metrics while a job runs, so the
 # metrics file of a busy poller does not look stale.
 JOB_REFRESH = 60.0
+# Seconds between updates of the running job's usage in the host's ledger.
+LEDGER_REFRESH = 2.0
 
 
 class Worker:
@@ -77,6 +81,8 @@ class Worker:
             Backoff(base=max(config.speed, 1.0), cap=config.max_backoff),
             self._ask_credentials,
         )
+        self.guards = Guards(config)
+        self._usage_at = float("-inf")
         self.executor = Executor(
             config.workdir,
             self.life,
@@ -85,6 +91,7 @@ class Worker:
             config.job_timeout,
             on_wake=self._during_job,
             wake_every=JOB_REFRESH,
+            on_usage=self._usage_now,
         )
         self.backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
         self.report_backoff = Backoff(base=max(config.speed, 1.0), cap=config.max_backoff)
@@ -123,6 +130,7 @@ class Worker:
                 if self.config.once:
                     break
         finally:
+            self.guards.release()
             self.life.uninstall()
             self.portal.close()
             self.status.state, self.status.pid, self.status.current = "stopped", None, None
@@ -148,6 +156,8 @@ class Worker:
             self.wait(0 if once else self.config.speed, "holding")
             return
         answer = self.portal.pop()
+        if not isinstance(answer, Job):
+            self.guards.release()  # nothing popped: the reservation is not needed
         if not isinstance(answer, Refused):
             self.status.last_poll = time.time()
             self.backoff.reset()
@@ -222,19 +232,38 @@ class Worker:
     # -- guards ----------------------------------------------------------------
 
     def guards_hold(self) -> bool:
-        """The local guards, then the credentials (a hold of its own, logged by AuthWatch)."""
-        readings = guards.check(self.config)
-        held = guards.holding(readings)
-        names = [r.guard for r in held]
-        if names and not [n for n in self.holding if n != "auth"]:
-            log.warning("guard hold, not popping: %s", "; ".join(map(str, held)))
-        elif not names and [n for n in self.holding if n != "auth"]:
-            log.info("guard hold ended: %s", "; ".join(map(str, readings)))
+        """The local guards (reserving the job's needs in the host's ledger), then the
+        credentials (a hold of its own, logged by AuthWatch)."""
+        decision = self.guards.decide()
+        held = decision.holding
+        names = [f.resource for f in held]
+        was = [n for n in self.holding if n != "auth"]
+        if names and names != was:
+            log.warning("guard hold, not popping: %s", "; ".join(guards.describe(f) for f in held))
+        elif not names and was:
+            log.info("guard hold ended: %s", "; ".join(guards.describe(f) for f in decision.fits))
         if not names:
             self.state.keep_reserve()  # given up when a job filled the disk
         if self.auth.holding():
             names.append("auth")
-        self.status.guard = Guard(names, {r.guard: [r.free, r.total, r.required] for r in readings})
+            self.guards.release()  # no pop: the reservation would only keep others waiting
+        self.status.guard = Guard(
+            names,
+            {f.resource: [f.free, f.total, f.need] for f in decision.fits},
+            {
+                f.resource: {
+                    "need": f.need,
+                    "source": decision.needs[f.resource].source,
+                    "why": decision.needs[f.resource].describe(),
+                    "free": f.free,
+                    "reserved": f.reserved,
+                    "available": f.available,
+                }
+                for f in decision.fits
+                if f.resource in decision.needs
+            },
+            decision.ledger_error,
+        )
         rejected = self.auth.rejected
         self.status.auth = (
             AuthHold(self.config.user, self.auth.since, rejected.detail) if rejected else None
@@ -262,6 +291,7 @@ class Worker:
         log.info("job %s: starting in %s (log %s)", job.id, rundir, logpath)
         record = self.state.begin(job, rundir)
         self.status.state = "running"
+        self.guards.running(job.id)
         self.status.current = Current(job.id, job.title, time.time(), str(rundir), str(logpath))
         self.publish()
         env = {
@@ -286,6 +316,8 @@ class Worker:
         else:
             log.error("job %s: %s", job.id, outcome.describe().splitlines()[0])
             self.enqueue(job, "error", f"job {job.id} {outcome.describe()}")
+        self.record_usage(outcome)
+        self.guards.release()
         self.state.finish()
         self.state.forget_orphan(job.url or job.id)
         self.status.current = None
@@ -293,6 +325,22 @@ class Worker:
             self.metrics.job_done(outcome)
         self.flush_reports()
         self.retain(rundir, outcome.ok and not outcome.interrupted)
+
+    def record_usage(self, outcome: Outcome) -> None:
+        """STOPGAP until the cgroup accounting: the run's usage into the project's history."""
+        if outcome.usage is None:
+            return
+        try:
+            append_history(history_path(self.config.state_dir), outcome.usage)
+        except OSError as exc:
+            log.warning("job %s: usage not recorded: %s", outcome.usage.job_id, exc)
+        self.guards.learned()
+
+    def _usage_now(self, now: dict[str, int]) -> None:
+        """The running job's usage, for the ledger (from the executor's sampling thread)."""
+        if time.monotonic() - self._usage_at >= LEDGER_REFRESH:
+            self._usage_at = time.monotonic()
+            self.guards.used(now)
 
     def enqueue(self, job: Job, kind: str, message: str) -> None:
         """Put a report in the outbox (it survives a crash) and count the outcome."""
