@@ -132,8 +132,9 @@ class Ledger:
             raise LedgerError(f"ledger {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            entries = [e for e in read(self.path) if e.owner.alive()]  # the dead hold nothing
-            before = [asdict(e) for e in entries]
+            found = read(self.path)
+            before = [asdict(e) for e in found]
+            entries = [e for e in found if e.owner.alive()]  # the dead hold nothing
             yield entries
             if [asdict(e) for e in entries] != before or not self.path.exists():
                 self._write(entries)

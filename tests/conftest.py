@@ -84,7 +84,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         PORTAL_PASSWORD=PASSWORD,
         PYTHONPATH=str(Path(__file__).parent.parent),
         # A ledger of the test's own, never the machine's /run/leampoll.
-        LEAMPOLL_LEDGER=str(tmp_path / "run" / "ledger.json"),
+        LEAMPOLL_LEDGER=str(tmp_path / "poller-ledger" / "ledger.json"),
     )
     return e
 
