@@ -176,3 +176,45 @@ def test_the_poller_reserves_in_the_ledger_and_releases_when_the_queue_is_empty(
     poller.signal(signal.SIGTERM)
     poller.wait(30)
     assert read(ledger) == []
+
+
+def test_two_pollers_whose_jobs_need_60_percent_run_one_after_the_other(
+    portal, start_poller, env, workdir, tmp_path
+):
+    """Real pollers of two projects on one filesystem: the second holds on the first's
+    reservation, says so in its log, status and metrics, and runs once the first ended."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from testing.portal_standin import PortalStandin
+    from tests.conftest import PASSWORD, USER
+
+    st = os.statvfs(workdir)
+    need = int(st.f_bavail * st.f_frsize * 0.6)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    metrics = tmp_path / "b.prom"
+    with PortalStandin(USER, PASSWORD, base_path="/b") as other:
+        done = tmp_path / "a1.done"
+        portal.queue("a1", f"sh -c 'touch started; sleep 6; touch {done}'")
+        start_poller("--need-disk", str(need))
+        wait_until((workdir / "a1" / "started").exists, 20, "a1 running")
+        other.queue("b1", f"test -e {done}")  # succeeds only after a1 has ended
+        b = start_poller(
+            "--need-disk", str(need), "--metrics-file", str(metrics), url=other.url, wd=other_dir
+        )
+        b.wait_log("reserved by other jobs")
+        assert other.status["b1"] == "queued"
+
+        def series() -> dict[tuple[str, str], float]:
+            return {
+                (s.name, s.labels.get("resource") or s.labels.get("guard", "")): s.value
+                for f in text_string_to_metric_families(metrics.read_text())
+                for s in f.samples
+            }
+
+        found = wait_until(lambda: metrics.exists() and series(), 10, "b's metrics")
+        assert found[("leampoll_guard_need_bytes", "disk")] == need
+        assert found[("leampoll_guard_reserved_bytes", "disk")] == pytest.approx(need, rel=0.01)
+        assert found[("leampoll_guard_hold", "disk")] == 1
+        other.wait_for(lambda p: p.outcome("b1") == "success", timeout=30)
+        assert portal.outcome("a1") == "success"
