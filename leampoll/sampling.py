@@ -3,8 +3,9 @@
 While a job's run stage goes on, a thread samples every SAMPLE_EVERY seconds
 the resident memory of the job's process tree and the bytes and inodes in
 its run directory, keeping the peaks; the end is sampled once more. How the
-job ended is told apart for the guards: a run that failed with its
-filesystem full (or ENOSPC/EDQUOT in its log) is `disk_full`, one killed by
+job ended is told apart for the guards: a run that failed after its
+filesystem was found full (while it ran or at its end; or with ENOSPC/EDQUOT
+in its log) is `disk_full`, one killed by
 SIGKILL after the kernel counted an OOM kill (cgroup memory.events) or with
 its memory near what was available at its start is `oom`.
 """
@@ -86,6 +87,7 @@ class Sampler:
         self.cpu0 = 0.0
         self.memory_at_start = memory_available()[0]
         self.ooms_at_start = oom_kills()
+        self.saw_full = False  # its filesystem was found full while it ran
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,6 +101,9 @@ class Sampler:
         now = {"disk": disk, "memory": tree_rss(self.pid) if self.pid else 0, "inodes": inodes}
         for k, v in now.items():
             self.peak[k] = max(self.peak[k], v)
+        # A job dying of a full disk often cannot even log it, and another
+        # job's space may be freed before it ends: note it as it happens.
+        self.saw_full = self.saw_full or filesystem_full(self.rundir)
         return now
 
     def _loop(self) -> None:
@@ -139,7 +144,7 @@ class Sampler:
             ):
                 ended = u.ENDED_OOM
         failed = ended in (u.ENDED_EXIT, u.ENDED_SIGNAL) and returncode != 0
-        if failed and (filesystem_full(self.rundir) or any(s in log_tail for s in NO_SPACE)):
+        if failed and (self.saw_full or any(s in log_tail for s in NO_SPACE)):
             ended = u.ENDED_DISK_FULL
         return u.JobUsage(
             job_id=job_id,
