@@ -26,7 +26,7 @@ from leampoll import usage as u
 from leampoll.memlimit import available as memory_available
 from leampoll.memlimit import oom_kills
 
-SAMPLE_EVERY = 0.5
+SAMPLE_EVERY = 0.2
 FULL_SHARE = 0.01  # a filesystem with less free than this share (or FULL_BYTES) is full
 FULL_BYTES = 4 * 1024**2
 NO_SPACE = ("No space left on device", "Disk quota exceeded")

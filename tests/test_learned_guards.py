@@ -8,14 +8,19 @@ what it waits for. `leampoll status` shows the need and where it came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from leampoll.usage import ENDED_DISK_FULL, history_path, read_history
+from testing.resource_jobs import memory_job
 from tests.conftest import wait_until
 
 MIB = 2**20
@@ -94,3 +99,45 @@ def test_a_run_that_died_on_a_full_disk_raises_the_need_and_the_hold_says_why(
         check=True,
     ).stdout
     assert "raised after job fill ended disk_full" in table, table
+
+
+CGROUP = Path("/sys/fs/cgroup/memory")
+
+
+@pytest.fixture
+def memory_group(tmp_path) -> Iterator[Path]:
+    """A cgroup v1 memory group of the test's own, its processes killed and it removed after."""
+    if os.geteuid() != 0 or not CGROUP.is_dir():
+        pytest.skip("needs root and the cgroup v1 memory controller")
+    group = CGROUP / f"leam-test-guards-{os.getpid()}-{tmp_path.name}"
+    group.mkdir()
+    yield group
+    for pid in (group / "cgroup.procs").read_text().split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    wait_until(lambda: not (group / "cgroup.procs").read_text().strip(), 30, "the group empty")
+    group.rmdir()
+
+
+def test_a_job_killed_by_the_oom_killer_raises_the_memory_need(
+    portal, start_poller, workdir, env, memory_group
+):
+    """The poller in a memory cgroup with 200 MB of room: a job that takes 300 MB is
+    killed by the kernel, recorded as oom, and the memory need is raised above what
+    it reached; status says so."""
+    p = start_poller()
+    (memory_group / "cgroup.procs").write_text(str(p.proc.pid))
+    usage = int((memory_group / "memory.usage_in_bytes").read_text())
+    (memory_group / "memory.limit_in_bytes").write_text(str(usage + 200 * MIB))
+    portal.queue("hog", memory_job(300))  # popped once the poller is in the group
+    portal.wait_for(lambda pt: pt.status["hog"] == "complete", timeout=60)
+    run = wait_until(lambda: read_history(history_path(workdir / ".leampoll")), 10, "a run")[0]
+    assert run.ended == "oom" and run.signal == signal.SIGKILL, run
+    assert 50 * MIB < run.peak_memory_bytes <= 200 * MIB + usage
+    p.wait_log("raised after job hog ended oom")
+    row = wait_until(
+        lambda: (s := status(workdir, env))["guard"]["needs"]["memory"]["source"] == "raised" and s,
+        20,
+        "a raised memory need in leampoll status",
+    )
+    assert row["guard"]["needs"]["memory"]["need"] >= run.peak_memory_bytes * 1.2 - 1
