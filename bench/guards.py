@@ -138,6 +138,17 @@ def run_case(
             portal.stop()
 
 
+def _keep(logs: Path | None, *dirs: str | Path) -> None:
+    """Copy the pollers' logs and the projects' histories for a closer look."""
+    if logs is None:
+        return
+    logs.mkdir(parents=True, exist_ok=True)
+    for d in dirs:
+        for f in [*Path(d).glob("*.log"), *Path(d).glob("*/.leampoll/history.jsonl")]:
+            name = f.name if f.suffix == ".log" else f"{f.parent.parent.name}.history.jsonl"
+            (logs / name).write_bytes(f.read_bytes())
+
+
 def _join(group: Path) -> None:
     (group / "cgroup.procs").write_text(str(os.getpid()))
 
@@ -145,15 +156,19 @@ def _join(group: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.guards", description=__doc__)
     parser.add_argument("--jobs", type=int, default=10, help="jobs per project (default 10)")
+    parser.add_argument("--cases", default="disk,memory", help="disk, memory or both (default)")
+    parser.add_argument("--logs", type=Path, help="keep the pollers' logs and histories here")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (a tmpfs, a memory cgroup)")
     results = []
     with tempfile.TemporaryDirectory(prefix="leam-bench-guards-") as tmp:
-        with tmpfs(Path(tmp) / "jobfs", "512M") as fs:
-            for mode in ("static", "learned"):
-                results.append(run_case("disk", mode, fs, args.jobs, disk_job(300), None, 0))
-        if CGROUP.is_dir():
+        if "disk" in args.cases:
+            with tmpfs(Path(tmp) / "jobfs", "512M") as fs:
+                for mode in ("static", "learned"):
+                    results.append(run_case("disk", mode, fs, args.jobs, disk_job(300), None, 0))
+                    _keep(args.logs, fs, tmp)
+        if CGROUP.is_dir() and "memory" in args.cases:
             work = Path(tmp) / "memwork"
             work.mkdir()
             for mode in ("static", "learned"):
@@ -161,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(
                         run_case("memory", mode, work, args.jobs, memory_job(300), group, 450 * MIB)
                     )
+            _keep(args.logs, work, tmp)
     print("| case | guards | jobs | died of a full disk / OOM | failed | all ended after |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
