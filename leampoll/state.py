@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -256,8 +257,12 @@ class State:
 
     def write(self, path: Path, data: Any, mode: int = 0o600) -> None:
         """write_json, giving up the reserve once if the filesystem is full."""
+        self.with_reserve(path.name, lambda: write_json(path, data, mode))
+
+    def with_reserve(self, what: str, write: Callable[[], None]) -> None:
+        """Run `write`; if the filesystem is full, give up the reserve and run it again."""
         try:
-            write_json(path, data, mode)
+            write()
         except OSError as exc:
             if exc.errno not in _NO_SPACE or not self.reserve_path.exists():
                 raise
@@ -265,9 +270,9 @@ class State:
             log.warning(
                 "workdir filesystem full: released the %d KiB reserve to write %s",
                 RESERVE_BYTES // 1024,
-                path.name,
+                what,
             )
-            write_json(path, data, mode)
+            write()
 
     # -- the current job ---------------------------------------------------
 

@@ -331,7 +331,9 @@ class Worker:
         if outcome.usage is None:
             return
         try:
-            append_history(history_path(self.config.state_dir), outcome.usage)
+            # A run that filled the disk is the record that matters most.
+            path, usage = history_path(self.config.state_dir), outcome.usage
+            self.state.with_reserve(path.name, lambda: append_history(path, usage))
         except OSError as exc:
             log.warning("job %s: usage not recorded: %s", outcome.usage.job_id, exc)
         self.guards.learned()
