@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "poller", "bench-Pa55word"
 MIB = 2**20
 CGROUP = Path("/sys/fs/cgroup/memory")
+LOGS = Path(tempfile.gettempdir())  # the pollers' logs; --logs sets it
 
 
 @dataclass
@@ -96,7 +97,7 @@ def run_case(
                     argv,
                     env=env,
                     stdout=subprocess.DEVNULL,
-                    stderr=open(base.parent / f"{case}-{mode}-{p}.log", "wb"),  # noqa: SIM115
+                    stderr=open(LOGS / f"{case}-{mode}-{p}.log", "wb"),  # noqa: SIM115
                     preexec_fn=(lambda: _join(group)) if group else None,
                 )
             )
@@ -144,9 +145,8 @@ def _keep(logs: Path | None, *dirs: str | Path) -> None:
         return
     logs.mkdir(parents=True, exist_ok=True)
     for d in dirs:
-        for f in [*Path(d).glob("*.log"), *Path(d).glob("*/.leampoll/history.jsonl")]:
-            name = f.name if f.suffix == ".log" else f"{f.parent.parent.name}.history.jsonl"
-            (logs / name).write_bytes(f.read_bytes())
+        for f in Path(d).glob("*/.leampoll/history.jsonl"):
+            (logs / f"{f.parent.parent.name}.history.jsonl").write_bytes(f.read_bytes())
 
 
 def _join(group: Path) -> None:
@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="disk,memory", help="disk, memory or both (default)")
     parser.add_argument("--logs", type=Path, help="keep the pollers' logs and histories here")
     args = parser.parse_args(argv)
+    global LOGS
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        LOGS = args.logs
     if os.geteuid() != 0:
         parser.error("needs root (a tmpfs, a memory cgroup)")
     results = []
