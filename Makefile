@@ -42,7 +42,7 @@ lint: $(STAMP)
 # from build to build (tests/test_manpage.py checks it is up to date).
 MAN ?= man/leampoll.1
 man: $(STAMP)
-	SOURCE_DATE_EPOCH=315532800 $(BIN)/argparse-manpage --module leampoll.config \
+	SOURCE_DATE_EPOCH=315532800 $(BIN)/argparse-manpage --module leampoll.options \
 	    --function build_parser --prog leampoll --project-name leampoll \
 	    --version "$$($(BIN)/python -c 'import leampoll; print(leampoll.__version__)')" \
 	    --manual-title "LEAM job server" \

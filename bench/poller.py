@@ -381,7 +381,7 @@ def idle_breakdown(plan: Plan, wd: Path) -> dict[str, float]:
     In this process, on leampoll's own objects; time.thread_time() counts only the
     calling thread, so the stand-in's server threads are not in it.
     """
-    from leampoll.config import load
+    from leampoll.loading import load
     from leampoll.worker import Worker
 
     wd.mkdir(parents=True)

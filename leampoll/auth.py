@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from leampoll.answers import is_login_url
 from leampoll.backoff import Backoff
-from leampoll.portal import Answered, is_login_url
+from leampoll.portal import Answered
 
 log = logging.getLogger("leampoll")
 

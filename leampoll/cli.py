@@ -6,7 +6,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from leampoll.config import ConfigError, load
+from leampoll.config import ConfigError
+from leampoll.loading import load
 
 
 def setup_logging(debug: bool) -> None:
@@ -23,14 +24,14 @@ def setup_logging(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["status"]:
-        from leampoll import status
+        from leampoll import cmd_status
 
-        return status.main(args[1:])
+        return cmd_status.main(args[1:])
     if args[:1] == ["retire"]:
-        from leampoll import retire
+        from leampoll import cmd_retire
 
         setup_logging("--debug" in args)
-        return retire.main([a for a in args[1:] if a != "--debug"])
+        return cmd_retire.main([a for a in args[1:] if a != "--debug"])
     setup_logging(False)  # a password file's warning is logged while loading
     try:
         config = load(args)
@@ -39,9 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     setup_logging(config.debug)
     if config.check:
-        from leampoll import check
+        from leampoll import cmd_check
 
-        return check.run(config)
+        return cmd_check.run(config)
     from leampoll.worker import Worker
 
     try:

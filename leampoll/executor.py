@@ -3,7 +3,8 @@
 Nothing here talks to the portal. Commands are split shell-style and run
 without a shell, stdin closed, each in a session (and so a process group) of
 its own, so a timeout or a stop reaches the job's children too and never the
-poller itself.
+poller itself. The groups an earlier, killed poller left running are
+stopped here too (`stop_orphan_groups`), the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import psutil
 
 from leampoll.checkout import plan as plan_checkout
 from leampoll.jobs import Job
@@ -280,6 +283,36 @@ class Executor:
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def stop_orphan_groups(record: dict[str, Any], grace: float) -> list[int]:
+    """Stop what is left of an orphaned job's process groups; return the pids found.
+
+    A job runs in a session of its own, so Supervisor's killasgroup, which
+    reaches the poller's group, leaves it running. Only processes that belong
+    to the recorded group and are not younger than the record are touched,
+    so a recycled pid is never hit.
+    """
+    found: list[psutil.Process] = []
+    started = float(record.get("started", 0)) - 1
+    pgids = {int(g["pgid"]) for g in record.get("groups", []) if g.get("pgid")}
+    if not pgids:
+        return []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) in pgids and proc.create_time() >= started:
+                found.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in found]
 
 
 def _fresh_dir(path: Path) -> None:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leampoll import memlimit
-from leampoll.config import Config, Size, human
+from leampoll.config import Config
 from leampoll.ledger import Ledger, LedgerError
 from leampoll.needs import RESOURCES, Fit, Need, changed, learn
+from leampoll.units import Size, human
 from leampoll.usage import history_path, read_history
 
 log = logging.getLogger("leampoll")

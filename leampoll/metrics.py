@@ -11,9 +11,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
 
 from leampoll import __version__
+from leampoll.answers import REFUSED_KINDS
 from leampoll.config import Config
 from leampoll.executor import Outcome
-from leampoll.portal import REFUSED_KINDS
 from leampoll.state import Status
 
 GUARDS = ("disk", "inodes", "memory", "auth")

@@ -1,8 +1,10 @@
 """Configuration sources: flags > LEAMPOLL_* environment > TOML file > defaults.
 
-Generic over the argparse parser: every option (and the optional SITE_URL)
-gets an environment variable LEAMPOLL_<DEST> and a file key <dest> (dashes
-or underscores), values converted by the same type function the flag uses.
+Generic over the parser (a `Parser`: an ArgumentParser that records its
+options through argparse's public methods): every option (and the optional
+SITE_URL) gets an environment variable LEAMPOLL_<DEST> and a file key <dest>
+(dashes or underscores), values converted by the same type function the flag
+uses.
 So an option added to the parser is configurable everywhere without code
 here. Mistakes in the environment or the file are usage errors (exit 2, like
 argparse's own) naming the variable, or the file and the key.
@@ -26,8 +28,69 @@ else:  # pragma: no cover - Python 3.10
 ENV_PREFIX = "LEAMPOLL_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-# Options and values these kinds of actions take: a boolean, a count, or text.
-_BOOLEAN = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+# The actions whose setting is a boolean, a constant, a count or a list.
+_BOOLEAN = ("store_true", "store_false", argparse.BooleanOptionalAction)
+_NOT_SETTINGS = ("help", "version", "append_const", "parsers")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option as it was added: its action, the kind asked for, its default, if required."""
+
+    action: argparse.Action
+    kind: Any  # the `action=` given to add_argument: "store", "append", a class...
+    default: Any
+    required: bool
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that knows its options and leaves defaults to `parse`.
+
+    argparse keeps its actions, defaults and groups private; this records
+    them as they are added (through the public add_argument and
+    add_mutually_exclusive_group), and gives argparse no default and no
+    requirement, so that parse_args returns what the command line names and
+    nothing else. `parse` then lays the environment, the file and the
+    defaults under it, and checks what is required itself.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.options: dict[str, Option] = {}
+        self.exclusive: list[list[str]] = []
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        return self._record(super().add_argument, args, kwargs)
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        group = super().add_mutually_exclusive_group(**kwargs)
+        return _Exclusive(self, group)
+
+    def _record(
+        self, add: Callable[..., argparse.Action], args: tuple, kwargs: dict[str, Any]
+    ) -> argparse.Action:
+        required = bool(kwargs.pop("required", False))
+        action = add(*args, **kwargs)
+        if action.dest != argparse.SUPPRESS:  # --help, --version
+            self.options[action.dest] = Option(
+                action, kwargs.get("action", "store"), action.default, required
+            )
+            action.default = argparse.SUPPRESS  # Action's public attribute: parse fills it
+        return action
+
+
+class _Exclusive:
+    """A mutually exclusive group of a Parser: its options are recorded as a group too."""
+
+    def __init__(self, parser: Parser, group: Any) -> None:
+        self._parser, self._group = parser, group
+        self._dests: list[str] = []
+        parser.exclusive.append(self._dests)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = self._parser._record(self._group.add_argument, args, kwargs)
+        self._dests.append(action.dest)
+        return action
 
 
 @dataclass
@@ -51,57 +114,28 @@ def env_name(action: argparse.Action) -> str:
     return ENV_PREFIX + action.dest.upper()
 
 
-def configurable(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """dest -> action of every option that may come from the environment or a file."""
+def configurable(parser: Parser) -> dict[str, Option]:
+    """dest -> option of every option that may come from the environment or a file."""
     found = {}
-    for action in parser._actions:
-        if action.help == argparse.SUPPRESS or action.dest == argparse.SUPPRESS:
-            continue  # --help, --version, hidden legacy flags
-        if isinstance(
-            action,
-            (
-                argparse._SubParsersAction,
-                argparse._HelpAction,
-                argparse._VersionAction,
-                argparse._AppendConstAction,
-            ),
-        ):
-            continue
+    for dest, option in parser.options.items():
+        action = option.action
+        if action.help == argparse.SUPPRESS or option.kind in _NOT_SETTINGS:
+            continue  # hidden legacy flags, and what sets nothing
         if not action.option_strings and action.nargs not in ("?", "*"):
             continue  # a required positional belongs on the command line
-        found[action.dest] = action
+        found[dest] = option
     return found
 
 
-def parse(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, sources: Sources
-) -> argparse.Namespace:
+def parse(parser: Parser, argv: Sequence[str] | None, sources: Sources) -> argparse.Namespace:
     """Parse argv, filling what it leaves out from the environment, then the file."""
     actions = configurable(parser)
     defaults = {
-        a.dest: a.default
-        for a in parser._actions
-        if a.dest != argparse.SUPPRESS and a.default is not argparse.SUPPRESS
+        d: o.default for d, o in parser.options.items() if o.default is not argparse.SUPPRESS
     }
-    defaults.update(parser._defaults)
-    required = [a for a in actions.values() if a.required]
-    # First the command line alone (no defaults), so that what it names is known to win.
-    saved = parser._defaults
-    parser._defaults = {}
-    for action in parser._actions:
-        if action.dest in defaults:
-            action.default = argparse.SUPPRESS
-    for action in required:
-        action.required = False
-    try:
-        given = vars(parser.parse_args(argv))
-    finally:
-        parser._defaults = saved
-        for action in parser._actions:
-            if action.dest in defaults:
-                action.default = defaults[action.dest]
-        for action in required:
-            action.required = True
+    required = [o.action for o in actions.values() if o.required]
+    # The command line alone (the Parser gives argparse no defaults), so what it names wins.
+    given = vars(parser.parse_args(argv))
 
     layered: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -124,12 +158,9 @@ def parse(
     return argparse.Namespace(**{**defaults, **layered, **given})
 
 
-def _exclusive(
-    parser: argparse.ArgumentParser, given: dict, layered: dict, origin: dict, defaults: dict
-) -> None:
+def _exclusive(parser: Parser, given: dict, layered: dict, origin: dict, defaults: dict) -> None:
     """Options of a mutually exclusive group: a flag overrides the group's other settings."""
-    for group in parser._mutually_exclusive_groups:
-        dests = [a.dest for a in group._group_actions]
+    for dests in parser.exclusive:
         if any(d in given for d in dests):
             for d in dests:
                 if d not in given:
@@ -141,26 +172,26 @@ def _exclusive(
 
 
 def _from_environ(
-    parser: argparse.ArgumentParser, actions: dict[str, argparse.Action], sources: Sources
+    parser: Parser, options: dict[str, Option], sources: Sources
 ) -> dict[str, tuple[Any, str]]:
-    by_name = {env_name(a): a for a in actions.values()}
+    by_name = {env_name(o.action): o for o in options.values()}
     values: dict[str, tuple[Any, str]] = {}
     for name in sorted(sources.environ):
         if not name.startswith(ENV_PREFIX) or name in sources.env_ignore:
             continue
-        action = by_name.get(name)
-        if action is None:
+        option = by_name.get(name)
+        if option is None:
             hint = difflib.get_close_matches(name, by_name, n=1)
             parser.error(
                 f"environment variable {name} matches no option"
                 + (f" (did you mean {hint[0]}?)" if hint else "")
             )
-        values[action.dest] = (_convert(parser, action, sources.environ[name], name), name)
+        values[option.action.dest] = (_convert(parser, option, sources.environ[name], name), name)
     for alias, dest in sources.aliases.items():
         text = sources.environ.get(alias)
-        if text is None or dest not in actions:
+        if text is None or dest not in options:
             continue
-        value = _convert(parser, actions[dest], text, alias)
+        value = _convert(parser, options[dest], text, alias)
         if dest in values and values[dest][0] != value:
             parser.error(f"{alias} and {values[dest][1]} are both set, to different values")
         values.setdefault(dest, (value, alias))
@@ -168,10 +199,7 @@ def _from_environ(
 
 
 def _from_file(
-    parser: argparse.ArgumentParser,
-    actions: dict[str, argparse.Action],
-    path: Path,
-    sources: Sources,
+    parser: Parser, options: dict[str, Option], path: Path, sources: Sources
 ) -> dict[str, tuple[Any, str]]:
     try:
         with open(path, "rb") as f:
@@ -180,7 +208,7 @@ def _from_file(
         parser.error(f"config file {path}: {exc.strerror}")
     except tomllib.TOMLDecodeError as exc:
         parser.error(f"config file {path}: not valid TOML: {exc}")
-    keys = [d for d in actions if d != sources.config_dest]
+    keys = [d for d in options if d != sources.config_dest]
     values: dict[str, tuple[Any, str]] = {}
     for key, raw in data.items():
         dest = key.replace("-", "_")
@@ -194,50 +222,49 @@ def _from_file(
             )
         if dest in values:
             parser.error(f"{where}: given twice (with - and with _)")
-        values[dest] = (_convert(parser, actions[dest], raw, where), where)
+        values[dest] = (_convert(parser, options[dest], raw, where), where)
     return values
 
 
-def _convert(parser: argparse.ArgumentParser, action: argparse.Action, raw: Any, where: str) -> Any:
+def _convert(parser: Parser, option: Option, raw: Any, where: str) -> Any:
     """A value from the environment (text) or the file (TOML) as the flag would give it."""
 
     def fail(why: str) -> None:
         parser.error(f"{where}: {why}")
 
-    if isinstance(action, _BOOLEAN):
+    action = option.action
+    if option.kind in _BOOLEAN:
         flag = _boolean(raw)
         if flag is None:
             fail(f"expects a boolean (true/false), got {raw!r}")
         return flag  # the value of the setting (--no-verify, dest verify: verify = false)
-    if isinstance(action, argparse._StoreConstAction):
+    if option.kind == "store_const":
         flag = _boolean(raw)
         if flag is None:
             fail(f"expects a boolean (true/false), got {raw!r}")
-        return action.const if flag else action.default
-    if isinstance(action, argparse._CountAction):
+        return action.const if flag else option.default
+    if option.kind == "count":
         if isinstance(raw, bool) or not str(raw).strip().isdigit():
             fail(f"expects a count (0, 1, 2...), got {raw!r}")
         return int(str(raw).strip())
     many = (
-        isinstance(action, argparse._AppendAction)
+        option.kind in ("append", "extend")
         or action.nargs in ("*", "+")
         or (isinstance(action.nargs, int) and action.nargs > 1)
     )
     if many:
         items = raw if isinstance(raw, list) else _split(raw) if isinstance(raw, str) else [raw]
-        return [_one(parser, action, item, fail) for item in items]
+        return [_one(action, item, fail) for item in items]
     if isinstance(raw, list):
         fail("expects one value, got a list")
-    return _one(parser, action, raw, fail)
+    return _one(action, raw, fail)
 
 
-def _one(
-    parser: argparse.ArgumentParser, action: argparse.Action, raw: Any, fail: Callable[[str], None]
-) -> Any:
+def _one(action: argparse.Action, raw: Any, fail: Callable[[str], None]) -> Any:
     if isinstance(raw, (bool, dict, list)) or not isinstance(raw, (str, int, float)):
         fail(f"expects a value as {_flag(action)} takes it, got {raw!r}")
     text = str(raw)
-    convert = parser._registry_get("type", action.type, action.type)
+    convert = action.type  # the same function the flag's value goes through
     try:
         value = convert(text) if callable(convert) else text
     except argparse.ArgumentTypeError as exc:

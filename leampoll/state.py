@@ -363,33 +363,3 @@ class State:
         while len(kept) > keep:
             shutil.rmtree(kept.pop(0), ignore_errors=True)
         self.write(self.failed_path, kept)
-
-
-def stop_orphan_groups(record: dict[str, Any], grace: float) -> list[int]:
-    """Stop what is left of an orphaned job's process groups; return the pids found.
-
-    A job runs in a session of its own, so Supervisor's killasgroup, which
-    reaches the poller's group, leaves it running. Only processes that belong
-    to the recorded group and are not younger than the record are touched,
-    so a recycled pid is never hit.
-    """
-    found: list[psutil.Process] = []
-    started = float(record.get("started", 0)) - 1
-    pgids = {int(g["pgid"]) for g in record.get("groups", []) if g.get("pgid")}
-    if not pgids:
-        return []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) in pgids and proc.create_time() >= started:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    for proc in found:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(found, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
-    return [p.pid for p in found]

@@ -20,18 +20,19 @@ from typing import TYPE_CHECKING
 import requests
 
 from leampoll import __version__, guards
+from leampoll.answers import Empty, Refused
 from leampoll.auth import CHECK_PATH, AuthResult, AuthWatch, Verdict, classify
 from leampoll.backoff import Backoff, idle_wait
 from leampoll.config import Config
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.delivery import Deliverer, EndpointMemory
-from leampoll.executor import Executor, Outcome
+from leampoll.executor import Executor, Outcome, stop_orphan_groups
 from leampoll.guards import Guards
 from leampoll.jobs import Job, Report
 from leampoll.lifecycle import COLD, WARM, Lifecycle
-from leampoll.portal import Empty, PortalClient, Refused
+from leampoll.portal import PortalClient
 from leampoll.portal_health import PortalHealth
-from leampoll.state import AuthHold, Current, Guard, Last, State, Status, stop_orphan_groups
+from leampoll.state import AuthHold, Current, Guard, Last, State, Status
 from leampoll.usage import append_history, history_path
 
 if TYPE_CHECKING:  # imported only with --metrics-file, see run()
@@ -139,59 +140,86 @@ class Worker:
         return self.exit_code
 
     def cycle(self) -> None:
-        """One round: deliver reports, check guards, pop, and run what was popped."""
-        once = self.config.once
+        """One round, one call per outcome: deliver reports, check guards, pop,
+        then the answer is empty, refused, or a job to run."""
         idle_since = self.status.idle_since
         self.status.idle_since = None  # unless this cycle finds the queue empty
         if self.life.reload:
             self.reload_credentials()
         if not self.flush_reports():
-            self.exit_code = 1 if once else 0
-            self.wait(0 if once else self.report_backoff.next(), "backoff")
+            self.reports_stuck()
             return
         self.report_backoff.reset()
         if self.guards_hold():
-            if once and "auth" in self.holding:
-                self.exit_code = 1
-            self.wait(0 if once else self.config.speed, "holding")
+            self.held()
             return
         answer = self.portal.pop()
         if not isinstance(answer, Job):
             self.guards.release()  # nothing popped: the reservation is not needed
-        if not isinstance(answer, Refused):
-            self.status.last_poll = time.time()
-            self.backoff.reset()
-            ended = self.health.answered()
-            if ended and ended.count > 1:
-                log.info(
-                    "portal answers pops again, after %d failed since %s (last: %s)",
-                    ended.count,
-                    time.strftime("%H:%M:%S", time.localtime(ended.since)),
-                    ended.last,
-                )
-            self.status.portal_error = None
         if isinstance(answer, Empty):
-            # For `leampoll retire --when-idle`: since when the queue is found empty.
-            self.status.idle_since = idle_since or time.time()
-            self.empties += 1
-            log.debug("queue empty (%d in a row)", self.empties)
-            if self.config.idle and self.empties >= self.config.idle:
-                log.info("%d empty polls in a row: exiting (--idle)", self.empties)
-                self.life.stop = "idle"
-            else:
-                self.wait(0 if once else idle_wait(self.config.speed), "idle")
+            self.empty(idle_since)
         elif isinstance(answer, Refused):
-            self.health.failed(answer.kind, answer.reason)
-            self.status.portal_error = self.health.snapshot()
-            if answer.login_redirect:
-                self.auth.suspect()  # the credentials are checked before the next pop
-            wait = self.backoff.next(answer.retry_after)
-            log.warning("portal: %s; next try in %.1fs", answer.reason, wait)
-            self.exit_code = 1 if once else 0
-            self.wait(0 if once else wait, "backoff")
+            self.refused(answer)
         else:
-            self.empties = 0
-            self.handle(answer)  # then straight back to the queue: a backlog drains at once
+            self.popped(answer)
+
+    def reports_stuck(self) -> None:
+        """The outbox could not be emptied: nothing is popped until it is."""
+        once = self.config.once
+        self.exit_code = 1 if once else 0
+        self.wait(0 if once else self.report_backoff.next(), "backoff")
+
+    def held(self) -> None:
+        """A guard holds popping: wait a poll interval and look again."""
+        once = self.config.once
+        if once and "auth" in self.holding:
+            self.exit_code = 1
+        self.wait(0 if once else self.config.speed, "holding")
+
+    def empty(self, idle_since: float | None) -> None:
+        """Nothing queued: count it, exit after --idle of them, else wait a poll interval."""
+        self.answered()
+        # For `leampoll retire --when-idle`: since when the queue is found empty.
+        self.status.idle_since = idle_since or time.time()
+        self.empties += 1
+        log.debug("queue empty (%d in a row)", self.empties)
+        if self.config.idle and self.empties >= self.config.idle:
+            log.info("%d empty polls in a row: exiting (--idle)", self.empties)
+            self.life.stop = "idle"
+        else:
+            self.wait(0 if self.config.once else idle_wait(self.config.speed), "idle")
+
+    def refused(self, answer: Refused) -> None:
+        """Not a job and not empty: counted, logged, then a growing wait."""
+        once = self.config.once
+        self.health.failed(answer.kind, answer.reason)
+        self.status.portal_error = self.health.snapshot()
+        if answer.login_redirect:
+            self.auth.suspect()  # the credentials are checked before the next pop
+        wait = self.backoff.next(answer.retry_after)
+        log.warning("portal: %s; next try in %.1fs", answer.reason, wait)
+        self.exit_code = 1 if once else 0
+        self.wait(0 if once else wait, "backoff")
+
+    def popped(self, job: Job) -> None:
+        """A job: run it, then straight back to the queue (a backlog drains at once)."""
+        self.answered()
+        self.empties = 0
+        self.handle(job)
+
+    def answered(self) -> None:
+        """The portal answered a pop (empty or a job): errors over, the backoff starts again."""
+        self.status.last_poll = time.time()
+        self.backoff.reset()
+        ended = self.health.answered()
+        if ended and ended.count > 1:
+            log.info(
+                "portal answers pops again, after %d failed since %s (last: %s)",
+                ended.count,
+                time.strftime("%H:%M:%S", time.localtime(ended.since)),
+                ended.last,
+            )
+        self.status.portal_error = None
 
     def wait(self, seconds: float, why: str) -> None:
         self.status.state = why
@@ -307,6 +335,9 @@ class Worker:
         self.finish(job, outcome, rundir)
 
     def finish(self, job: Job, outcome: Outcome, rundir: Path) -> None:
+        # Before the report: between the report in the outbox and the state's
+        # finish a killed poller would hand the job back as well.
+        self.record_usage(outcome)
         if outcome.interrupted:
             log.warning("job %s: stopped after %.1fs; handing it back", job.id, outcome.duration)
             self.enqueue(job, "requeue", "leampoll was stopped during this job; requeued")
@@ -316,10 +347,9 @@ class Worker:
         else:
             log.error("job %s: %s", job.id, outcome.describe().splitlines()[0])
             self.enqueue(job, "error", f"job {job.id} {outcome.describe()}")
-        self.record_usage(outcome)
-        self.guards.release()
         self.state.finish()
         self.state.forget_orphan(job.url or job.id)
+        self.guards.release()
         self.status.current = None
         if self.metrics:
             self.metrics.job_done(outcome)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from leampoll import sources
-from leampoll.config import ConfigError, build_parser, load
+from leampoll.config import ConfigError
+from leampoll.loading import load
+from leampoll.options import build_parser
 from tests.conftest import LEAMPOLL, PASSWORD, USER
 
 pytestmark = pytest.mark.timeout(120)
@@ -260,8 +262,8 @@ def test_password_file_from_config_file(portal, workdir, file_env, tmp_path):
 # -- the generic layer: options other modules add get the same support ----------------
 
 
-def other_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="x")
+def other_parser() -> sources.Parser:
+    p = sources.Parser(prog="x")
     p.add_argument("--config", type=Path)
     p.add_argument("--trusted-origin", action="append", default=[])
     p.add_argument("--allow-insecure-http", action="store_true")

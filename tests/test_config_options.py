@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from leampoll.config import ConfigError, Size, human, load, parse_size
+from leampoll.config import ConfigError
+from leampoll.loading import load
+from leampoll.units import Size, human, parse_size
 
 K, M, G, T = 1024, 1024**2, 1024**3, 1024**4
 SITE = "https://portal.example.org"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
-from leampoll.config import Size
 from leampoll.guards import Reading, holding, read
+from leampoll.units import Size
 
 
 def test_a_guard_holds_only_below_what_is_required():

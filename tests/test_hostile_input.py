@@ -32,11 +32,11 @@ import urllib3
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from leampoll.answers import Empty, Job, Refused, parse_answer
 from leampoll.checkout import SVN_SCHEMES, is_git_url, plan
 from leampoll.executor import MAX_NAME, Executor, Outcome, rundir_name
 from leampoll.lifecycle import Lifecycle
 from leampoll.origins import DEFAULT_PORTS, TrustedOrigins, origin_of
-from leampoll.portal import Empty, Job, Refused, parse_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 

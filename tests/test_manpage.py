@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from leampoll.config import build_parser
+from leampoll.options import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 MANPAGE = ROOT / "man" / "leampoll.1"

@@ -13,8 +13,7 @@ from email.utils import formatdate
 
 import pytest
 
-from leampoll.jobs import Job
-from leampoll.portal import (
+from leampoll.answers import (
     LEGACY_CMDLINE,
     MAX_BODY,
     Empty,
@@ -22,12 +21,13 @@ from leampoll.portal import (
     error_page_summary,
     parse_answer,
 )
+from leampoll.jobs import Job
 from testing.portal_standin import LEGACY_XML_TYPE, TRACEBACK_PAGE
 
 LOGIN = "https://portal.example.org/luc/require_login?came_from=x"
 
 
-# -- portal.parse_answer -----------------------------------------------------------------
+# -- answers.parse_answer ----------------------------------------------------------------
 
 JSON = "application/json"
 FULL_JOB = {

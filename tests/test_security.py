@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from leampoll import security
-from leampoll.config import ConfigError, load
+from leampoll.config import ConfigError
+from leampoll.loading import load
 from leampoll.origins import TrustedOrigins
 from leampoll.portal import PortalClient, ReportError
 from testing import playbook

@@ -155,7 +155,7 @@ def row_version() -> str:
 
 def test_poller_without_metrics_never_imports_prometheus_client():
     code = (
-        "import sys, leampoll.cli, leampoll.worker, leampoll.status; "
+        "import sys, leampoll.cli, leampoll.worker, leampoll.cmd_status; "
         "sys.exit('prometheus_client' in sys.modules)"
     )
     assert subprocess.run([LEAMPOLL[0], "-c", code]).returncode == 0

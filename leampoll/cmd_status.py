@@ -21,8 +21,8 @@ from pathlib import Path
 import psutil
 
 from leampoll import supervisor
-from leampoll.config import human
 from leampoll.state import Guard, State, read_json
+from leampoll.units import human
 
 PROJECTS_FILE = Path(os.environ.get("LEAMPOLL_PROJECTS_FILE", "/etc/leampoll/projects.json"))
 COLUMNS = (

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from leampoll import status, supervisor
+from leampoll import cmd_status, supervisor
 from leampoll.state import State
 
 log = logging.getLogger("leampoll")
@@ -64,7 +64,7 @@ class Options:
 
 def deployed() -> list[Poller]:
     found = []
-    for p in status.deployed():
+    for p in cmd_status.deployed():
         name = p.get("name") or Path(p["workdir"]).name
         found.append(Poller(name, p.get("program", f"leampoll-{name}"), Path(p["workdir"])))
     return found
@@ -86,9 +86,9 @@ def idle_report(pollers: list[Poller], seconds: float, now: float) -> list[str]:
     (STOPPED: a project kept out of service).
     """
     programs = supervisor.states()
-    reasons = [] if pollers else [f"no poller listed in {status.PROJECTS_FILE}"]
+    reasons = [] if pollers else [f"no poller listed in {cmd_status.PROJECTS_FILE}"]
     for p in pollers:
-        r = status.row(
+        r = cmd_status.row(
             {"name": p.project, "workdir": str(p.workdir), "program": p.program}, programs, now
         )
         state = programs.get(p.program, "unknown")
@@ -174,7 +174,7 @@ def act(action: list[str]) -> int:
 def retire(opts: Options) -> int:
     pollers = deployed()
     if not pollers:
-        log.warning("retire: no poller listed in %s", status.PROJECTS_FILE)
+        log.warning("retire: no poller listed in %s", cmd_status.PROJECTS_FILE)
     if opts.when_idle is not None:
         said: list[str] = []
         while reasons := idle_report(pollers, opts.when_idle, time.time()):
