@@ -139,6 +139,7 @@ class Guards:
                 c.learn_margin,
                 c.guard_mode,
                 pinned.bytes_of(total) if pinned is not None else None,
+                total,
             )
             old = self.needs.get(r)
             if old is not None and changed(old.amount, need.amount):

@@ -4,7 +4,7 @@ No I/O here, so the rules can be checked exhaustively (tests/test_needs.py
 uses hypothesis). A need is learned from the project's own runs:
 `max(static floor, margin x the peak of the last N runs)`; a run that died
 for lack of space or memory only shows a lower bound of what it needed, so
-the same formula raises the need above what it reached. What is free for a
+its need rises above what it reached, and at least to twice what it ran with. What is free for a
 poller is what the system has free minus what the other running jobs of the
 host have reserved and not yet used.
 """
@@ -63,19 +63,32 @@ def learn(
     margin: float,
     mode: str = "learned",
     fixed: int | None = None,
+    total: int | None = None,
 ) -> Need:
-    """The need of one resource from the last runs (oldest first)."""
+    """The need of one resource from the last runs (oldest first).
+
+    A run that died for lack of the resource was given too little: its need
+    rises to margin x what it reached, and at least to twice the need it ran
+    with (what it reached may be small when another job took the rest), but
+    that doubling never beyond `total`, the whole resource.
+    """
     if fixed is not None:
         return Need(resource, max(0, fixed), FIXED)
     if mode != "learned" or not runs:
         return Need(resource, floor, STATIC)
-    top = max(reversed(runs), key=lambda r: peak(r, resource))  # the newest of equal peaks
-    learned = math.ceil(margin * peak(top, resource))
-    if learned <= floor:
+    best, top = 0, runs[-1]
+    for i, run in enumerate(runs):
+        amount = math.ceil(margin * peak(run, resource))
+        if run.short_of_resources:
+            doubled = 2 * learn(resource, floor, runs[:i], margin, mode, None, total).amount
+            amount = max(amount, min(doubled, total) if total is not None else doubled)
+        if amount >= best:  # the newest of equal needs
+            best, top = amount, run
+    if best <= floor:
         return Need(resource, floor, STATIC, len(runs))
     if top.short_of_resources:
-        return Need(resource, learned, RAISED, len(runs), top.job_id, top.ended)
-    return Need(resource, learned, LEARNED, len(runs), top.job_id)
+        return Need(resource, best, RAISED, len(runs), top.job_id, top.ended)
+    return Need(resource, best, LEARNED, len(runs), top.job_id)
 
 
 def changed(old: int, new: int) -> bool:

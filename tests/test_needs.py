@@ -46,8 +46,9 @@ def test_a_learned_need_covers_the_floor_and_every_peak_with_its_margin(history,
     ]
     for p in peaks:
         assert need.amount >= math.floor(margin * p)
-    # Never more than it must be: the floor, or the margin over the highest peak.
-    assert need.amount in (floor, math.ceil(margin * max(peaks, default=0)))
+    if not any(u.short_of_resources for u in history):
+        # Never more than it must be: the floor, or the margin over the highest peak.
+        assert need.amount in (floor, math.ceil(margin * max(peaks, default=0)))
     if not history:
         assert need.source == STATIC and need.runs == 0
     elif need.amount > floor:
@@ -71,6 +72,16 @@ def test_a_run_that_died_for_lack_of_space_raises_the_need_above_what_it_reached
     assert need.amount >= reached * margin - 1
     if need.amount > floor and reached > reached // 2:
         assert need.source == RAISED and need.job_id == "full" and "disk_full" in need.describe()
+
+
+@given(runs(), sizes, margins, st.integers(min_value=1, max_value=2**45))
+def test_a_run_that_died_short_at_least_doubles_the_need_it_ran_with_up_to_the_total(
+    history, floor, margin, total
+):
+    died = JobUsage("died", 99.0, peak_disk_bytes=1, ended=ENDED_DISK_FULL, exit_code=1)
+    before = learn("disk", floor, history, margin, total=total).amount
+    after = learn("disk", floor, [*history, died], margin, total=total).amount
+    assert after >= min(2 * before, total) and after >= before
 
 
 def test_how_a_need_describes_where_it_came_from():
