@@ -335,9 +335,6 @@ class Worker:
         self.finish(job, outcome, rundir)
 
     def finish(self, job: Job, outcome: Outcome, rundir: Path) -> None:
-        # Before the report: between the report in the outbox and the state's
-        # finish a killed poller would hand the job back as well.
-        self.record_usage(outcome)
         if outcome.interrupted:
             log.warning("job %s: stopped after %.1fs; handing it back", job.id, outcome.duration)
             self.enqueue(job, "requeue", "leampoll was stopped during this job; requeued")
@@ -349,6 +346,10 @@ class Worker:
             self.enqueue(job, "error", f"job {job.id} {outcome.describe()}")
         self.state.finish()
         self.state.forget_orphan(job.url or job.id)
+        # After the report and the state's finish: those come first on a full
+        # disk (the reserve is theirs), and nothing may widen the window
+        # between them in which a killed poller would hand the job back too.
+        self.record_usage(outcome)
         self.guards.release()
         self.status.current = None
         if self.metrics:
