@@ -34,6 +34,7 @@ COLUMNS = (
     "last",
     "ok/failed",
     "guard",
+    "need",
     "portal",
     "disk",
     "inodes",
@@ -111,7 +112,12 @@ def row(project: dict, programs: dict[str, str], now: float) -> dict:
         "succeeded": status.session.get("success", 0),
         "failed": status.session.get("error", 0),
         "totals": status.counts,
-        "guard": {"holding": guard.holding, "readings": guard.readings},
+        "guard": {
+            "holding": guard.holding,
+            "readings": guard.readings,
+            "needs": guard.needs,
+            "ledger": guard.ledger,
+        },
         "auth": asdict(status.auth) if alive and status.auth else None,
         "portal_error": {**asdict(trouble), "for": now - trouble.since} if trouble else None,
         "portal_errors_total": status.portal_errors_total,
@@ -141,6 +147,19 @@ def _portal(r: dict, after: float) -> str:
     return f"{trouble['reason']} for {_ago(trouble['for'])}: {trouble['last'][:60]}"
 
 
+def _needs(r: dict) -> str:
+    """Each resource's need and where it came from: `disk 6.0M learned from 3 runs`."""
+    needs = r["guard"].get("needs") or {}
+    parts = []
+    for g in ("disk", "memory", "inodes"):
+        if g in needs:
+            fmt = str if g == "inodes" else human
+            parts.append(f"{g} {fmt(needs[g]['need'])} {needs[g].get('why', '')}".rstrip())
+    if r["guard"].get("ledger"):
+        parts.append("no ledger")
+    return "; ".join(parts) or "-"
+
+
 def render(rows: list[dict], portal_error_after: float = PORTAL_ERROR_AFTER) -> str:
     cells = []
     for r in rows:
@@ -150,7 +169,11 @@ def render(rows: list[dict], portal_error_after: float = PORTAL_ERROR_AFTER) -> 
                 continue  # auth: no figures; its detail is in --json
             free, _total, need = r["guard"]["readings"][g]
             fmt = str if g == "inodes" else human
-            guard = guard.replace(g, f"{g} {fmt(free)}<{fmt(need)}", 1)
+            reserved = r["guard"].get("needs", {}).get(g, {}).get("reserved", 0)
+            held = f"{g} {fmt(free)}<{fmt(need)}"
+            if reserved:
+                held += f" ({fmt(reserved)} reserved by other jobs)"
+            guard = guard.replace(g, held, 1)
         cells.append(
             [
                 r["project"],
@@ -163,6 +186,7 @@ def render(rows: list[dict], portal_error_after: float = PORTAL_ERROR_AFTER) -> 
                 else "-",
                 f"{r['succeeded']}/{r['failed']}",
                 guard,
+                _needs(r),
                 _portal(r, portal_error_after),
                 human(r["disk"]["free"]) if r["disk"] else "?",
                 str(r["inodes"]["free"]) if r["inodes"] else "?",

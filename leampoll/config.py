@@ -19,6 +19,8 @@ from leampoll.units import Size
 MIN_FREE_DISK = Size(5 * 1024**3)
 MIN_FREE_MEM = Size(1024**3)
 MIN_FREE_INODES = Size(10_000)
+# The host-wide reservation ledger the pollers of a host share (leampoll.ledger).
+LEDGER = Path("/run/leampoll/ledger.json")
 
 
 class ConfigError(Exception):
@@ -63,6 +65,13 @@ class Config:
     tasks_max: int = 0  # processes and threads of a job (0: the slice's bound only)
     cpu_weight: int = 0  # the job's share of CPU under contention (0: systemd's 100)
     job_cgroups: bool = True  # a cgroup per job where systemd allows it ("auto")
+    guard_mode: str = "learned"  # static: the min_free_* thresholds only
+    learn_runs: int = 10
+    learn_margin: float = 1.2
+    need_disk: Size | None = None  # fixed needs: for projects whose runs vary
+    need_memory: Size | None = None
+    need_inodes: Size | None = None
+    ledger: Path | None = LEDGER  # None: guard alone
 
     @property
     def pop_url(self) -> str:

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import psutil
 
-from leampoll import cgroups
+from leampoll import cgroups, memlimit
 from leampoll.accounting import SAMPLE_EVERY, Sampler
 from leampoll.cgroups import MODE_PGROUP, JobCgroup, Limits, Mode, Units
 from leampoll.checkout import plan as plan_checkout
@@ -48,6 +48,7 @@ MAX_NAME = 100
 # Below this much free space on the run directory's filesystem, a failed job
 # is recorded as ended by a full disk.
 DISK_FULL_BELOW = 16 * 1024 * 1024
+NO_SPACE = ("No space left on device", "Disk quota exceeded")  # ENOSPC, EDQUOT as tools say them
 # A stage's process in a job's cgroup: held until the helper has put it in the
 # unit (its stdin, a pipe from the poller, says go), made a fair OOM victim
 # again (the poller is not one), then the job's own command with stdin closed
@@ -200,6 +201,7 @@ class Executor:
     sampler: Sampler | None = None
     _unit: str | None = None
     _keeper: subprocess.Popen[bytes] | None = None
+    _ooms_at_start: int = 0
 
     def paths(self, job: Job) -> tuple[Path, Path]:
         name = rundir_name(job.id)
@@ -222,6 +224,7 @@ class Executor:
         rundir, logpath = self.paths(job)
         start, started = time.monotonic(), time.time()
         self.sampler = Sampler(rundir, started=start)
+        self._ooms_at_start = memlimit.oom_kills()
         result: Outcome | None
         try:
             _fresh_dir(rundir)
@@ -237,10 +240,10 @@ class Executor:
                     result = self._run(job, rundir, log, job_env, on_start)
                 self._close_unit()
         result.duration = time.monotonic() - start
-        result.usage = self._usage(job, result, started)
-        self.sampler = None
         if not result.ok:
             result.tail = tail(logpath)
+        result.usage = self._usage(job, result, started)
+        self.sampler = None
         return result
 
     # -- the job's unit --------------------------------------------------------
@@ -294,9 +297,11 @@ class Executor:
             ended = ENDED_INTERRUPTED
         elif result.timed_out:
             ended = ENDED_TIMEOUT
+        elif sampler.cgroup is None and self._oom_in_own_cgroups(result):
+            ended = ENDED_OOM  # without a cgroup of its own: the poller's cgroups counted it
         elif result.returncode is not None and result.returncode < 0:
             ended = ENDED_SIGNAL
-        elif not result.ok and _disk_full(sampler.rundir):
+        elif not result.ok and (_disk_full(sampler.rundir) or _says_no_space(result.tail)):
             ended = ENDED_DISK_FULL
         else:
             ended = ENDED_EXIT
@@ -314,6 +319,10 @@ class Executor:
             signal=-rc if rc is not None and rc < 0 else None,
             mode=self.mode.name if sampler.cgroup is not None else MODE_PGROUP,
         )
+
+    def _oom_in_own_cgroups(self, result: Outcome) -> bool:
+        """A SIGKILL while the OOM kills counted in the poller's own memory cgroups rose."""
+        return result.returncode == -signal.SIGKILL and memlimit.oom_kills() > self._ooms_at_start
 
     # -- stages --------------------------------------------------------------
 
@@ -502,6 +511,12 @@ def _must_exist(program: str, env: Mapping[str, str], cwd: Path) -> None:
             raise PermissionError(13, "Permission denied", program)
     elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
         raise FileNotFoundError(2, "No such file or directory", program)
+
+
+def _says_no_space(log_tail: str) -> bool:
+    """The job's own words: a write failed for lack of space (the filesystem may
+    have room again by the time it ends, when another job's files went)."""
+    return any(text in log_tail for text in NO_SPACE)
 
 
 def _disk_full(rundir: Path) -> bool:

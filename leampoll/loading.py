@@ -119,4 +119,11 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         tasks_max=args.tasks_max,
         cpu_weight=args.cpu_weight,
         job_cgroups=args.job_cgroups == "auto",
+        guard_mode=args.guard_mode,
+        learn_runs=args.learn_runs,
+        learn_margin=args.learn_margin,
+        need_disk=args.need_disk,
+        need_memory=args.need_memory,
+        need_inodes=args.need_inodes,
+        ledger=args.ledger.absolute() if args.ledger else None,
     )

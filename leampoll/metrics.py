@@ -18,6 +18,7 @@ from leampoll.state import Status
 from leampoll.usage import JobUsage
 
 GUARDS = ("disk", "inodes", "memory", "auth")
+RESOURCES = ("disk", "inodes", "memory")
 # Why pops failed (portal.REFUSED_KINDS) and reports set aside: a fixed set of labels.
 PORTAL_ERRORS = (*REFUSED_KINDS, "report_undeliverable")
 # The worker's states (status.json "state"); leampoll_state has one series per
@@ -88,6 +89,18 @@ class Metrics:
             ["project", "guard"],
             registry=reg,
         )
+        self.need = Gauge(
+            "leampoll_guard_need_bytes",
+            "What the project's next job needs (bytes; inodes for resource=inodes)",
+            ["project", "resource"],
+            registry=reg,
+        )
+        self.reserved = Gauge(
+            "leampoll_guard_reserved_bytes",
+            "Reserved by the host's other jobs and not yet used, as this poller last saw it",
+            ["project", "resource"],
+            registry=reg,
+        )
         self.pending = Gauge(
             "leampoll_reports_pending", "Reports waiting in the outbox", ["project"], registry=reg
         ).labels(p)
@@ -113,6 +126,9 @@ class Metrics:
             self._counted[outcome] = 0
         for guard in GUARDS:
             self.guard.labels(p, guard)
+        for resource in RESOURCES:
+            self.need.labels(p, resource)
+            self.reserved.labels(p, resource)
         for state in STATES:
             self.state.labels(p, state)
         self._sync_counts(status)
@@ -149,6 +165,10 @@ class Metrics:
         holding = set(status.guard.holding)
         for guard in GUARDS:
             self.guard.labels(self.project, guard).set(1 if guard in holding else 0)
+        for resource, figures in status.guard.needs.items():
+            if resource in RESOURCES:
+                self.need.labels(self.project, resource).set(figures.get("need", 0))
+                self.reserved.labels(self.project, resource).set(figures.get("reserved", 0))
         self.pending.set(status.reports_pending)
         for state in STATES:
             self.state.labels(self.project, state).set(1 if state == status.state else 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from leampoll import __version__, security, sources, units
-from leampoll.config import Config
+from leampoll.config import LEDGER, Config
 from leampoll.units import Size, parse_size
 
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
@@ -40,6 +40,24 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 0")
     return value
+
+
+def _runs(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 1")
+    return value
+
+
+def _margin(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number from 1 to 100")
+    return value
+
+
+def _ledger(text: str) -> Path | None:
+    return None if text.strip().lower() in ("off", "none", "") else Path(text)
 
 
 def _size(text: str) -> Size:
@@ -314,6 +332,56 @@ def build_parser() -> sources.Parser:
         default=None,
         metavar="PATH",
         help="CA certificate(s) (PEM) to verify the portal's TLS certificate with",
+    )
+    p.add_argument(
+        "--guard-mode",
+        choices=("static", "learned"),
+        default="learned",
+        help="learned (default): each resource's need is max(--min-free-*, margin x the "
+        "peak of the project's last runs); static: the --min-free-* thresholds only",
+    )
+    p.add_argument(
+        "--learn-runs",
+        type=_runs,
+        default=10,
+        metavar="N",
+        help="learn needs from the project's last N runs (default 10)",
+    )
+    p.add_argument(
+        "--learn-margin",
+        type=_margin,
+        default=1.2,
+        metavar="FACTOR",
+        help="a learned need is this many times the peak (default 1.2)",
+    )
+    p.add_argument(
+        "--need-disk",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="a fixed disk need for every job, instead of a learned one",
+    )
+    p.add_argument(
+        "--need-memory",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="a fixed memory need for every job, instead of a learned one",
+    )
+    p.add_argument(
+        "--need-inodes",
+        type=_inodes,
+        default=None,
+        metavar="N",
+        help="a fixed inode need for every job, instead of a learned one",
+    )
+    p.add_argument(
+        "--ledger",
+        type=_ledger,
+        default=LEDGER,
+        metavar="PATH",
+        help=f"the host-wide reservation ledger the pollers of this host share "
+        f"(default {LEDGER}; off: guard alone)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(

@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,10 +118,17 @@ class Last:
 
 @dataclass
 class Guard:
-    """The guards holding popping, and each local guard's [free, total, required]."""
+    """The guards holding popping, and each local guard's [free, total, required].
+
+    `needs`: by resource, the need, where it came from (`source`, `why`) and
+    what it waits for (`free`, `reserved` by the host's other jobs, `available`);
+    `ledger`: why the host's ledger could not be used, if it could not.
+    """
 
     holding: list[str] = field(default_factory=list)
     readings: dict[str, list[int]] = field(default_factory=dict)
+    needs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,12 @@ class Status:
             last=_record(Last, data.get("last")),
             counts=_counts(data.get("counts")),
             session=_counts(data.get("session")),
-            guard=Guard(guard.get("holding", []), guard.get("readings", {})),
+            guard=Guard(
+                guard.get("holding", []),
+                guard.get("readings", {}),
+                guard.get("needs", {}) if isinstance(guard.get("needs"), dict) else {},
+                guard.get("ledger"),
+            ),
             reports_pending=data.get("reports_pending", 0),
             auth=_record(AuthHold, data.get("auth")),
             portal_error=_record(Trouble, data.get("portal_error")),
@@ -248,8 +261,12 @@ class State:
 
     def write(self, path: Path, data: Any, mode: int = 0o600) -> None:
         """write_json, giving up the reserve once if the filesystem is full."""
+        self.with_reserve(path.name, lambda: write_json(path, data, mode))
+
+    def with_reserve(self, what: str, write: Callable[[], None]) -> None:
+        """Run `write`; if the filesystem is full, give up the reserve and run it again."""
         try:
-            write_json(path, data, mode)
+            write()
         except OSError as exc:
             if exc.errno not in _NO_SPACE or not self.reserve_path.exists():
                 raise
@@ -257,9 +274,9 @@ class State:
             log.warning(
                 "workdir filesystem full: released the %d KiB reserve to write %s",
                 RESERVE_BYTES // 1024,
-                path.name,
+                what,
             )
-            write_json(path, data, mode)
+            write()
 
     # -- the current job ---------------------------------------------------
 

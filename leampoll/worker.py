@@ -27,6 +27,7 @@ from leampoll.config import Config
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.delivery import Deliverer, EndpointMemory
 from leampoll.executor import Executor, Outcome, stop_orphan_groups, usage_line
+from leampoll.guards import Guards
 from leampoll.jobs import Job, Report
 from leampoll.lifecycle import COLD, WARM, Lifecycle
 from leampoll.portal import PortalClient
@@ -47,6 +48,8 @@ STATUS_REFRESH = 10.0
 # Seconds between refreshes of status and metrics while a job runs, so the
 # metrics file of a busy poller does not look stale.
 JOB_REFRESH = 60.0
+# Seconds between updates of the running job's usage in the host's ledger.
+LEDGER_REFRESH = 2.0
 
 
 class Worker:
@@ -80,6 +83,8 @@ class Worker:
             Backoff(base=max(config.speed, 1.0), cap=config.max_backoff),
             self._ask_credentials,
         )
+        self.guards = Guards(config)
+        self._usage_at = float("-inf")
         self.executor = Executor(
             config.workdir,
             self.life,
@@ -132,6 +137,7 @@ class Worker:
                 if self.config.once:
                     break
         finally:
+            self.guards.release()
             self.life.uninstall()
             self.portal.close()
             self.status.state, self.status.pid, self.status.current = "stopped", None, None
@@ -154,6 +160,8 @@ class Worker:
             self.held()
             return
         answer = self.portal.pop()
+        if not isinstance(answer, Job):
+            self.guards.release()  # nothing popped: the reservation is not needed
         if isinstance(answer, Empty):
             self.empty(idle_since)
         elif isinstance(answer, Refused):
@@ -255,6 +263,13 @@ class Worker:
             self.status.state = "draining"
         sampler = self.executor.sampler
         if sampler is not None:
+            self._usage_now(
+                {
+                    "disk": sampler.peak_disk,
+                    "memory": sampler.memory_now,
+                    "inodes": sampler.peak_inodes,
+                }
+            )
             self.status.usage = {
                 "memory_bytes": sampler.memory_now,
                 "peak_memory_bytes": sampler.peak_memory,
@@ -267,19 +282,38 @@ class Worker:
     # -- guards ----------------------------------------------------------------
 
     def guards_hold(self) -> bool:
-        """The local guards, then the credentials (a hold of its own, logged by AuthWatch)."""
-        readings = guards.check(self.config)
-        held = guards.holding(readings)
-        names = [r.guard for r in held]
-        if names and not [n for n in self.holding if n != "auth"]:
-            log.warning("guard hold, not popping: %s", "; ".join(map(str, held)))
-        elif not names and [n for n in self.holding if n != "auth"]:
-            log.info("guard hold ended: %s", "; ".join(map(str, readings)))
+        """The local guards (reserving the job's needs in the host's ledger), then the
+        credentials (a hold of its own, logged by AuthWatch)."""
+        decision = self.guards.decide()
+        held = decision.holding
+        names = [f.resource for f in held]
+        was = [n for n in self.holding if n != "auth"]
+        if names and names != was:
+            log.warning("guard hold, not popping: %s", "; ".join(guards.describe(f) for f in held))
+        elif not names and was:
+            log.info("guard hold ended: %s", "; ".join(guards.describe(f) for f in decision.fits))
         if not names:
             self.state.keep_reserve()  # given up when a job filled the disk
         if self.auth.holding():
             names.append("auth")
-        self.status.guard = Guard(names, {r.guard: [r.free, r.total, r.required] for r in readings})
+            self.guards.release()  # no pop: the reservation would only keep others waiting
+        self.status.guard = Guard(
+            names,
+            {f.resource: [f.free, f.total, f.need] for f in decision.fits},
+            {
+                f.resource: {
+                    "need": f.need,
+                    "source": decision.needs[f.resource].source,
+                    "why": decision.needs[f.resource].describe(),
+                    "free": f.free,
+                    "reserved": f.reserved,
+                    "available": f.available,
+                }
+                for f in decision.fits
+                if f.resource in decision.needs
+            },
+            decision.ledger_error,
+        )
         rejected = self.auth.rejected
         self.status.auth = (
             AuthHold(self.config.user, self.auth.since, rejected.detail) if rejected else None
@@ -307,6 +341,7 @@ class Worker:
         log.info("job %s: starting in %s (log %s)", job.id, rundir, logpath)
         record = self.state.begin(job, rundir, self.executor.unit_for(job))
         self.status.state = "running"
+        self.guards.running(job.id)
         self.status.current = Current(job.id, job.title, time.time(), str(rundir), str(logpath))
         self.publish()
         env = {
@@ -336,7 +371,11 @@ class Worker:
             self.enqueue(job, "error", f"job {job.id} {outcome.describe()}")
         self.state.finish()  # at once: a report in the outbox and a current job = ended twice
         self.state.forget_orphan(job.url or job.id)
+        # After the report and the state's finish: those come first on a full
+        # disk (the reserve is theirs), and nothing may widen the window
+        # between them in which a killed poller would hand the job back too.
         self.record_usage(outcome)
+        self.guards.release()
         self.status.current = None
         self.status.usage = None
         if self.metrics:
@@ -349,18 +388,28 @@ class Worker:
 
         After its report is in the outbox and the job is no longer current: a
         history that cannot be written (a full disk) costs a record, never the
-        report, and a kill meanwhile never ends the job twice.
+        report, and a kill meanwhile never ends the job twice. A run that filled
+        the disk is the record that matters most: it may use the state folder's
+        reserve.
         """
         usage = outcome.usage
         if usage is None:
             return
         log.info("job %s: %s", usage.job_id, usage_line(usage))
         try:
-            append_history(history_path(self.config.state_dir), usage)
+            path = history_path(self.config.state_dir)
+            self.state.with_reserve(path.name, lambda: append_history(path, usage))
         except OSError as exc:
             log.warning("job %s: usage not recorded in the history: %s", usage.job_id, exc)
         if self.metrics:
             self.metrics.job_usage(usage)
+        self.guards.learned()
+
+    def _usage_now(self, now: dict[str, int]) -> None:
+        """The running job's usage, for the ledger: the rest of its reservation stays promised."""
+        if time.monotonic() - self._usage_at >= LEDGER_REFRESH:
+            self._usage_at = time.monotonic()
+            self.guards.used(now)
 
     def enqueue(self, job: Job, kind: str, message: str) -> None:
         """Put a report in the outbox (it survives a crash) and count the outcome."""

@@ -58,6 +58,10 @@ class Run:
         path.write_text(json.dumps(data, indent=2))
 
 
+# What follows this line in RELIABILITY.md is kept when the table is rendered again.
+KEEP = "<!-- kept when the fault-suite figures above are rendered again -->"
+
+
 def render(data: dict) -> str:
     cases = [Case(**c) for c in data["cases"]]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(data["finished"]))
@@ -117,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default="RELIABILITY.md")
     args = parser.parse_args(argv)
     text = render(json.loads(Path(args.json).read_text()))
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    if KEEP in old:  # sections of other runs (bench/guards.py) stay
+        text += "\n" + KEEP + old.split(KEEP, 1)[1]
+    out.write_text(text)
     print(text)
     return 0
 

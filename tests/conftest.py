@@ -89,10 +89,14 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def env() -> dict[str, str]:
+def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
     e.update(
-        PORTAL_USER=USER, PORTAL_PASSWORD=PASSWORD, PYTHONPATH=str(Path(__file__).parent.parent)
+        PORTAL_USER=USER,
+        PORTAL_PASSWORD=PASSWORD,
+        PYTHONPATH=str(Path(__file__).parent.parent),
+        # A ledger of the test's own, never the machine's /run/leampoll.
+        LEAMPOLL_LEDGER=str(tmp_path / "poller-ledger" / "ledger.json"),
     )
     return e
 

@@ -153,7 +153,7 @@ def test_job_filling_the_disk_is_ended_then_pops_hold_until_space_returns(
     # The poller's own state lives on the job filesystem: its reserve lets it
     # record the job's end although the job took every byte.
     portal.queue("fill", "sh -c 'dd if=/dev/zero of=big bs=1M; exit 1'")
-    p = start_poller("--min-free-disk", "5M", wd=small_fs)
+    p = start_poller("--min-free-disk", "5M", "--guard-mode", "static", wd=small_fs)
     portal.wait_for(lambda pt: pt.status["fill"] == "complete")
     assert "released the 1024 KiB reserve" in p.log
     portal.queue("after", "true")

@@ -77,7 +77,12 @@ def test_status_json_has_the_keys_readers_read():
         "message": "job j1 run failed",
         "portal": "end_run",
     }
-    assert data["guard"] == {"holding": ["disk", "auth"], "readings": {"disk": [1, 10, 5]}}
+    assert data["guard"] == {
+        "holding": ["disk", "auth"],
+        "readings": {"disk": [1, 10, 5]},
+        "needs": {},
+        "ledger": None,
+    }
     assert data["auth"] == {"user": "poller", "since": 120.0, "detail": "HTTP 401"}
     assert data["portal_error"] == {
         "since": 130.0,

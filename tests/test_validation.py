@@ -123,6 +123,14 @@ def test_credential_options_come_from_the_pollers_parser():
         ({"job_timeout": -5}, "job_timeout"),
         ({"trusted_origins": ["portal.example.org"]}, "trusted_origins"),
         ({"trusted_origins": "https://x.example.org"}, "trusted_origins"),
+        ({"memory_max": "50%"}, "memory_max"),
+        ({"tasks_max": -1}, "tasks_max"),
+        ({"cpu_weight": 0}, "cpu_weight"),
+        ({"learn_runs": 0}, "learn_runs"),
+        ({"learn_margin": 0.5}, "learn_margin"),
+        ({"need_disk": "big"}, "need_disk"),
+        ({"need_memory": "-1G"}, "need_memory"),
+        ({"need_inodes": "1G"}, "need_inodes"),
     ],
 )
 def test_a_bad_project_key_names_host_project_and_key(over, key):

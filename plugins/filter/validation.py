@@ -19,6 +19,7 @@ Filters (by their full name, leam.jobserver.<name>):
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import sys
@@ -62,6 +63,14 @@ ENV_TEXT = (
     "not both ' and \", no quote at either end, no %(here)s)"
 )
 TRUE = {"1", "true", "yes", "on", "y", "t"}
+# The learned guards' keys of a project (docs/guards.md), checked by the poller's own options.
+GUARD_KEYS = {
+    "learn_runs": "a whole number of runs, at least 1",
+    "learn_margin": "a factor from 1 to 100",
+    "need_disk": "a size such as 40G (K/M/G/T, powers of 1024) or a percentage up to 100%",
+    "need_memory": "a size such as 8G (K/M/G/T, powers of 1024) or a percentage up to 100%",
+    "need_inodes": "a number of inodes, or a percentage up to 100%",
+}
 
 
 def credential_options() -> list[str]:
@@ -81,6 +90,18 @@ def is_size(value: Any) -> bool:
     try:
         units.parse_size(str(value))
     except ValueError:
+        return False
+    return True
+
+
+def poller_accepts(dest: str, value: Any) -> bool:
+    """The value converts as the poller's own option `dest` converts it: one rule."""
+    convert = options.build_parser().options[dest].action.type
+    if isinstance(value, bool) or value is None or not callable(convert):
+        return False
+    try:
+        convert(str(value))
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
         return False
     return True
 
@@ -241,6 +262,8 @@ def leampoll_problems(variables: Mapping[str, Any], host: str) -> list[str]:
     out = Problems(host, variables)
     seconds = "a number of seconds"
     out.check("leampoll_speed", above(0), f"{seconds} greater than 0")
+    for key in ("learn_runs", "learn_margin"):
+        out.check(f"leampoll_{key}", lambda v, k=key: poller_accepts(k, v), GUARD_KEYS[key])
     for key, example in (
         ("leampoll_min_free_disk", "5G"),
         ("leampoll_min_free_mem", "1G"),
@@ -352,6 +375,9 @@ def _project_problems(out: Problems, label: str, project: Mapping[str, Any]) -> 
         )
     if "cpu_weight" in project and not is_cpu_weight(project["cpu_weight"]):
         out.add(f"{label}.cpu_weight must be a whole number within 1..10000")
+    for key, what in GUARD_KEYS.items():
+        if key in project and not poller_accepts(key, project[key]):
+            out.add(f"{label}.{key} must be {what}")
     trusted = project.get("trusted_origins", [])
     listed = strings(trusted)
     if listed is None or not all(is_url(o) and supervisor_safe(o) for o in listed):
