@@ -174,8 +174,7 @@ def inventory(sandbox: Sandbox, password: str) -> Path:
             for host, projects in HOSTS.items()
         },
         host_vars={
-            host: {"leampoll_node_exporter_listen_address": metrics_address(sandbox, host)}
-            for host in HOSTS
+            host: {"node_exporter_listen_address": metrics_address(sandbox, host)} for host in HOSTS
         },
         group_vars={"leampoll_metrics": True, "leam_jobdir_min_free": "100M"},
     )
@@ -188,13 +187,11 @@ def up() -> int:
     if os.geteuid() != 0:
         raise SystemExit("the demo builds sandbox hosts: run it as root")
     STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
-    missing = [t for t in ("debootstrap", "unshare", "ssh", "git") if not shutil.which(t)]
-    if missing:
-        say(f"installing {', '.join(missing)} with apt-get")
-        pkgs = {"ssh": "openssh-client", "unshare": "util-linux"}
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", *[pkgs.get(t, t) for t in missing]], check=True
-        )
+    # `make demo` has run `make deps`; started directly, the demo runs the same
+    # script (the one list of what the machine needs) where a tool is missing.
+    if any(not shutil.which(t) for t in ("debootstrap", "unshare", "ssh", "git")):
+        say("installing what the sandbox hosts need: tools/setup-machine.sh")
+        subprocess.run([ROOT / "tools" / "setup-machine.sh"], check=True)
     password = REAL.start(say) if real() else _password()
     if not real():
         start_portals()

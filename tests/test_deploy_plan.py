@@ -555,3 +555,104 @@ def test_the_failure_names_the_busy_pollers_and_what_waits_for_them():
         "and stops once its job ends."
     )
     assert dp.leampoll_plan({"states": STATUS}, {"timeout": 60}, "drain")["failure"] == ""
+
+
+LAYOUT = dp.Layout(
+    conf_dir="/etc/supervisor/conf.d",
+    idle_conf="/etc/supervisor/conf.d/leam-idle-shutdown.conf",
+    password_dir="/etc/leampoll/passwords",
+    password_file_mode=True,
+    metrics_dir="/var/lib/leampoll/metrics",
+)
+
+
+def test_an_absent_project_loses_its_program_password_and_metrics_files():
+    plan = dp.deploy(
+        host({"chicago": "RUNNING", "peoria": "EXITED"}),
+        wanted("chicago", ("peoria", "absent"), idle="i1", layout=LAYOUT),
+    )
+    assert plan.delete == [
+        "/etc/supervisor/conf.d/leampoll-peoria.conf",
+        "/etc/leampoll/passwords/peoria.password",
+        "/var/lib/leampoll/metrics/leampoll-peoria.prom",
+    ]
+    assert plan.remove_programs == ["leampoll-peoria", "leam-idle-shutdown"]
+
+
+def test_features_turned_off_lose_their_files_and_a_busy_poller_keeps_its_program_file():
+    env_mode = dp.Layout(LAYOUT.conf_dir, LAYOUT.idle_conf, LAYOUT.password_dir, False)
+    plan = dp.deploy(
+        host({"peoria": "RUNNING"}, busy=["peoria"]),
+        wanted("chicago", ("peoria", "absent"), layout=env_mode),
+    )
+    # No idle shut-down, env mode, no metrics; peoria still busy: its file stays.
+    assert plan.delete == [LAYOUT.idle_conf, LAYOUT.password_dir]
+    assert dp.deploy(host(), wanted("chicago")).delete == []  # no layout: nothing named
+
+
+def test_program_files_and_the_idle_shutdowns_are_written_then_added_then_pollers_started():
+    plan = dp.deploy(
+        host({"chicago": "EXITED", "stlouis": "RUNNING"}, files={"stlouis": dp.ProgramFile("x")}),
+        wanted("chicago", "peoria", "stlouis", idle="i1", layout=LAYOUT),
+    )
+    assert plan.write_files == [
+        {"path": "/etc/supervisor/conf.d/leampoll-peoria.conf", "name": "peoria", "mode": "0600"},
+        {"path": "/etc/supervisor/conf.d/leampoll-stlouis.conf", "name": "stlouis", "mode": "0600"},
+        {"path": LAYOUT.idle_conf, "name": "", "mode": "0644"},
+    ]
+    assert plan.supervise == [
+        {"name": "leampoll-peoria", "state": "present"},
+        {"name": "leampoll-stlouis", "state": "present"},
+        {"name": "leam-idle-shutdown", "state": "present"},
+        {"name": "leampoll-chicago", "state": "started"},
+        {"name": "leampoll-stlouis", "state": "started"},  # drained, so stopped: no-op if added
+    ]
+    # Without Supervisor (check mode on a bare host) only the idle file is written.
+    bare = dp.deploy(host(supervisor=False), wanted("chicago", idle="i1", layout=LAYOUT))
+    assert [f["name"] for f in bare.write_files] == [""] and bare.supervise == []
+
+
+def test_the_filter_reads_the_layout_and_the_password_files_from_the_one_find():
+    found = [
+        {
+            "path": "/etc/supervisor/conf.d/leampoll-chicago.conf",
+            "checksum": dp.sha1("c"),
+            **{"mode": "0600", "pw_name": "root", "gr_name": "root"},
+        },
+        {"path": "/etc/leampoll/passwords/chicago.password", "checksum": dp.sha1("x\n")},
+    ]
+    layout = {
+        "conf_dir": "/c",
+        "idle_conf": "/c/leam-idle-shutdown.conf",
+        "password_dir": "/p",
+        "password_mode": "file",
+        "metrics_dir": "/m",
+        "metrics": "False",
+    }
+    plan = dp.leampoll_plan(
+        {"states": "leampoll-chicago RUNNING pid 1, uptime 0:01:00\n", "files": found},
+        {
+            "projects": [{"name": "chicago"}],
+            "programs": {"chicago": "c"},
+            "passwords": {"chicago": "y\n"},
+            "layout": layout,
+        },
+    )
+    assert plan["signal"] == ["chicago"]
+    assert plan["delete"] == ["/c/leam-idle-shutdown.conf"]  # no metrics files to clean
+
+
+@pytest.mark.parametrize(
+    "mode,offline",
+    [("wheelhouse", ["--no-index", "--find-links", "/opt/leampoll/wheelhouse"]), ("index", [])],
+)
+def test_pip_installs_the_copied_wheel_with_its_extras_offline_from_a_wheelhouse(mode, offline):
+    build = {"wheel_name": "leampoll-3.0.0-py3-none-any.whl", "extras": "[metrics]"}
+    argv = dp.pip_argv(build, "/opt/leampoll/venv", "/opt/leampoll", mode, ["--retries", 1])
+    assert argv == [
+        "/opt/leampoll/venv/bin/python",
+        *("-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--force-reinstall"),
+        *offline,
+        *("--retries", "1"),
+        "/opt/leampoll/dist/leampoll-3.0.0-py3-none-any.whl[metrics]",
+    ]

@@ -13,6 +13,7 @@ Filters (use them by their full name, leam.jobserver.<name>):
   leampoll_settling(text)      projects whose poller is STARTING or BACKOFF
   leampoll_busy(text or registered result)  projects whose poller has not exited
   leampoll_not_ready(projects, status_json, version)  pollers not back after an upgrade
+  leampoll_pip_argv(build, venv, prefix, install_mode, extra_args)  pip's install command
 """
 
 from __future__ import annotations
@@ -114,6 +115,19 @@ class Host:
 
 
 @dataclass
+class Layout:
+    """Where the role keeps each project's files on the host (tasks/plan.yml)."""
+
+    conf_dir: str
+    idle_conf: str
+    password_dir: str
+    # env mode: no poller reads a password file, so the role's folder goes.
+    password_file_mode: bool
+    # "" without metrics: no metrics files to clean up.
+    metrics_dir: str = ""
+
+
+@dataclass
 class Wanted:
     """What the inventory (or an ops playbook) wants of the host."""
 
@@ -136,6 +150,8 @@ class Wanted:
     passwords: dict[str, str] = field(default_factory=dict)
     # sha1 of the idle shut-down's program file as rendered; None: unwanted.
     idle: str | None = None
+    # Where the role keeps its files on the host: to name those to delete.
+    layout: Layout | None = None
 
     def named(self, state: str) -> list[str]:
         return [p.name for p in self.projects if p.state == state]
@@ -190,6 +206,21 @@ class Plan:
     # unwanted) and added again (changed; adding starts it).
     idle_remove: bool = False
     idle_add: bool = False
+    # The Supervisor programs to take out, by their full names: the pollers' of
+    # remove, then the idle shut-down's.
+    remove_programs: list[str] = field(default_factory=list)
+    # The files to write: the pollers' program files of write (root only: they
+    # hold the password or its file's name), then the idle shut-down's when
+    # wanted. name: the project, "" for the idle shut-down.
+    write_files: list[dict[str, str]] = field(default_factory=list)
+    # Supervisor programs to bring to a state, in order: the pollers of add
+    # and the idle shut-down when changed (present: adding starts a program
+    # unless its file says autostart=false), then the pollers of start.
+    supervise: list[dict[str, str]] = field(default_factory=list)
+    # Paths to delete: the files of absent projects (program files only where
+    # Supervisor answers and the poller is not busy), the idle shut-down's
+    # program file when unwanted, the password folder in env mode.
+    delete: list[str] = field(default_factory=list)
     # The build, for the install tasks (empty without one).
     build: dict[str, str] = field(default_factory=dict)
     # Why the play fails on the host: pollers still busy ("" when none).
@@ -280,6 +311,9 @@ def deploy(host: Host, wanted: Wanted) -> Plan:
         for name in plan.left_running
         if name in wanted.passwords and host.passwords.get(name) != wanted.passwords[name]
     ]
+    plan.delete = _stale_paths(plan, wanted)
+    if wanted.layout is not None and wanted.idle is not None:
+        plan.write_files = [{"path": wanted.layout.idle_conf, "name": "", "mode": "0644"}]
     if not host.supervisor:
         return plan
     idle_changed = wanted.idle is not None and host.idle != wanted.idle
@@ -300,7 +334,53 @@ def deploy(host: Host, wanted: Wanted) -> Plan:
         for name in plan.present
         if name in host.states and name not in busy and name not in plan.left_running
     ]
+    if wanted.layout is not None:
+        conf = wanted.layout.conf_dir
+        plan.delete = [f"{conf}/leampoll-{name}.conf" for name in plan.remove_files] + plan.delete
+        plan.write_files = [
+            {"path": f"{conf}/leampoll-{name}.conf", "name": name, "mode": "0600"}
+            for name in plan.write
+        ] + plan.write_files
+    idle = ["leam-idle-shutdown"]
+    plan.remove_programs = [f"leampoll-{n}" for n in plan.remove] + (
+        idle if plan.idle_remove else []
+    )
+    plan.supervise = [
+        {"name": name, "state": "present"}
+        for name in [f"leampoll-{n}" for n in plan.add] + (idle if plan.idle_add else [])
+    ] + [{"name": f"leampoll-{n}", "state": "started"} for n in plan.start]
     return plan
+
+
+def _stale_paths(plan: Plan, wanted: Wanted) -> list[str]:
+    """The files no poller needs any more, apart from program files (Supervisor's)."""
+    layout = wanted.layout
+    if layout is None:
+        return []
+    paths = [layout.idle_conf] if wanted.idle is None else []
+    if layout.password_file_mode:
+        paths += [f"{layout.password_dir}/{name}.password" for name in plan.absent]
+    else:
+        paths.append(layout.password_dir)
+    if layout.metrics_dir:
+        paths += [f"{layout.metrics_dir}/leampoll-{name}.prom" for name in plan.absent]
+    return paths
+
+
+def pip_argv(
+    build: Mapping, venv: str, prefix: str, install_mode: str, extra_args: Iterable[str] = ()
+) -> list[str]:
+    """pip's command line installing the plan's build (copied to prefix/dist) with its
+    extras; in wheelhouse mode the dependencies come from the unpacked wheelhouse only."""
+    offline = ["--no-index", "--find-links", f"{prefix}/wheelhouse"]
+    return [
+        f"{venv}/bin/python",
+        *("-m", "pip", "install", "--disable-pip-version-check", "--no-input"),
+        "--force-reinstall",
+        *(offline if install_mode == "wheelhouse" else []),
+        *(str(arg) for arg in extra_args),
+        f"{prefix}/dist/{build['wheel_name']}{build['extras']}",
+    ]
 
 
 def drain(host: Host, wanted: Wanted) -> Plan:
@@ -393,7 +473,8 @@ def host_from(data: Mapping) -> Host:
         supervisor=bool(data.get("supervisor", True)),
         passwords={
             match.group(1): str(found.get("checksum", ""))
-            for found in data.get("password_files") or []
+            # One find reads both folders: the names tell the files apart.
+            for found in data.get("password_files") or data.get("files") or []
             if (match := PASSWORD_FILE.search(found["path"]))
         },
         idle=idle,
@@ -406,6 +487,7 @@ def wanted_from(data: Mapping) -> Wanted:
     build = data.get("build")
     chosen = data.get("chosen", "all")
     idle = data.get("idle")
+    layout = data.get("layout")
     return Wanted(
         projects=projects(data.get("projects") or []),
         files={
@@ -430,6 +512,17 @@ def wanted_from(data: Mapping) -> Wanted:
         poll=max(1, _number(data.get("poll", 10), "poll")),
         check_mode=_truth(data.get("check_mode", False)),
         wheelhouse=data.get("install_mode") == "wheelhouse",
+        layout=(
+            Layout(
+                conf_dir=str(layout["conf_dir"]),
+                idle_conf=str(layout["idle_conf"]),
+                password_dir=str(layout["password_dir"]),
+                password_file_mode=layout["password_mode"] == "file",
+                metrics_dir=str(layout["metrics_dir"]) if _truth(layout["metrics"]) else "",
+            )
+            if layout
+            else None
+        ),
     )
 
 
@@ -495,4 +588,5 @@ class FilterModule:
             "leampoll_settling": settling,
             "leampoll_busy": busy,
             "leampoll_not_ready": not_ready,
+            "leampoll_pip_argv": pip_argv,
         }
