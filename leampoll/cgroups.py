@@ -125,7 +125,9 @@ def detect(enabled: bool = True, helper: Path = HELPER, root: Path = CGROUP_ROOT
     if version is None:
         return Mode(MODE_PGROUP, f"no memory controller under {root}")
     if not helper.exists():
-        return Mode(MODE_PGROUP, f"no job-unit helper at {helper} (installed by the leampoll role)")
+        return Mode(
+            MODE_PGROUP, f"no job-unit helper at {helper} (installed by the leampoll_jobs role)"
+        )
     result = run_helper(helper, "check")
     if result.returncode != 0:
         why = (result.stderr.strip().splitlines() or ["no answer"])[-1]

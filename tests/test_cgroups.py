@@ -20,7 +20,7 @@ from leampoll.cgroups import JobCgroup, Limits, Mode, unit_name
 from leampoll.executor import rundir_name
 from testing.wait import wait_until
 
-HELPER_FILE = Path(__file__).parent.parent / "roles" / "leampoll" / "files" / "job-unit"
+HELPER_FILE = Path(__file__).parent.parent / "roles" / "leampoll_jobs" / "files" / "job-unit"
 
 
 def load_helper():

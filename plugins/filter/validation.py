@@ -264,11 +264,7 @@ def leampoll_problems(variables: Mapping[str, Any], host: str) -> list[str]:
     out.check("leampoll_speed", above(0), f"{seconds} greater than 0")
     for key in ("learn_runs", "learn_margin"):
         out.check(f"leampoll_{key}", lambda v, k=key: poller_accepts(k, v), GUARD_KEYS[key])
-    for key, example in (
-        ("leampoll_min_free_disk", "5G"),
-        ("leampoll_min_free_mem", "1G"),
-        ("leampoll_jobs_memory_max", "12G"),
-    ):
+    for key, example in (("leampoll_min_free_disk", "5G"), ("leampoll_min_free_mem", "1G")):
         out.check(
             key,
             is_size,
@@ -411,6 +407,17 @@ def node_exporter_problems(variables: Mapping[str, Any], host: str) -> list[str]
     return out.lines
 
 
+def leampoll_jobs_problems(variables: Mapping[str, Any], host: str) -> list[str]:
+    """The jobs' slice: its MemoryMax= is a size or a share of the host's memory."""
+    out = Problems(host, variables)
+    out.check(
+        "leampoll_jobs_memory_max",
+        is_size,
+        "a size such as 12G (K/M/G/T, powers of 1024) or a percentage up to 100%",
+    )
+    return out.lines
+
+
 class FilterModule:
     """The roles' validation filters."""
 
@@ -418,5 +425,6 @@ class FilterModule:
         return {
             "leam_problems": leam_problems,
             "leampoll_problems": leampoll_problems,
+            "leampoll_jobs_problems": leampoll_jobs_problems,
             "node_exporter_problems": node_exporter_problems,
         }
