@@ -169,3 +169,17 @@ def reliability() -> Iterator[Run]:
     out = os.environ.get("LEAM_RELIABILITY_JSON")
     if out and run.cases:
         run.dump(Path(out))
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real, small filesystem (tmpfs) for the disk and inode guards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m,nr_inodes=400", "tmpfs", str(mnt)], check=True
+    )
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

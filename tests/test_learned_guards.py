@@ -9,7 +9,6 @@ what it waits for. `leampoll status` shows the need and where it came from.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -21,32 +20,9 @@ import pytest
 
 from leampoll.usage import ENDED_DISK_FULL, history_path, read_history
 from testing.resource_jobs import memory_job
-from tests.conftest import wait_until
+from tests.conftest import status_json, wait_until
 
 MIB = 2**20
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 20 MB tmpfs for the job filesystem."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def status(workdir, env) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "leampoll", "status", "--json", str(workdir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    return json.loads(out.stdout)[0]
 
 
 def test_a_run_is_recorded_and_the_need_is_learned_from_it(portal, start_poller, small_fs, env):
@@ -58,7 +34,7 @@ def test_a_run_is_recorded_and_the_need_is_learned_from_it(portal, start_poller,
     assert 5 * MIB <= runs[0].peak_disk_bytes < 6 * MIB
     row = wait_until(
         lambda: (
-            (s := status(small_fs, env))["guard"]["needs"].get("disk", {}).get("source")
+            (s := status_json(small_fs, env=env)[0])["guard"]["needs"].get("disk", {}).get("source")
             == "learned"
             and s
         ),
@@ -84,7 +60,7 @@ def test_a_run_that_died_on_a_full_disk_raises_the_need_and_the_hold_says_why(
     portal.queue("after", "true")
     p.wait_log("raised after job fill ended disk_full")
     p.wait_log("guard hold, not popping: disk need")
-    row = status(small_fs, env)
+    row = status_json(small_fs, env=env)[0]
     assert row["guard"]["holding"] == ["disk"]
     assert row["guard"]["needs"]["disk"]["source"] == "raised"
     assert row["guard"]["needs"]["disk"]["need"] >= run.peak_disk_bytes * 1.2 - 1
@@ -136,7 +112,11 @@ def test_a_job_killed_by_the_oom_killer_raises_the_memory_need(
     assert 50 * MIB < run.peak_memory_bytes <= 200 * MIB + usage
     p.wait_log("raised after job hog ended oom")
     row = wait_until(
-        lambda: (s := status(workdir, env))["guard"]["needs"]["memory"]["source"] == "raised" and s,
+        lambda: (
+            (s := status_json(workdir, env=env)[0])["guard"]["needs"]["memory"]["source"]
+            == "raised"
+            and s
+        ),
         20,
         "a raised memory need in leampoll status",
     )

@@ -121,20 +121,6 @@ def test_memory_guard_holds_without_popping_and_logs_once(portal, start_poller):
     assert portal.status["j"] == "queued"
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A real, small filesystem (tmpfs) for the disk and inode guards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m,nr_inodes=400", "tmpfs", str(mnt)], check=True
-    )
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_disk_guard_holds_then_releases_when_space_returns(portal, start_poller, small_fs):
     filler = small_fs / "filler"
     filler.write_bytes(b"\0" * 15 * 1024 * 1024)
