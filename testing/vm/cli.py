@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from testing.sandbox.system import SandboxError, _default_log
+from testing.sandbox.system import SandboxError, default_log
 from testing.vm.guest import GUEST_PROJECT, prepare, project_files, run_pytest
 from testing.vm.image import ImageSpec, ensure_image
 from testing.vm.machine import DEFAULT_STATE_PARENT, VMConfig, booted, clean, leftovers
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("leftovers", help="list state directories of VMs still here")
     sub.add_parser("clean", help="kill leftover VMs by their recorded pid, remove their files")
     args = parser.parse_args(argv)
-    log = _default_log
+    log = default_log
     try:
         if args.cmd == "leftovers":
             found = leftovers(args.state_parent)

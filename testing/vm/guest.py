@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testing.sandbox.settings import DEFAULT_CACHE_DIR
-from testing.sandbox.system import SandboxError, _default_log, _flock, _run
+from testing.sandbox.system import SandboxError, default_log, flock, run_command
 from testing.vm.machine import VM
 
 try:
@@ -90,7 +90,7 @@ def ensure_wheelhouse(
     requirements: Sequence[str],
     python_version: str,
     cache_dir: Path | None = None,
-    log: Callable[[str], None] = _default_log,
+    log: Callable[[str], None] = default_log,
 ) -> Path:
     """Wheels for the guest's Python, downloaded with this machine's pip configuration
     (its index and trust store); cached by requirements and Python version."""
@@ -100,7 +100,7 @@ def ensure_wheelhouse(
     if final.is_dir():
         return final
     cache.mkdir(parents=True, exist_ok=True)
-    with _flock(cache / f".build-vm-wheels-{digest}.lock"):
+    with flock(cache / f".build-vm-wheels-{digest}.lock"):
         if final.is_dir():
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-vm-wheels-{digest}-", dir=cache))
@@ -108,7 +108,7 @@ def ensure_wheelhouse(
             log(f"downloading wheels for the guest's Python {python_version}")
             reqs = tmp / "requirements.txt"
             reqs.write_text("\n".join(requirements) + "\n")
-            _run(
+            run_command(
                 [
                     sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
                     "--python-version", python_version, "-d", tmp, "-r", reqs,
@@ -124,14 +124,14 @@ def ensure_wheelhouse(
 
 def project_files(project: Path) -> list[str]:
     """The checkout as git sees it, uncommitted changes included, ignored files not."""
-    out = _run(
+    out = run_command(
         ["git", "-C", project, "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
     ).stdout
     return [f for f in out.split("\0") if f and (project / f).is_file()]
 
 
 def prepare(
-    vm: VM, project: Path, suite: str = "bookworm", log: Callable[[str], None] = _default_log
+    vm: VM, project: Path, suite: str = "bookworm", log: Callable[[str], None] = default_log
 ) -> None:
     """Copy the checkout and the wheelhouse in; make the venv with the project installed
     editable, as `make venv` does on this machine."""
@@ -157,7 +157,7 @@ def run_pytest(
     results_dir: Path,
     pytest_args: Sequence[str] = (),
     timeout: float = 3600.0,
-    log: Callable[[str], None] = _default_log,
+    log: Callable[[str], None] = default_log,
 ) -> GuestResult:
     """Run pytest on ``tests`` (paths relative to the checkout) in the guest as root;
     its output and JUnit report land in ``results_dir``."""

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from testing.sandbox.rootfs import (
     RootfsSpec,
-    _remove_tree,
     _run_build_step,
     _terminate_raises,
     ensure_rootfs,
+    remove_tree,
 )
 from testing.sandbox.settings import DEFAULT_CACHE_DIR, INIT_SYSTEMD, SUITE
-from testing.sandbox.system import SandboxError, _default_log, _flock, _require_root
+from testing.sandbox.system import SandboxError, default_log, flock, require_root
 
 # Bump when the recipe changes in a way the key below does not see.
 IMAGE_VERSION = "v1"
@@ -188,7 +188,7 @@ def image_path(
 def ensure_image(
     spec: ImageSpec | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    log: Callable[[str], None] = _default_log,
+    log: Callable[[str], None] = default_log,
 ) -> Image:
     """Return the cached image, building it (and its root filesystem) if missing.
 
@@ -199,7 +199,7 @@ def ensure_image(
     final = image_path(spec, cache_dir)
     if (final / "image.json").is_file():
         return Image(final)
-    _require_root()
+    require_root()
     for tool in ("mkfs.ext4", "cp"):
         if not shutil.which(tool):
             raise SandboxError(f"{tool} is not installed (apt-get install -y e2fsprogs)")
@@ -210,20 +210,20 @@ def ensure_image(
     def waiting() -> None:
         log(f"another process is building {spec.name}, waiting")
 
-    with _flock(lock, waiting) as fd, _terminate_raises():
+    with flock(lock, waiting) as fd, _terminate_raises():
         if (final / "image.json").is_file():
             return Image(final)
         for stale in cache.glob(f".tmp-build-{spec.name}-*"):
             log(f"removing interrupted build {stale}")
-            _remove_tree(stale)
+            remove_tree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-build-{spec.name}-", dir=cache))
         try:
             _build_image(spec, rootfs, tmp, fd, log)
-            _remove_tree(final)  # a directory without image.json is a dead build
+            remove_tree(final)  # a directory without image.json is a dead build
             os.rename(tmp, final)
         except BaseException:
             log(f"image build failed or interrupted, removing {tmp}")
-            _remove_tree(tmp)
+            remove_tree(tmp)
             raise
     log(f"VM image ready at {final}")
     return Image(final)
@@ -271,7 +271,7 @@ def _build_image(
         lock_fd,
         build_log,
     )
-    _remove_tree(root)
+    remove_tree(root)
     (tmp / "image.json").write_text(
         json.dumps(
             {

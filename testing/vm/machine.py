@@ -26,11 +26,11 @@ from pathlib import Path
 from testing.sandbox.settings import SSH_OPTIONS
 from testing.sandbox.system import (
     SandboxError,
-    _default_log,
-    _proc_start_time,
-    _run,
-    _same_process,
-    _wait_gone,
+    default_log,
+    proc_start_time,
+    run_command,
+    same_process,
+    wait_gone,
 )
 from testing.vm.image import KEY_ARG, Image
 
@@ -79,7 +79,7 @@ class VM:
     port: int
     pid: int
     start_time: int | None
-    log: Callable[[str], None] = field(default=_default_log, repr=False)
+    log: Callable[[str], None] = field(default=default_log, repr=False)
     boot_seconds: float | None = None
     system_state: str | None = None
 
@@ -92,7 +92,7 @@ class VM:
         return self.workdir / "console.log"
 
     def alive(self) -> bool:
-        return _same_process(self.pid, self.start_time)
+        return same_process(self.pid, self.start_time)
 
     # ---------------------------------------------------------------- commands
 
@@ -218,7 +218,7 @@ class VM:
         # The connection may drop as sshd stops: the exit code says nothing.
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.run("systemctl poweroff", check=False, timeout=30)
-        return _wait_gone(self.pid, self.start_time, timeout)
+        return wait_gone(self.pid, self.start_time, timeout)
 
     def destroy(self) -> None:
         """Kill qemu by its pid (if still running) and remove the VM's files."""
@@ -228,7 +228,7 @@ class VM:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            if not _wait_gone(self.pid, self.start_time, 30):
+            if not wait_gone(self.pid, self.start_time, 30):
                 raise SandboxError(f"qemu pid {self.pid} did not exit after SIGKILL")
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -284,7 +284,7 @@ def _qemu_argv(image: Image, config: VMConfig, workdir: Path, port: int, pubkey:
 
 
 def start(
-    image: Image, config: VMConfig | None = None, log: Callable[[str], None] = _default_log
+    image: Image, config: VMConfig | None = None, log: Callable[[str], None] = default_log
 ) -> VM:
     """Start a VM and wait until SSH works and systemd has settled.
 
@@ -296,7 +296,7 @@ def start(
     config.state_parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX, dir=config.state_parent))
     try:
-        _run(
+        run_command(
             [
                 "ssh-keygen",
                 "-q",
@@ -310,7 +310,7 @@ def start(
                 workdir / "id_ed25519",
             ]
         )
-        _run(
+        run_command(
             [
                 "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
                 "-b", image.disk.resolve(), workdir / "overlay.qcow2",
@@ -333,7 +333,7 @@ def start(
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-            vm = VM(image, config, workdir, port, proc.pid, _proc_start_time(proc.pid), log)
+            vm = VM(image, config, workdir, port, proc.pid, proc_start_time(proc.pid), log)
             (workdir / "vm.json").write_text(
                 json.dumps({"pid": vm.pid, "start_time": vm.start_time, "port": port}) + "\n"
             )
@@ -362,7 +362,7 @@ def start(
 
 @contextlib.contextmanager
 def booted(
-    image: Image, config: VMConfig | None = None, log: Callable[[str], None] = _default_log
+    image: Image, config: VMConfig | None = None, log: Callable[[str], None] = default_log
 ) -> Iterator[VM]:
     """A running VM for the block: powered off cleanly after it, killed if that fails,
     its files removed either way."""
@@ -383,7 +383,7 @@ def leftovers(state_parent: Path = DEFAULT_STATE_PARENT) -> list[Path]:
 
 
 def clean(
-    state_parent: Path = DEFAULT_STATE_PARENT, log: Callable[[str], None] = _default_log
+    state_parent: Path = DEFAULT_STATE_PARENT, log: Callable[[str], None] = default_log
 ) -> int:
     """Kill every leftover VM by the pid (and start time) it recorded; remove its files."""
     count = 0
@@ -391,10 +391,10 @@ def clean(
         with contextlib.suppress(OSError, ValueError, KeyError):
             info = json.loads((workdir / "vm.json").read_text())
             pid, start_time = int(info["pid"]), info["start_time"]
-            if _same_process(pid, start_time):
+            if same_process(pid, start_time):
                 log(f"killing leftover VM pid {pid} ({workdir.name})")
                 os.kill(pid, signal.SIGKILL)
-                _wait_gone(pid, start_time, 30)
+                wait_gone(pid, start_time, 30)
         shutil.rmtree(workdir, ignore_errors=True)
         count += 1
     return count
