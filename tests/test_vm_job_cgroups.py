@@ -294,7 +294,7 @@ def requeued(portal: PortalStandin, job: str) -> int:
     return len([r for r in portal.reports("requeue") if job in r.path])
 
 
-def test_check_and_status_say_cgroup_v2(guest, poller):
+def test_check_and_status_say_cgroup_v2(guest, poller, record_property):
     check = as_account(
         [*LEAMPOLL, "--check", *poller_flags(guest.workdir, None, None), guest.portal.url],
         guest.env,
@@ -302,6 +302,7 @@ def test_check_and_status_say_cgroup_v2(guest, poller):
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "cgroup-v2 (systemd " in check.stdout and "leam-jobs.slice" in check.stdout, check.stdout
+    record_property("check", next(x for x in check.stdout.splitlines() if "cgroup-v2" in x))
     poller()
 
     def status() -> str:
@@ -324,7 +325,9 @@ def test_a_daemon_left_by_a_job_is_gone_after_the_grace(guest, poller):
     no_units_left()
 
 
-def test_a_job_over_its_memory_max_is_reported_as_oom_and_the_next_runs(guest, poller):
+def test_a_job_over_its_memory_max_is_reported_as_oom_and_the_next_runs(
+    guest, poller, record_property
+):
     proc = poller("--memory-max", "100M")
     guest.portal.queue("v2-big", "python3 -c \"b = bytearray(b'1') * (300 << 20)\"")
     guest.portal.queue("v2-next", "true")
@@ -334,6 +337,8 @@ def test_a_job_over_its_memory_max_is_reported_as_oom_and_the_next_runs(guest, p
     message = guest.message("v2-big")
     assert "OOM killer" in message and "peak of" in message, message
     record = guest.record("v2-big")
+    record_property("oom_message", message.splitlines()[0])
+    record_property("oom_peak_bytes", record["peak_memory_bytes"])
     assert record["ended"] == "oom" and record["mode"] == "cgroup-v2", record
     # memory.max is a hard bound on v2: the peak is at it, never the 300M asked for.
     assert 90 * MiB <= record["peak_memory_bytes"] <= 110 * MiB, record
@@ -341,7 +346,7 @@ def test_a_job_over_its_memory_max_is_reported_as_oom_and_the_next_runs(guest, p
     no_units_left()
 
 
-def test_a_job_is_measured_within_ten_percent(guest, poller):
+def test_a_job_is_measured_within_ten_percent(guest, poller, record_property):
     code = (
         "import os\n"
         "b = bytearray(b'1') * (150 << 20)\n"
@@ -354,6 +359,8 @@ def test_a_job_is_measured_within_ten_percent(guest, poller):
     guest.portal.queue("v2-measure", f"python3 -c {shlex.quote(code)}")
     ended(guest.portal, "v2-measure", "success", SLOW * 2)
     record = guest.record("v2-measure")
+    for key in ("peak_memory_bytes", "peak_disk_bytes", "cpu_seconds", "wall_seconds"):
+        record_property(key, record[key])
     assert record["mode"] == "cgroup-v2" and record["ended"] == "exit", record
     # memory.peak: the 150 MiB buffer and the interpreter, page cache of the file below it.
     assert 150 * MiB <= record["peak_memory_bytes"] <= 165 * MiB, record
