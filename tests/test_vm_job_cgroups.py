@@ -340,8 +340,9 @@ def test_a_job_over_its_memory_max_is_reported_as_oom_and_the_next_runs(
     record_property("oom_message", message.splitlines()[0])
     record_property("oom_peak_bytes", record["peak_memory_bytes"])
     assert record["ended"] == "oom" and record["mode"] == "cgroup-v2", record
-    # memory.max is a hard bound on v2: the peak is at it, never the 300M asked for.
-    assert 90 * MiB <= record["peak_memory_bytes"] <= 110 * MiB, record
+    # At its 100M bound, never the 300M asked for: the kernel lets the dying victim
+    # charge past memory.max, and memory.peak showed 104.9 MiB (v1 too: a few MiB past).
+    assert 90 * MiB <= record["peak_memory_bytes"] <= 120 * MiB, record
     assert proc.poll() is None and guest.status_pid() == proc.pid
     no_units_left()
 
