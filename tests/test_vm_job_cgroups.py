@@ -44,7 +44,7 @@ PORTAL_USER, PASSWORD = "poller", "s3cret-in-the-vm"
 GRACE = 3
 MiB = 1 << 20
 SLICE_MAX = "600M"
-ROLE = Path(__file__).resolve().parent.parent / "roles" / "leampoll"
+ROLE = Path(__file__).resolve().parent.parent / "roles" / "leampoll_jobs"
 SLICE_UNIT = Path("/etc/systemd/system/leam-jobs.slice")
 SUDOERS = Path("/etc/sudoers.d/leampoll-job-unit")
 DAEMON_BIN = Path("/usr/local/bin/leam-test-daemon")
@@ -184,7 +184,7 @@ def unit_of(job: str) -> str:
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[Guest]:
-    """The helper, its sudoers line and the slice as roles/leampoll/tasks/cgroups.yml
+    """The helper, its sudoers line and the slice as roles/leampoll_jobs/tasks/cgroups.yml
     installs them, an account for the pollers, and a portal; all removed afterwards."""
     root_mode = Path("/root").stat().st_mode & 0o7777
     helper = cgroups.HELPER
@@ -192,7 +192,7 @@ def guest() -> Iterator[Guest]:
     values = {
         "ansible_managed": "Managed by tests/test_vm_job_cgroups.py",
         "leam_user": ACCOUNT,
-        "__leampoll_job_unit_helper": str(helper),
+        "__leampoll_jobs_helper": str(helper),
         "leampoll_jobs_memory_max": SLICE_MAX,
     }
     root("useradd", "--system", "--home-dir", str(BASE), "--shell", "/usr/sbin/nologin", ACCOUNT)
