@@ -88,6 +88,19 @@ def workdir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every poller the tests start on this machine, whatever starts it, reserves in a
+    ledger of the run's own: the machine's /run/leampoll is never made or touched."""
+    old = os.environ.get("LEAMPOLL_LEDGER")
+    os.environ["LEAMPOLL_LEDGER"] = str(tmp_path_factory.mktemp("ledger") / "ledger.json")
+    yield
+    if old is None:
+        os.environ.pop("LEAMPOLL_LEDGER", None)
+    else:
+        os.environ["LEAMPOLL_LEDGER"] = old
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
