@@ -5,7 +5,6 @@ by LEAM_VM_TESTS (`make test-cgroup-v2 VM_TESTS=...`) inside the VM as root."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -83,25 +82,13 @@ def test_project_tests_run_inside_as_root(vm: VM, tmp_path: Path) -> None:
     prepare(vm, PROJECT)
     prepare_seconds = round(time.monotonic() - started, 1)
     result = run_pytest(vm, tests, results)
-    (results / "summary.json").write_text(
-        json.dumps(
-            {
-                "tests": tests,
-                "kernel": vm.image.meta["kernel"],
-                "image_build_seconds": vm.image.meta["build_seconds"],
-                "boot_seconds": vm.boot_seconds,
-                "prepare_seconds": prepare_seconds,
-                "test_seconds": result.seconds,
-                "returncode": result.returncode,
-                "passed": result.passed,
-                "failures": result.failures,
-                "errors": result.errors,
-                "skipped": result.skipped,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-            indent=2,
-        )
-        + "\n"
+    result.write_summary(
+        results / "summary.json",
+        tests=tests,
+        kernel=vm.image.meta["kernel"],
+        image_build_seconds=vm.image.meta["build_seconds"],
+        boot_seconds=vm.boot_seconds,
+        prepare_seconds=prepare_seconds,
     )
     assert result.returncode == 0, result.output[-4000:]
     assert result.passed > 0, result.output[-4000:]

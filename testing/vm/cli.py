@@ -97,23 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepare_seconds = round(time.monotonic() - started, 1)
             result = run_pytest(vm, args.tests, args.results, args.pytest_arg, log=log)
             sys.stdout.write(result.output)
-            summary = {
-                "tests": args.tests,
-                "image": image.path.name,
-                "kernel": image.meta.get("kernel"),
-                "build_seconds": build_seconds,
-                "boot_seconds": vm.boot_seconds,
-                "system_state": vm.system_state,
-                "prepare_seconds": prepare_seconds,
-                "test_seconds": result.seconds,
-                "returncode": result.returncode,
-                "passed": result.passed,
-                "failures": result.failures,
-                "errors": result.errors,
-                "skipped": result.skipped,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            (args.results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            result.write_summary(
+                args.results / "summary.json",
+                tests=args.tests,
+                image=image.path.name,
+                kernel=image.meta.get("kernel"),
+                build_seconds=build_seconds,
+                boot_seconds=vm.boot_seconds,
+                system_state=vm.system_state,
+                prepare_seconds=prepare_seconds,
+            )
             return result.returncode
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)

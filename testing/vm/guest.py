@@ -67,6 +67,20 @@ class GuestResult:
     def passed(self) -> int:
         return self.tests - self.failures - self.errors - self.skipped
 
+    def write_summary(self, path: Path, **about: object) -> None:
+        """`summary.json` of the run (docs/vm.md): `about` (tests, timings) and the counts."""
+        summary = {
+            **about,
+            "test_seconds": self.seconds,
+            "returncode": self.returncode,
+            "passed": self.passed,
+            "failures": self.failures,
+            "errors": self.errors,
+            "skipped": self.skipped,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+
 
 def guest_requirements(project: Path) -> list[str]:
     """The poller's dependencies (pyproject.toml) plus the pinned test packages."""
