@@ -375,18 +375,7 @@ def test_load_twelve_pollers_with_random_faults(fleet, case, reliability):
 
 DISRUPTIONS = [
     "supervisorctl restart all",
-    # Known open defect of the job cgroups (issue 21 stays open for it): under
-    # `systemctl restart supervisor` three of fb's four jobs, each in a scope of
-    # its own outside supervisor.service, ran to their end instead of being
-    # stopped and handed back by their pollers.
-    pytest.param(
-        "systemctl restart supervisor",
-        marks=pytest.mark.xfail(
-            reason="jobs in their own scopes outlive a `systemctl restart supervisor` "
-            "(3 of 4 ran to their end instead of being handed back)",
-            strict=False,
-        ),
-    ),
+    "systemctl restart supervisor",
     "reboot",
     "power cut",
 ]
@@ -482,13 +471,6 @@ def hog_cmdline(size: int, limit: float = 300) -> str:
     return "python3 -c " + json.dumps(script)
 
 
-# Known open defect of the learned guards (issue 22 stays open for it): the
-# guarded pollers' floors (about 20 GB each here), reserved in the host's ledger
-# around their pops, kept the solo poller from starting its 6 GB job in 120 s.
-@pytest.mark.xfail(
-    reason="two guarded pollers' 20 GB floors in the ledger hold the solo poller's 6 GB job",
-    strict=False,
-)
 def test_memory_pressure_holds_pops_until_memory_returns(fleet, case):
     """A job on fa's solo poller takes several GB; fa's pollers m1 and m2, whose
     memory guard sits between the memory available before and during that job
