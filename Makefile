@@ -22,8 +22,11 @@ $(STAMP): requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements-dev.txt -e .
 	touch $(STAMP)
 
+# Two workers: most of the suite waits on hosts, Ansible and SSH rather than the CPU.
+# A module (its hosts, its fleet) stays on one worker; TEST_WORKERS=0 runs all in one process.
+TEST_WORKERS ?= 2
 test: deps $(STAMP)
-	$(BIN)/pytest -q -rs -m "not faults and not vm"
+	$(BIN)/pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not faults and not vm"
 
 # cgroup v2 as real servers boot it, in a VM booting Debian's own kernel under QEMU
 # (slow: emulated; docs/vm.md). VM_TESTS: test modules of the checkout it also runs

@@ -55,8 +55,13 @@ BOOT_TIMEOUT = 120.0  # seconds from start to SSH and "running"; about 6 s seen
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 DEFAULT_CACHE_DIR = Path(os.environ.get("LEAM_SANDBOX_CACHE", "/var/cache/leam-sandbox"))
 DEFAULT_STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_STATE", "/run/leam-sandbox"))
-# Tests keep their hosts apart from a sandbox (or demo) on the default state dir.
-TEST_STATE_DIR = Path(os.environ.get("LEAM_SANDBOX_TEST_STATE") or f"{DEFAULT_STATE_DIR}-pytest")
+# Tests keep their hosts apart from a sandbox (or demo) on the default state dir,
+# and each pytest-xdist worker (`make test` runs two) from the other's.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEST_STATE_DIR = Path(
+    (os.environ.get("LEAM_SANDBOX_TEST_STATE") or f"{DEFAULT_STATE_DIR}-pytest")
+    + (f"-{_WORKER}" if _WORKER else "")
+)
 DEFAULT_JOBDIR = "/mnt/jobdir"
 FIRST_OCTET = 10  # 127.0.0.1-9 are left to the machine itself
 SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
