@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from leampoll.units import Size, human
 from leampoll.usage import history_path, read_history
 
 log = logging.getLogger("leampoll")
+# How long a poller waits for others' pops in flight before it holds, and how often it asks.
+PENDING_WAIT = 2.0
+PENDING_PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ class Guards:
         try:
             ledger = self._ledger()
             if ledger is not None:
-                fits = ledger.reserve(amounts, lambda: measure(self.config.workdir))
+                fits = self._reserve(ledger, amounts)
                 self._ledger_ok()
                 return Decision(fits, needs)
         except (LedgerError, OSError) as exc:
@@ -172,6 +176,18 @@ class Guards:
             self.ledger_error = str(exc)
         fits = [Fit(r, amounts[r], free, total, 0) for r, (free, total) in figures.items()]
         return Decision(fits, needs, self.ledger_error)
+
+    def _reserve(self, ledger: Ledger, amounts: dict[str, int]) -> list[Fit]:
+        """Reserve; while another poller's pop is in flight, ask again for a moment
+        rather than hold: an empty queue's pop releases its reservation at once."""
+        deadline = time.monotonic() + PENDING_WAIT
+        while True:
+            fits = ledger.reserve(amounts, lambda: measure(self.config.workdir))
+            if all(f.fits for f in fits) or time.monotonic() >= deadline:
+                return fits
+            if not ledger.others_popping():
+                return fits
+            time.sleep(PENDING_PAUSE)
 
     def _ledger_ok(self) -> None:
         if self.ledger_error is not None:

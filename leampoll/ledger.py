@@ -194,5 +194,10 @@ class Ledger:
         with self._locked() as entries:
             entries[:] = [e for e in entries if e.owner != self.owner]
 
+    def others_popping(self) -> bool:
+        """Another live poller has reserved and not yet popped: its pop is in flight,
+        and its reservation is released or becomes a job's within a round trip."""
+        return any(e.owner != self.owner and not e.job and e.owner.alive() for e in read(self.path))
+
     def mine(self) -> Entry | None:
         return next((e for e in read(self.path) if e.owner == self.owner), None)

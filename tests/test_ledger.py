@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from leampoll.config import Config
+from leampoll.guards import Guards
 from leampoll.ledger import Entry, Ledger, Owner, read
+from leampoll.units import Size
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -218,3 +221,46 @@ def test_two_pollers_whose_jobs_need_60_percent_run_one_after_the_other(
         assert found[("leampoll_guard_hold", "disk")] == 1
         other.wait_for(lambda p: p.outcome("b1") == "success", timeout=30)
         assert portal.outcome("a1") == "success"
+
+
+POPPING = """
+import sys, time
+from pathlib import Path
+from leampoll.ledger import Ledger
+ledger = Ledger(Path(sys.argv[1]), "other", device=int(sys.argv[2]))
+ledger.reserve({"disk": 10**15}, lambda: {"disk": (10**16, 10**16)})
+print("reserved", flush=True)
+if sys.argv[3] == "popped":
+    ledger.update(job="j1")  # its pop brought a job: the reservation is the job's
+else:
+    time.sleep(0.3)  # the pop in flight finds the queue empty
+    ledger.release()
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("pop", ["empty", "popped"])
+def test_a_poller_waits_out_another_pop_in_flight_but_holds_for_a_running_job(tmp_path, pop):
+    """Another poller's reservation before its pop answers (an empty queue, most often)
+    is not a reason to hold; the reservation of a job it popped is."""
+    config = Config(
+        "http://127.0.0.1:9/site",
+        "poller",
+        "pw",
+        tmp_path,
+        need_disk=Size(MIB),
+        ledger=tmp_path / "ledger.json",
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", POPPING, str(config.ledger), str(os.stat(tmp_path).st_dev), pop],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout and other.stdout.readline().strip() == "reserved"
+        holding = [f.resource for f in Guards(config).decide().holding]
+        assert holding == ([] if pop == "empty" else ["disk"])
+    finally:
+        other.kill()
+        other.wait(10)
