@@ -162,6 +162,18 @@ def _end_job_processes(workdir: Path) -> None:
                 os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow modules first (sandbox hosts, then the real portal), so that `make
+    test`'s two workers start them early and the quick ones fill in at the end. A
+    stable sort: every module keeps its own order."""
+    items.sort(
+        key=lambda item: (
+            not item.get_closest_marker("sandbox"),
+            not item.get_closest_marker("real_portal"),
+        )
+    )
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """With LEAM_REAL_PORTAL_REQUIRED=1 (CI) a real-portal test that skips fails instead,

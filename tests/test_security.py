@@ -492,7 +492,13 @@ def test_pollers_and_jobs_run_as_leam_and_no_argv_holds_the_password(audit):
     plain.queue("audit-long", "sleep 7.25")
     tlsca.queue("audit-tls", "true")  # over TLS, trusted through the project's ca_file
     plain.wait_for(lambda p: p.status.get("audit-long") == "running", timeout=60)
-    procs = audit.ssh("ps -eo user=,args=").splitlines()
+
+    def job_started() -> list[str] | None:
+        # `running` in the portal comes at the pop, before the job's cgroup and process.
+        procs = audit.ssh("ps -eo user=,args=").splitlines()
+        return procs if any(x.split()[1:] == ["sleep", "7.25"] for x in procs) else None
+
+    procs = wait_until(job_started, 30, "the job's process")
     pollers = [x.split()[0] for x in procs if "/usr/local/bin/leampoll --workdir" in x]
     jobs = [x.split()[0] for x in procs if x.split()[1:] == ["sleep", "7.25"]]
     assert pollers == ["leam"] * 3 and jobs == ["leam"], procs
