@@ -26,7 +26,7 @@ $(STAMP): requirements-dev.txt pyproject.toml
 # A module (its hosts, its fleet) stays on one worker; TEST_WORKERS=0 runs all in one process.
 TEST_WORKERS ?= 2
 test: deps $(STAMP)
-	$(BIN)/pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not faults and not vm"
+	$(BIN)/pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not faults and not vm"
 
 # cgroup v2 as real servers boot it, in a VM booting Debian's own kernel under QEMU
 # (slow: emulated; docs/vm.md). VM_TESTS: test modules of the checkout it also runs

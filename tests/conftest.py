@@ -164,8 +164,8 @@ def _end_job_processes(workdir: Path) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow modules first (sandbox hosts, then the real portal), so that `make
-    test`'s two workers start them early and the quick ones fill in at the end. A
-    stable sort: every module keeps its own order."""
+    test`'s two workers start them early and the quick ones fill in at the end
+    (--no-loadscope-reorder keeps this order). A stable sort: every module keeps its own order."""
     items.sort(
         key=lambda item: (
             not item.get_closest_marker("sandbox"),
