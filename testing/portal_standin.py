@@ -450,7 +450,10 @@ class PortalStandin:
                 if job_id not in self.waiting:
                     self.waiting.append(job_id)
             else:
+                # The real portal pops by runstatus: a job ended while queued is not popped.
                 self.status[job_id] = "error" if kind == "error" else "complete"
+                if job_id in self.waiting:
+                    self.waiting.remove(job_id)
             self.lock.notify_all()
 
     def _login_redirect(self, came_from: str) -> Canned:
@@ -730,7 +733,8 @@ def _virtual_host(path: str, site: str) -> tuple[str, str]:
     host, _, port = hostport.partition(":")
     default = {"http": "80", "https": "443"}.get(scheme)
     origin = f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
-    below = site[len("/" + vroot) :] if site.startswith("/" + vroot) else site
+    prefix = "/" + vroot if vroot else ""
+    below = site[len(prefix) :] if site == prefix or site.startswith(prefix + "/") else site
     return physical, origin + below
 
 

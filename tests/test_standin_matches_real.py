@@ -49,7 +49,7 @@ class Target:
 class Request:
     name: str
     method: str
-    path: str  # below the site; "vhm:" first: through virtual hosting
+    path: str  # below the site; "vhm:"/"vhr:" first: through virtual hosting, site/Zope root
     user: str | None = "poller"  # None: no credentials
     password: str | None = None  # a wrong one instead of the user's
     before: str = ""  # "unset": the site's two settings unset first
@@ -88,10 +88,26 @@ SEQUENCE = [
     Request("pop after requeue", "GET", "pop_queue"),
     Request("end_run without credentials", "POST", "scenario-1/end_run", user=None),
     Request("requeue without credentials", "POST", "scenario-1/requeue", user=None),
+    Request("end_run of a queued job", "POST", "scenario-1/end_run"),
+    Request("pop after end_run of a queued job", "GET", "pop_queue"),
+    Request("requeue of a complete job", "POST", "scenario-1/requeue"),
     Request("end_run of no job", "POST", "no-such-job/end_run"),
     Request("pop through virtual hosting", "GET", "vhm:pop_queue"),
     Request("end_run through virtual hosting", "POST", "vhm:scenario-1/end_run"),
     Request("requeue through virtual hosting", "POST", "vhm:scenario-1/requeue", user=None),
+    Request("pop through virtual hosting at the Zope root", "GET", "vhr:pop_queue"),
+    Request(
+        "search_rss through virtual hosting at the Zope root",
+        "GET",
+        "vhr:search_rss?portal_type=LUC%20Scenario&runstatus=running",
+    ),
+    Request("end_run through virtual hosting at the Zope root", "POST", "vhr:scenario-1/end_run"),
+    Request(
+        "requeue through virtual hosting at the Zope root",
+        "POST",
+        "vhr:scenario-1/requeue",
+        user=None,
+    ),
     Request("pop with settings unset", "GET", "pop_queue", before="unset"),
     Request("pop with settings unset, nothing visible", "GET", "pop_queue", user=None),
 ]
@@ -128,6 +144,9 @@ def send(target: Target, req: Request) -> Answer:
     path = req.path
     if path.startswith("vhm:"):
         base, path = target.vhm_site, path[4:]
+    elif path.startswith("vhr:"):  # the Zope root as the virtual root, the site below it
+        vhost = f"{VHOST[0]}:{VHOST[1]}"
+        base, path = f"{target.root}/VirtualHostBase/http/{vhost}/VirtualHostRoot/leam", path[4:]
     auth = None
     if req.user is not None:
         auth = (req.user, req.password or target.passwords[req.user])
