@@ -6,8 +6,8 @@ its own, so a timeout or a stop reaches the job's children too and never the
 poller itself. Where systemd allows it (leampoll.cgroups) the whole job also
 lives in a scope unit of its own, which a daemon it starts cannot leave: the
 job ends with nothing of it left. Every job is measured (leampoll.accounting)
-into `Outcome.usage`. The groups an earlier, killed poller left running are
-stopped here too (`stop_orphan_groups`), the same way.
+into `Outcome.usage`. What an earlier, killed poller left running (its job's
+unit, its process groups) is stopped here too (`Executor.stop_orphan`), the same way.
 """
 
 from __future__ import annotations
@@ -285,6 +285,38 @@ class Executor:
             # release agent), the scope would stay listed: stopped here.
             self.units.stop(self._unit)
         self._unit = self._keeper = None
+
+    # -- what a killed poller left -----------------------------------------------
+
+    def stop_orphan(self, record: dict[str, Any]) -> list[int]:
+        """Stop what is left of an orphaned run: its unit, found by the name in its
+        record, and its process groups. Returns the pids found."""
+        unit = record.get("unit")
+        found = []
+        if isinstance(unit, str) and unit.startswith(cgroups.UNIT_PREFIX):
+            found = self._stop_unit(unit)
+        return found + stop_orphan_groups(record, self.grace)
+
+    def stop_leftover_units(self) -> dict[str, int]:
+        """Units of this project running while no job of this poller runs are a dead
+        poller's leftovers: stopped. Returns each unit's number of processes found."""
+        if not self.mode.cgroup:
+            return {}
+        project = self.project or self.workdir.name
+        return {unit: len(self._stop_unit(unit)) for unit in cgroups.running_units(project)}
+
+    def _stop_unit(self, unit: str) -> list[int]:
+        """End every process of a job unit, then the unit; the pids found.
+
+        Its processes run as the poller's user: they are signalled directly;
+        the helper stops the unit itself, so that it is not left listed.
+        """
+        cgroup = JobCgroup(unit, cgroups.cgroup_version() or 1)
+        found = cgroup.pids()
+        cgroups.kill_all(cgroup, self.grace)
+        if cgroups.unit_active(unit):
+            (self.units or Units(grace=self.grace)).stop(unit)
+        return found
 
     def _usage(self, job: Job, result: Outcome, started: float) -> JobUsage:
         sampler = self.sampler

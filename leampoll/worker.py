@@ -26,7 +26,7 @@ from leampoll.backoff import Backoff, idle_wait
 from leampoll.config import Config
 from leampoll.credentials import PasswordFileError, read_password_file
 from leampoll.delivery import Deliverer, EndpointMemory
-from leampoll.executor import Executor, Outcome, stop_orphan_groups, usage_line
+from leampoll.executor import Executor, Outcome, usage_line
 from leampoll.guards import Guards
 from leampoll.jobs import Job, Report
 from leampoll.lifecycle import COLD, WARM, Lifecycle
@@ -483,8 +483,7 @@ class Worker:
             self.stop_leftover_units()
             return
         job = Job.from_dict(record["job"])
-        stopped = self.stop_orphan_unit(record)
-        stopped += stop_orphan_groups(record, self.config.grace)
+        stopped = self.executor.stop_orphan(record)
         if stopped:
             log.warning(
                 "job %s: stopped %d leftover process(es) of an orphaned run", job.id, len(stopped)
@@ -503,33 +502,9 @@ class Worker:
         self.state.finish()
         self.stop_leftover_units()
 
-    def stop_orphan_unit(self, record: dict) -> list[int]:
-        """Stop what is left in the orphan's cgroup, found by the unit's name in the record."""
-        unit = record.get("unit")
-        if not isinstance(unit, str) or not unit.startswith(cgroups.UNIT_PREFIX):
-            return []
-        return self.stop_unit(unit)
-
-    def stop_unit(self, unit: str) -> list[int]:
-        """End every process of a job unit, then the unit; the pids found.
-
-        Its processes run as the poller's user: they are signalled directly;
-        the helper stops the unit itself, so that it is not left listed.
-        """
-        cgroup = cgroups.JobCgroup(unit, cgroups.cgroup_version() or 1)
-        found = cgroup.pids()
-        cgroups.kill_all(cgroup, self.config.grace)
-        if cgroups.unit_active(unit):
-            cgroups.Units(grace=self.config.grace).stop(unit)
-        return found
-
     def stop_leftover_units(self) -> None:
-        """At start no job of this poller runs: a unit of its project is a leftover."""
-        if not self.mode.cgroup:
-            return
-        for unit in cgroups.running_units(self.config.project):
-            found = self.stop_unit(unit)
-            log.warning("stopped leftover job unit %s (%d process(es))", unit, len(found))
+        for unit, found in self.executor.stop_leftover_units().items():
+            log.warning("stopped leftover job unit %s (%d process(es))", unit, found)
 
     def retain(self, rundir: Path, ok: bool) -> None:
         """Successful run directories go unless --preserve; failed ones are kept, bounded."""
