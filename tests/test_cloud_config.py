@@ -120,6 +120,14 @@ def test_host_settings_keep_role_variables_only():
     }
 
 
+def test_every_role_variable_reaches_the_host():
+    # A role's variables left out of the user data would be its defaults on a cloud host.
+    for spec in sorted(ROOT.glob("roles/*/meta/argument_specs.yml")):
+        for entry in yaml.safe_load(spec.read_text())["argument_specs"].values():
+            for name in entry.get("options", {}):
+                assert name.startswith(cc.DEFAULT_PREFIXES), f"{spec.parts[-3]}: {name}"
+
+
 def test_secrets_are_vaulted_and_decrypt_back():
     doc = cc.cloud_config(SETTINGS, options())
     assert SECRET not in doc and VAULT_PASSWORD not in doc

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 # Variables of the roles (and the inventory's data model) a host needs.
-DEFAULT_PREFIXES = ("leam_", "leampoll_", "supervisor_", "jobdir_")
+DEFAULT_PREFIXES = ("leam_", "leampoll_", "supervisor_", "jobdir_", "node_exporter_")
 # Settings of the rendering itself never go to the host.
 OWN_PREFIX = "leam_userdata_"
 SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
@@ -113,10 +113,11 @@ def requirement_pin(requirements: str, name: str) -> str:
 
 
 def host_settings(
-    hostvars: Mapping[str, Any], prefixes: Iterable[str] = DEFAULT_PREFIXES
+    hostvars: Mapping[str, Any], prefixes: Iterable[str] | None = DEFAULT_PREFIXES
 ) -> dict[str, Any]:
-    """The role variables of one host: its inventory values, not Ansible's own."""
-    prefixes = tuple(prefixes)
+    """The role variables of one host: its inventory values, not Ansible's own.
+    `prefixes` None: those of every role of the collection (DEFAULT_PREFIXES)."""
+    prefixes = tuple(DEFAULT_PREFIXES if prefixes is None else prefixes)
     return {
         k: _plain(hostvars[k])
         for k in sorted(hostvars)
