@@ -50,11 +50,19 @@ REAL = RealPortals(STATE, PORTS)
 
 
 def real() -> bool:
-    """LEAM_DEMO_PORTAL: `standin` (the default) or `real`."""
-    kind = os.environ.get("LEAM_DEMO_PORTAL", "standin")
+    """LEAM_DEMO_PORTAL: `standin` (the default) or `real`; unset, the portals a running
+    demo was started with, so `queue` needs no switch repeated."""
+    kind = os.environ.get("LEAM_DEMO_PORTAL") or _started_kind() or "standin"
     if kind not in PORTAL_KINDS:
         raise SystemExit(f"LEAM_DEMO_PORTAL={kind!r}: one of {', '.join(PORTAL_KINDS)}")
     return kind == "real"
+
+
+def _started_kind() -> str | None:
+    try:
+        return (STATE / "portal-kind").read_text().strip()
+    except OSError:
+        return None
 
 
 def say(text: str) -> None:
@@ -192,6 +200,7 @@ def up() -> int:
     if any(not shutil.which(t) for t in ("debootstrap", "unshare", "ssh", "git")):
         say("installing what the sandbox hosts need: tools/setup-machine.sh")
         subprocess.run([ROOT / "tools" / "setup-machine.sh"], check=True)
+    (STATE / "portal-kind").write_text("real\n" if real() else "standin\n")
     password = REAL.start(say) if real() else _password()
     if not real():
         start_portals()
