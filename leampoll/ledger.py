@@ -20,12 +20,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from leampoll import records
 from leampoll.needs import Claim, Fit, fit
 
 DEFAULT_PATH = Path("/run/leampoll/ledger.json")
@@ -81,11 +82,7 @@ class Entry:
             return None
         if not all(isinstance(data.get(k, {}), dict) for k in ("reserved", "used")):
             return None
-        known = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError:
-            return None
+        return records.from_json(cls, data)
 
 
 # What the system has free, by resource: (free, total), measured under the lock.

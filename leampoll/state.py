@@ -29,12 +29,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 
+from leampoll import records
 from leampoll.jobs import Job, Report
 from leampoll.portal_health import Trouble
 
@@ -64,23 +65,6 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-
-
-_T = TypeVar("_T")
-
-
-def _record(cls: type[_T], data: Any) -> _T | None:
-    """A record of status.json as `cls`, or None when it is missing or not one.
-
-    Unknown keys are left out: a file written by another version stays readable.
-    """
-    if not isinstance(data, dict):
-        return None
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    try:
-        return cls(**{k: v for k, v in data.items() if k in names})
-    except TypeError:
         return None
 
 
@@ -203,8 +187,8 @@ class Status:
                     "jobs",
                 )
             },
-            current=_record(Current, data.get("current")),
-            last=_record(Last, data.get("last")),
+            current=records.from_json(Current, data.get("current")),
+            last=records.from_json(Last, data.get("last")),
             counts=_counts(data.get("counts")),
             session=_counts(data.get("session")),
             guard=Guard(
@@ -214,8 +198,8 @@ class Status:
                 guard.get("ledger"),
             ),
             reports_pending=data.get("reports_pending", 0),
-            auth=_record(AuthHold, data.get("auth")),
-            portal_error=_record(Trouble, data.get("portal_error")),
+            auth=records.from_json(AuthHold, data.get("auth")),
+            portal_error=records.from_json(Trouble, data.get("portal_error")),
             portal_errors_total=_counts(data.get("portal_errors_total")),
             usage=data.get("usage") if isinstance(data.get("usage"), dict) else None,
         )

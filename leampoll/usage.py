@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from leampoll import records
 
 HISTORY_FILE = "history.jsonl"
 HISTORY_KEEP = 100
@@ -61,11 +63,7 @@ class JobUsage:
         """A record from one history line; None for anything unreadable."""
         if not isinstance(data, dict) or not isinstance(data.get("job_id"), str):
             return None
-        known = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError:
-            return None
+        return records.from_json(cls, data)
 
 
 def history_path(state_dir: Path) -> Path:
