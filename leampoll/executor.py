@@ -34,6 +34,7 @@ from leampoll.cgroups import MODE_PGROUP, JobCgroup, Limits, Mode, Units
 from leampoll.checkout import plan as plan_checkout
 from leampoll.jobs import Job
 from leampoll.lifecycle import COLD, Lifecycle
+from leampoll.units import human
 from leampoll.usage import (
     ENDED_DISK_FULL,
     ENDED_EXIT,
@@ -131,7 +132,7 @@ class Outcome:
         elif self.oom:
             peak = self.usage.peak_memory_bytes if self.usage else 0
             what = (
-                f"killed by the OOM killer (out of memory) at a peak of {_human(peak)} "
+                f"killed by the OOM killer (out of memory) at a peak of {human(peak)} "
                 f"after {self.duration:.1f}s"
             )
         elif self.timed_out:
@@ -143,19 +144,11 @@ class Outcome:
         return f"{self.stage} failed: {what}"
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def usage_line(u: JobUsage) -> str:
     """One line of what a job used, for the report message and the log."""
     return (
         f"usage: wall {u.wall_seconds:.1f}s, cpu {u.cpu_seconds:.1f}s, "
-        f"peak memory {_human(u.peak_memory_bytes)}, peak disk {_human(u.peak_disk_bytes)} "
+        f"peak memory {human(u.peak_memory_bytes)}, peak disk {human(u.peak_disk_bytes)} "
         f"in {u.peak_inodes} inodes, ended {u.ended} ({u.mode})"
     )
 

@@ -38,6 +38,15 @@ def config_sources(environ: Mapping[str, str]) -> sources.Sources:
     )
 
 
+def check_speed(speed: float, once: bool) -> None:
+    """A poller that keeps polling waits between polls; --once polls one time and may not.
+
+    The roles never give --once: their validation applies this with once false.
+    """
+    if speed <= 0 and not once:
+        raise ConfigError("--speed must be greater than 0")
+
+
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Parse and validate; raise ConfigError with one clear line when unusable."""
     env = os.environ if environ is None else environ
@@ -74,8 +83,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             "(or PORTAL_PASSWORD_FILE)"
         )
     workdir = (args.workdir or Path.cwd()).absolute()
-    if args.speed <= 0 and not args.once:
-        raise ConfigError("--speed must be greater than 0")
+    check_speed(args.speed, args.once)
     try:
         TrustedOrigins.build(args.site, args.trusted_origin)
     except ValueError as exc:

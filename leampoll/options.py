@@ -8,6 +8,8 @@ other sources of settings are leampoll.loading's.
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ def _shown(size: Size) -> str:
 
 def _seconds(text: str) -> float:
     value = float(text)
-    if value < 0 or value != value:
+    # Not inf either: a wait of inf seconds is an OverflowError in time.sleep.
+    if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"{text!r}: must be a number >= 0")
     return value
 
@@ -81,11 +84,52 @@ def _cpu_weight(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _tasks_max(text: str) -> int:
+    try:
+        return units.check_tasks_max(_count(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _inodes(text: str) -> Size:
     try:
         return parse_size(text, units=False)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_SIZE_TEXT = "a size such as 5G (K/M/G/T, powers of 1024) or a percentage up to 100%"
+# What each conversion takes, in words: the roles' validation (plugins/filter/
+# validation.py) says it of a project key or leampoll_<option> that fails it.
+KINDS: dict[Callable[[str], Any], str] = {
+    _seconds: "a number of seconds (0 or more)",
+    _count: "a whole number (0 or more)",
+    _runs: "a whole number, at least 1",
+    _margin: "a factor from 1 to 100",
+    _size: _SIZE_TEXT,
+    _memory_max: "a size such as 4G (K/M/G/T, powers of 1024; at least 1M)",
+    _cpu_weight: f"a whole number within {units.CPU_WEIGHT_MIN}..{units.CPU_WEIGHT_MAX}",
+    _tasks_max: f"a whole number of processes and threads within 0..{units.TASKS_MAX_MAX}",
+    _inodes: "a number of inodes, or a percentage up to 100%",
+}
+
+
+def convert(parser: sources.Parser, dest: str, value: Any) -> Any:
+    """`value` (text, or a number as YAML gives it) as the option `dest` converts it.
+
+    The conversion a flag's value, LEAMPOLL_<DEST> and the file's key go
+    through; raises ValueError when it refuses the value. Neither a boolean
+    nor None is a value of an option that converts its text.
+    """
+    convert = parser.options[dest].action.type
+    if not callable(convert):
+        return value
+    if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is not a value of {dest}")
+    try:
+        return convert(str(value))
+    except (TypeError, argparse.ArgumentTypeError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 EPILOG = """\
@@ -268,7 +312,7 @@ def build_parser() -> sources.Parser:
     )
     p.add_argument(
         "--tasks-max",
-        type=_count,
+        type=_tasks_max,
         default=DEFAULTS["tasks_max"],
         metavar="N",
         help="processes and threads a job may have (cgroup mode; 0 = the slice's bound)",
@@ -343,16 +387,16 @@ def build_parser() -> sources.Parser:
     p.add_argument(
         "--learn-runs",
         type=_runs,
-        default=10,
+        default=DEFAULTS["learn_runs"],
         metavar="N",
-        help="learn needs from the project's last N runs (default 10)",
+        help=f"learn needs from the project's last N runs (default {DEFAULTS['learn_runs']})",
     )
     p.add_argument(
         "--learn-margin",
         type=_margin,
-        default=1.2,
+        default=DEFAULTS["learn_margin"],
         metavar="FACTOR",
-        help="a learned need is this many times the peak (default 1.2)",
+        help=f"a learned need is this many times the peak (default {DEFAULTS['learn_margin']:g})",
     )
     p.add_argument(
         "--need-disk",

@@ -26,8 +26,11 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 ENV_PREFIX = "LEAMPOLL_"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+# A switch's words: the poller's environment and file take these, nothing else.
+TRUE = frozenset({"1", "true", "yes", "on"})
+FALSE = frozenset({"0", "false", "no", "off", ""})
+# Ansible's bool (a role variable, `| bool`, an argument spec's bool) reads y and t as true too.
+ANSIBLE_TRUE = TRUE | {"y", "t"}
 # The actions whose setting is a boolean, a constant, a count or a list.
 _BOOLEAN = ("store_true", "store_false", argparse.BooleanOptionalAction)
 _NOT_SETTINGS = ("help", "version", "append_const", "parsers")
@@ -281,8 +284,19 @@ def _boolean(raw: Any) -> bool | None:
         return raw
     if isinstance(raw, str):
         text = raw.strip().lower()
-        return True if text in _TRUE else False if text in _FALSE else None
+        return True if text in TRUE else False if text in FALSE else None
     return None
+
+
+def truth(value: Any) -> bool:
+    """A role variable as Ansible reads a bool: the switch's words, y and t; else Python's bool.
+
+    The roles' filters (plugins/filter/) read their switches with this, so that
+    a switch means there what the poller's own words mean, plus Ansible's.
+    """
+    if isinstance(value, str):
+        return value.strip().lower() in ANSIBLE_TRUE
+    return bool(value)
 
 
 def _split(text: str) -> list[str]:

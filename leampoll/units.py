@@ -48,6 +48,10 @@ def parse_size(text: str, units: bool = True) -> Size:
 
 MIN_MEMORY_MAX = 1024**2
 CPU_WEIGHT_MIN, CPU_WEIGHT_MAX = 1, 10000  # systemd's CPUWeight=
+# A job's processes and threads (--tasks-max; 0: the slice's bound only). Its
+# unit gets one more, for the unit's keeper (leampoll.cgroups), and the
+# job-unit helper refuses a TasksMax= above 2^22 (the kernel's largest pid_max).
+TASKS_MAX_MAX = 2**22 - 1
 
 
 def parse_memory_max(text: str) -> int:
@@ -61,6 +65,12 @@ def parse_memory_max(text: str) -> int:
 def check_cpu_weight(value: int) -> int:
     if not CPU_WEIGHT_MIN <= value <= CPU_WEIGHT_MAX:
         raise ValueError(f"{value!r}: must be within {CPU_WEIGHT_MIN}..{CPU_WEIGHT_MAX}")
+    return value
+
+
+def check_tasks_max(value: int) -> int:
+    if not 0 <= value <= TASKS_MAX_MAX:
+        raise ValueError(f"{value!r}: must be within 0..{TASKS_MAX_MAX}")
     return value
 
 

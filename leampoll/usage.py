@@ -76,6 +76,11 @@ def read_history(path: Path, last: int | None = None) -> list[JobUsage]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    return parse_history(text, last)
+
+
+def parse_history(text: str, last: int | None = None) -> list[JobUsage]:
+    """The runs of a history file's text, oldest first (the jobdir role reads it too)."""
     runs = []
     for line in text.splitlines():
         with contextlib.suppress(ValueError):

@@ -363,6 +363,26 @@ def test_load_bad_options_exit_2(argv, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--job-timeout", "inf"],  # time.sleep(inf) is an OverflowError
+        ["--speed", "inf"],
+        ["--tasks-max", "5.0"],
+        ["--tasks-max", str(2**22)],  # the unit gets one more: job-unit refuses > 2^22
+    ],
+)
+def test_load_refuses_what_a_job_or_the_helper_cannot_take(argv, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        load([SITE, *argv], CREDS)
+    assert excinfo.value.code == 2
+    capsys.readouterr()
+
+
+def test_load_tasks_max_up_to_the_helpers_bound():
+    assert load([SITE, "--tasks-max", str(2**22 - 1)], CREDS).tasks_max == 2**22 - 1
+
+
 def test_load_zero_speed_is_refused_unless_once():
     with pytest.raises(ConfigError, match="speed"):
         load([SITE, "--speed", "0"], CREDS)

@@ -227,3 +227,84 @@ def test_without_an_installed_poller_the_filter_uses_the_source_it_ships_with(tm
     found, problem = out.stdout.splitlines()
     assert found == str(ROOT / "leampoll" / "__init__.py")
     assert problem.startswith("h: leampoll_min_free_disk must be a size")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("tasks_max", 5.0),  # the poller's int() refuses "5.0"
+        ("tasks_max", 2**22),  # beyond what job-unit takes (with the keeper's one more)
+        ("job_timeout", "inf"),  # the poller refuses it too (time.sleep(inf) fails)
+        ("speed", "inf"),
+    ],
+)
+def test_a_project_key_is_refused_as_the_poller_refuses_it(key, value):
+    (line,) = poll([project(**{key: value})])
+    assert line.startswith(f"alpha: leam_projects[0] (project chicago).{key} must be ")
+    with pytest.raises(SystemExit):
+        val.options.build_parser().parse_args([f"--{key.replace('_', '-')}", str(value)])
+
+
+@pytest.mark.parametrize("key,value", [("tasks_max", 2**22 - 1), ("tasks_max", "0")])
+def test_a_project_key_is_taken_as_the_poller_takes_it(key, value):
+    assert poll([project(**{key: value})]) == []
+
+
+def test_every_option_key_is_checked_with_words_for_what_it_takes():
+    kinds = val.option_kinds()
+    # The keys a project or leampoll_<key> may set: each has its conversion's words.
+    for key in ("speed", "min_free_disk", "min_free_mem", "job_timeout", "memory_max"):
+        assert key in kinds and not kinds[key].startswith("a value of")
+    for key in ("tasks_max", "cpu_weight", "learn_runs", "learn_margin", "grace"):
+        assert key in kinds and not kinds[key].startswith("a value of")
+    assert "ca_file" not in kinds  # a path: the roles' own path rule
+    (line,) = poll(leampoll_grace="-1")
+    assert line == "alpha: leampoll_grace must be a number of seconds (0 or more)"
+
+
+def test_truth_is_the_pollers_words_and_ansibles():
+    for text in ("yes", "On", "1", "true", "y", "t"):
+        assert val.truth(text)
+    for value in ("no", "off", "0", "", "n", False, 0, None):
+        assert not val.truth(value)
+
+
+@pytest.mark.parametrize("mode,ok", [("0755", True), ("0750", True), ("755", False), (493, False)])
+def test_jobdir_mode(mode, ok):
+    problems = val.jobdir_problems({"jobdir_mode": mode}, "h")
+    assert problems == ([] if ok else ['h: jobdir_mode must be a quoted octal mode such as "0755"'])
+
+
+SUPERVISOR = {
+    "supervisor_packages": ["supervisor"],
+    "supervisor_conf": "/etc/supervisor/supervisord.conf",
+    "supervisor_conf_dir": "/etc/supervisor/conf.d",
+    "supervisor_include_files": "/etc/supervisor/conf.d/*.conf",
+    "supervisor_programs_stopwaitsecs": [40, 40],
+    "supervisor_stop_margin": 30,
+    "supervisor_stop_timeout_max": 1740,
+}
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"supervisor_packages": []},
+        {"supervisor_conf": "etc/supervisor/supervisord.conf"},
+        {"supervisor_conf_dir": "/etc/../conf.d"},
+        {"supervisor_include_files": ""},
+    ],
+)
+def test_supervisor_paths_and_packages(over):
+    assert val.supervisor_problems(SUPERVISOR, "alpha") == []
+    (line,) = val.supervisor_problems({**SUPERVISOR, **over}, "alpha")
+    assert line.startswith("alpha: supervisor_packages must not be empty, and supervisor_conf")
+
+
+def test_supervisor_stop_timeout_and_its_bound():
+    assert val.supervisor_stop_timeout([40, "40"], 30) == 110
+    assert val.supervisor_stop_timeout([], 30) == 90  # never below Debian's 90 s
+    many = {**SUPERVISOR, "supervisor_programs_stopwaitsecs": [600, 600, 600]}
+    (line,) = val.supervisor_problems(many, "alpha")
+    assert line.startswith("alpha: Supervisor would need up to 1830 s to stop")
+    assert "600 + 600 + 600 s" in line and "supervisor_stop_timeout_max (1740 s)" in line

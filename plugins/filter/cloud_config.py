@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+try:
+    import leampoll  # noqa: F401  (a checkout's venv has it installed)
+except ImportError:  # the installed collection carries the poller's source at its root
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+from leampoll.paths import PLAIN_PATH_TEXT, is_plain_path
 
 # Variables of the roles (and the inventory's data model) a host needs.
 DEFAULT_PREFIXES = ("leam_", "leampoll_", "supervisor_", "jobdir_", "node_exporter_")
@@ -70,8 +77,8 @@ class Options:
                 "of words (argv), not a shell string"
             )
         for path in (self.host_vault_password_file, self.prefix):
-            if not str(path).startswith("/"):
-                raise CloudConfigError(f"leam_userdata: {path!r} is not an absolute path")
+            if not is_plain_path(path):
+                raise CloudConfigError(f"leam_userdata: {path!r} is not {PLAIN_PATH_TEXT}")
 
 
 class Vaulted(str):

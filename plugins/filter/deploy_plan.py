@@ -22,9 +22,17 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+try:
+    import leampoll  # noqa: F401  (a checkout's venv has it installed)
+except ImportError:  # the installed collection carries the poller's source at its root
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+from leampoll.sources import truth as _truth  # a switch as Ansible's bool reads it
 
 # Supervisor states of a poller that has not exited.
 BUSY_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF", "STOPPING"})
@@ -533,12 +541,6 @@ def _names(value: Any) -> list[str] | None:
     if isinstance(value, str):
         return [n.strip() for n in value.split(",") if n.strip()]
     return [str(n) for n in value]
-
-
-def _truth(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on", "y", "t")
-    return bool(value)
 
 
 def leampoll_plan(host: Mapping, wanted: Mapping, action: str = "deploy") -> dict[str, Any]:

@@ -11,15 +11,25 @@ Each filter takes the variables of one host and returns a list of problems, each
 naming the host, the project where there is one, and the key; never a value of a
 secret. An empty list: the variables are fine.
 
+A project key or leampoll_<name> that is also an option of the poller
+(speed, min_free_disk, tasks_max, learn_runs...) is checked by that option's
+own conversion (leampoll.options.convert, described by options.KINDS), found
+in the poller's parser: a key added to the argument specs, the template and
+the poller needs no rule here.
+
 Filters (by their full name, leam.jobserver.<name>):
   leam_problems(variables, host)           leam_user, leam_jobdir_*, project names
+  jobdir_problems(variables, host)         jobdir_mode
   leampoll_problems(variables, host)       leampoll_*, the projects' portal keys
+  leampoll_jobs_problems(variables, host)  leampoll_jobs_*
+  supervisor_problems(variables, host)     supervisor_*, the stop timeout across them
+  supervisor_stop_timeout(stopwaitsecs, margin)  supervisor.service's TimeoutStopSec
   node_exporter_problems(variables, host)  node_exporter_*
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import math
 import re
 import sys
@@ -32,13 +42,15 @@ try:
     import leampoll  # noqa: F401  (a checkout's venv has it installed)
 except ImportError:  # the installed collection carries the poller's source at its root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
-from leampoll import options, origins, security, units
+from leampoll import loading, options, origins, security, sources, units
+from leampoll.config import ConfigError
+from leampoll.paths import PLAIN_PATH, PLAIN_PATH_TEXT, is_plain_path
 
 # Project names become directory, program and file names.
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 USER = re.compile(r"^[a-z_][a-z0-9_-]*$")
 # An absolute path of letters, digits and ._+-, without . or .. components.
-PATH = re.compile(r"^(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)+$")
+PATH = PLAIN_PATH
 # Never made the job tree root (it is chowned to leam_user).
 _TOP = "bin boot dev etc home lib lib64 media mnt opt proc root run sbin srv sys tmp usr var"
 SYSTEM_DIRS = frozenset(f"/{name}" for name in _TOP.split())
@@ -62,25 +74,63 @@ ENV_TEXT = (
     "that a Supervisor environment= can carry (no line break, no white space before ; or #, "
     "not both ' and \", no quote at either end, no %(here)s)"
 )
-TRUE = {"1", "true", "yes", "on", "y", "t"}
-# The learned guards' keys of a project (docs/guards.md), checked by the poller's own options.
-GUARD_KEYS = {
-    "learn_runs": "a whole number of runs, at least 1",
-    "learn_margin": "a factor from 1 to 100",
-    "need_disk": "a size such as 40G (K/M/G/T, powers of 1024) or a percentage up to 100%",
-    "need_memory": "a size such as 8G (K/M/G/T, powers of 1024) or a percentage up to 100%",
-    "need_inodes": "a number of inodes, or a percentage up to 100%",
-}
+# A file mode as the roles write it: quoted, four octal digits.
+MODE = re.compile(r"^0[0-7]{3}$")
+# systemd's DefaultTimeoutStopSec on Debian: supervisor.service never gets less.
+SUPERVISOR_STOP_TIMEOUT_MIN = 90
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Any:
+    return options.build_parser()
 
 
 def credential_options() -> list[str]:
     """The poller's options that take a user or password: never on its command line."""
     return sorted(
         flag
-        for dest, option in options.build_parser().options.items()
+        for dest, option in _parser().options.items()
         if dest in ("user", "password")
         for flag in option.action.option_strings
     )
+
+
+def option_kinds() -> dict[str, str]:
+    """dest -> what it takes, of each poller option whose conversion checks a value.
+
+    A path (type Path) takes any text: the roles' own path rule checks those
+    keys (ca_file). Choices are the argument specs'.
+    """
+    return {
+        dest: options.KINDS.get(
+            option.action.type, f"a value of the poller's {option.action.option_strings[-1]}"
+        )
+        for dest, option in _parser().options.items()
+        if callable(option.action.type) and option.action.type is not Path
+    }
+
+
+# The poller's checks across its options, for a poller as the roles run it
+# (never --once): dest -> (the check of the converted value, what it takes).
+def _speed(value: float) -> None:
+    loading.check_speed(value, once=False)
+
+
+ACROSS: dict[str, tuple[Callable[[Any], None], str]] = {
+    "speed": (_speed, "a number of seconds greater than 0"),
+}
+
+
+def option_problem(dest: str, value: Any) -> str | None:
+    """What `value` must be as the poller's option `dest`; None when the poller takes it."""
+    across = ACROSS.get(dest)
+    try:
+        converted = options.convert(_parser(), dest, value)
+        if across:
+            across[0](converted)
+    except (ValueError, ConfigError):
+        return across[1] if across else option_kinds()[dest]
+    return None
 
 
 # -- the rules, each a predicate on one value ---------------------------------------
@@ -96,29 +146,10 @@ def is_size(value: Any) -> bool:
 
 def poller_accepts(dest: str, value: Any) -> bool:
     """The value converts as the poller's own option `dest` converts it: one rule."""
-    convert = options.build_parser().options[dest].action.type
-    if isinstance(value, bool) or value is None or not callable(convert):
+    if not callable(_parser().options[dest].action.type):
         return False
     try:
-        convert(str(value))
-    except (ValueError, TypeError, argparse.ArgumentTypeError):
-        return False
-    return True
-
-
-def is_memory_max(value: Any) -> bool:
-    try:
-        units.parse_memory_max(str(value))
-    except ValueError:
-        return False
-    return True
-
-
-def is_cpu_weight(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
-        return False
-    try:
-        units.check_cpu_weight(int(value))
+        options.convert(_parser(), dest, value)
     except ValueError:
         return False
     return True
@@ -148,15 +179,9 @@ def above(low: float, kind: Callable[[Any], float | None] = number) -> Callable[
     return lambda value: (n := kind(value)) is not None and n > low
 
 
-def truth(value: Any) -> bool:
-    """As the argument spec's bool type and Jinja's `| bool` read it."""
-    if isinstance(value, str):
-        return value.strip().lower() in TRUE
-    return bool(value)
-
-
-def is_path(value: Any) -> bool:
-    return isinstance(value, str) and bool(PATH.match(value))
+# As the argument spec's bool type and Jinja's `| bool` read it: the poller's own words, y, t.
+truth = sources.truth
+is_path = is_plain_path
 
 
 def is_url(value: Any) -> bool:
@@ -260,18 +285,11 @@ def leam_problems(variables: Mapping[str, Any], host: str) -> list[str]:
 def leampoll_problems(variables: Mapping[str, Any], host: str) -> list[str]:
     """The poller settings and each project's portal keys."""
     out = Problems(host, variables)
-    seconds = "a number of seconds"
-    out.check("leampoll_speed", above(0), f"{seconds} greater than 0")
-    for key in ("learn_runs", "learn_margin"):
-        out.check(f"leampoll_{key}", lambda v, k=key: poller_accepts(k, v), GUARD_KEYS[key])
-    for key, example in (("leampoll_min_free_disk", "5G"), ("leampoll_min_free_mem", "1G")):
-        out.check(
-            key,
-            is_size,
-            f"a size such as {example} (K/M/G/T, powers of 1024) or a percentage up to 100%",
-        )
-    out.check("leampoll_job_timeout", at_least(0), f"{seconds} (0 = no limit)")
-    out.check("leampoll_grace", at_least(0), seconds)
+    # leampoll_<option>: the host's value of a poller option (its projects may override it).
+    for dest in option_kinds():
+        key = f"leampoll_{dest}"
+        if key in variables and (what := option_problem(dest, variables[key])):
+            out.add(f"{key} must be {what}")
     out.check("leampoll_stop_margin", at_least(0, whole), "a whole number of seconds")
     out.check(
         [
@@ -351,29 +369,10 @@ def _project_problems(out: Problems, label: str, project: Mapping[str, Any]) -> 
         if serving and not env_safe(project.get(key)):
             vault = " (is its vault variable defined?)" if key == "portal_password" else ""
             out.add(f"{label}.{key} must be set{vault} to a non-empty string {ENV_TEXT}")
-    if "speed" in project and not above(0)(project["speed"]):
-        out.add(f"{label}.speed must be a number of seconds greater than 0")
-    for key, example in (("min_free_disk", "20G"), ("min_free_mem", "2G")):
-        if key in project and not is_size(project[key]):
-            out.add(
-                f"{label}.{key} must be a size such as {example} (K/M/G/T, powers of 1024) "
-                "or a percentage up to 100%"
-            )
-    if "job_timeout" in project and not at_least(0)(project["job_timeout"]):
-        out.add(f"{label}.job_timeout must be a number of seconds (0 = no limit)")
-    if "memory_max" in project and not is_memory_max(project["memory_max"]):
-        out.add(
-            f"{label}.memory_max must be a size such as 4G (K/M/G/T, powers of 1024; at least 1M)"
-        )
-    if "tasks_max" in project and not at_least(0, whole)(project["tasks_max"]):
-        out.add(
-            f"{label}.tasks_max must be a whole number of processes and threads (0 = no own bound)"
-        )
-    if "cpu_weight" in project and not is_cpu_weight(project["cpu_weight"]):
-        out.add(f"{label}.cpu_weight must be a whole number within 1..10000")
-    for key, what in GUARD_KEYS.items():
-        if key in project and not poller_accepts(key, project[key]):
-            out.add(f"{label}.{key} must be {what}")
+    # A key named as a poller option is that option for this project's poller.
+    for dest in option_kinds():
+        if dest in project and (what := option_problem(dest, project[dest])):
+            out.add(f"{label}.{dest} must be {what}")
     trusted = project.get("trusted_origins", [])
     listed = strings(trusted)
     if listed is None or not all(is_url(o) and supervisor_safe(o) for o in listed):
@@ -418,12 +417,70 @@ def leampoll_jobs_problems(variables: Mapping[str, Any], host: str) -> list[str]
     return out.lines
 
 
+def jobdir_problems(variables: Mapping[str, Any], host: str) -> list[str]:
+    """The job tree's mode."""
+    out = Problems(host, variables)
+    out.check(
+        "jobdir_mode",
+        lambda v: isinstance(v, str) and bool(MODE.match(v)),
+        'a quoted octal mode such as "0755"',
+    )
+    return out.lines
+
+
+def supervisor_stop_timeout(stopwaitsecs: Iterable[Any], margin: Any) -> int:
+    """supervisor.service's TimeoutStopSec: supervisord stops its programs one after
+    another, each within its stopwaitsecs, so their sum plus the margin; at least 90 s."""
+    return max(sum(int(s) for s in stopwaitsecs) + int(margin), SUPERVISOR_STOP_TIMEOUT_MIN)
+
+
+def supervisor_problems(variables: Mapping[str, Any], host: str) -> list[str]:
+    """Supervisor's packages and files, and its stop timeout against the reboot's."""
+    out = Problems(host, variables)
+    v = variables
+    if not (
+        len(v.get("supervisor_packages") or []) > 0
+        and is_path(v.get("supervisor_conf"))
+        and is_path(v.get("supervisor_conf_dir"))
+        and len(v.get("supervisor_include_files") or "") > 0
+    ):
+        out.add(
+            "supervisor_packages must not be empty, and supervisor_conf, supervisor_conf_dir "
+            "and supervisor_include_files must be set (supervisor_conf and supervisor_conf_dir: "
+            f"{PLAIN_PATH_TEXT}s)"
+        )
+    waits = v.get("supervisor_programs_stopwaitsecs") or []
+    margin = v.get("supervisor_stop_margin", 0)
+    limit = v.get("supervisor_stop_timeout_max")
+    if limit is None or not isinstance(waits, list):
+        return out.lines  # the argument spec's to say
+    try:
+        timeout = supervisor_stop_timeout(waits, margin)
+        too_long = timeout > int(limit)
+    except (TypeError, ValueError):
+        return out.lines  # not whole numbers: the argument spec's to say
+    if too_long:
+        out.add(
+            f"Supervisor would need up to {timeout} s to stop: it stops its {len(waits)} "
+            "programs one after another, each within its stopwaitsecs "
+            f"({' + '.join(str(w) for w in waits)} s), plus supervisor_stop_margin ({margin} s). "
+            f"That exceeds supervisor_stop_timeout_max ({limit} s): systemd forces a reboot or "
+            "poweroff 30 min after it began (reboot.target JobTimeoutSec), so a job stopped last "
+            "would be killed before its poller hands it back. Lower leampoll_grace or "
+            "leampoll_stop_margin, or serve fewer projects on this host"
+        )
+    return out.lines
+
+
 class FilterModule:
     """The roles' validation filters."""
 
     def filters(self) -> dict[str, Any]:
         return {
             "leam_problems": leam_problems,
+            "jobdir_problems": jobdir_problems,
+            "supervisor_problems": supervisor_problems,
+            "supervisor_stop_timeout": supervisor_stop_timeout,
             "leampoll_problems": leampoll_problems,
             "leampoll_jobs_problems": leampoll_jobs_problems,
             "node_exporter_problems": node_exporter_problems,
