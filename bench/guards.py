@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leampoll.usage import history_path, read_history
+from testing.pollers import LEAMPOLL, poller_flags
 from testing.portal_standin import PortalStandin
 from testing.resource_jobs import disk_job, memory_job
 
@@ -88,9 +89,9 @@ def run_case(
     try:
         for p, wd in workdirs.items():
             wd.mkdir()
-            argv = [sys.executable, "-m", "leampoll", "--workdir", str(wd), "--speed", "0.2"]
-            argv += ["--max-backoff", "0.5", "--min-free-disk", "100M", "--min-free-mem", "100M"]
-            argv += ["--keep-failed", "0", "--guard-mode", mode, portals[p].url]
+            argv = [*LEAMPOLL, *poller_flags(wd), "--keep-failed", "0", "--guard-mode", mode]
+            # The guards under test at 100M, over poller_flags' (the last flag wins).
+            argv += ["--min-free-disk", "100M", "--min-free-mem", "100M", portals[p].url]
             argv += ["--ledger", str(ledger) if mode == "learned" else "off"]
             pollers.append(
                 subprocess.Popen(

@@ -6,7 +6,7 @@ before any host polls) and ends all of it, hosts before the portals they
 poll, whatever the test did. `Inventory` is what is played against them: the
 projects of each host, host and group variables over the settings every
 sandbox fleet shares, written as one YAML inventory and converged with the
-real `site.yml`. `project` is one `leam_projects` item as tests write it.
+real `site.yml`. `leam_project` is one `leam_projects` item as tests write it.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ from pathlib import Path
 from testing import playbook
 from testing.portal_standin import PortalStandin
 from testing.sandbox import Host, Sandbox
+from testing.sandbox.inventory import write_inventory
 
 GROUP = "leam_jobservers"
-# What every sandbox fleet shares: the wheelhouse (a sandbox host's pip may not
-# reach an index) and a free-space floor a small job filesystem meets.
+# A free-space floor a small job filesystem meets: every sandbox host's, one
+# that provisions itself (cloud-init) too.
+SANDBOX_MIN_FREE: dict[str, object] = {"leam_jobdir_min_free": "20M"}
+# What every sandbox fleet converged from the controller shares: the floor and
+# the wheelhouse (a sandbox host's pip may not reach an index).
 SANDBOX_GROUP_VARS: dict[str, object] = {
     "leampoll_install_mode": "wheelhouse",
-    "leam_jobdir_min_free": "20M",
+    **SANDBOX_MIN_FREE,
 }
 
 
@@ -53,8 +57,12 @@ class Inventory:
     """An inventory of a sandbox's hosts for the playbooks, and playing it.
 
     `projects` are the `leam_projects` of each host, `host_vars` its other
-    variables, `group_vars` what `leam_jobservers` gets over
-    `SANDBOX_GROUP_VARS`. Change them, then `write` (or `converge`); each
+    variables, `group_vars` what `leam_jobservers` gets over `shared_vars`
+    (`SANDBOX_GROUP_VARS`; a host that installs itself, by cloud-init, keeps
+    only `SANDBOX_MIN_FREE`). `unreachable` adds hosts the sandbox has not, by
+    name and an address nothing answers at, connected to as its hosts are: how
+    a playbook meets a host that is down. Change them (or `dataclasses.replace`
+    for a variant beside this one), then `write` (or `converge`); each
     playbook's output is kept in `log_dir`.
     """
 
@@ -64,6 +72,8 @@ class Inventory:
     host_vars: dict[str, dict] = field(default_factory=dict)
     group_vars: dict[str, object] = field(default_factory=dict)
     log_dir: Path | None = None
+    shared_vars: Mapping[str, object] = field(default_factory=lambda: dict(SANDBOX_GROUP_VARS))
+    unreachable: dict[str, str] = field(default_factory=dict)
 
     def write(self) -> Path:
         hosts = {*self.projects, *self.host_vars}
@@ -71,8 +81,15 @@ class Inventory:
             h: {**self.host_vars.get(h, {}), "leam_projects": self.projects.get(h, [])}
             for h in sorted(hosts)
         }
-        group_vars = {GROUP: {**SANDBOX_GROUP_VARS, **self.group_vars}}
-        return self.sandbox.write_inventory(self.path, host_vars=host_vars, group_vars=group_vars)
+        group_vars = {GROUP: {**self.shared_vars, **self.group_vars}}
+        # Never booted: only their connection variables are read.
+        absent = [
+            Host(name, address, Path("/nonexistent"), self.sandbox.key_file, index=-1)
+            for name, address in self.unreachable.items()
+        ]
+        return write_inventory(
+            [*self.sandbox.hosts(), *absent], self.path, host_vars=host_vars, group_vars=group_vars
+        )
 
     def play(
         self,

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from testing import cloud_init, playbook
-from testing.fleet import leam_project, stand
+from testing.fleet import SANDBOX_MIN_FREE, Inventory, leam_project, stand
 from testing.marks import sandbox_hosts
 from testing.outcomes import job_state, report_kinds, wait_job_state
 from testing.playbook import ROOT, recap
@@ -163,12 +163,17 @@ def render_user_data(tmp: Path, portal: PortalStandin) -> str:
     return (tmp / "user-data").read_text()
 
 
+# The host's variables beyond its project and the free-space floor, in its user data
+# and in the controller's inventory alike: it installs with pip from its own wheelhouse.
+HOST_VARS = {"leampoll_pip_extra_args": PIP_ARGS, "leampoll_drain_timeout": 300}
+
+
 def host_vars(portal: PortalStandin) -> dict:
+    """The host's variables in its user data: the password vaulted."""
     return {
         "leam_projects": [leam_project(PROJECT, portal.url, "{{ vault_cloud_password }}")],
-        "leam_jobdir_min_free": "20M",
-        "leampoll_pip_extra_args": PIP_ARGS,
-        "leampoll_drain_timeout": 300,
+        **SANDBOX_MIN_FREE,
+        **HOST_VARS,
     }
 
 
@@ -180,14 +185,23 @@ class Cloud:
     ) -> None:
         self.sandbox, self.host, self.portal, self.dir = sandbox, host, portal, tmp
         self.user_data = user_data
-        self.inventory = tmp / "inventory.yml"
         self.source = exported_head(tmp / "leam.git", tmp / "source")
+        # The controller's: the host as its user data has it, the toolkit from the same
+        # revision, no wheelhouse of the controller's (it has its own).
+        self.deployed = Inventory(
+            sandbox,
+            tmp / "inventory.yml",
+            projects={HOST: [leam_project(PROJECT, portal.url, PASSWORD)]},
+            log_dir=tmp,
+            shared_vars=SANDBOX_MIN_FREE,
+        )
+        self.inventory = self.deployed.path
 
     def write_inventory(self, **extra) -> None:
-        hv = host_vars(self.portal)
-        hv["leam_projects"][0]["portal_password"] = PASSWORD
-        hv["leampoll_source"] = str(self.source)
-        self.sandbox.write_inventory(self.inventory, host_vars={HOST: {**hv, **extra}})
+        self.deployed.host_vars = {
+            HOST: {**HOST_VARS, "leampoll_source": str(self.source), **extra}
+        }
+        self.deployed.write()
 
     def ssh(self, command: str) -> str:
         return self.host.ssh(command, check=True, timeout=120).stdout
@@ -213,7 +227,7 @@ class Cloud:
         wait_until(lambda: self.poller_state() == "RUNNING", 120, "the poller RUNNING")
 
     def retire(self, *args: str) -> subprocess.CompletedProcess:
-        return playbook.run(self.inventory, "playbooks/retire.yml", *args, log_dir=self.dir)
+        return self.deployed.play(*args, playbook_name="playbooks/retire.yml")
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +356,7 @@ def test_idle_shutdown_spares_a_busy_host_then_powers_off_an_idle_one(cloud):
         leampoll_idle_shutdown_check=1,
         leampoll_drain_timeout=20,
     )
-    out = playbook.run(cloud.inventory, "site.yml", log_dir=cloud.dir)
+    out = cloud.deployed.play()
     assert out.returncode == 0 and recap(out.stdout)[HOST]["failed"] == 0, out.stdout[-4000:]
     assert cloud.poller_log().count("SIGUSR1: draining") == drains  # the job was left alone
     log = "/var/log/supervisor/leam-idle-shutdown.log"

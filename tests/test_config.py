@@ -17,6 +17,7 @@ from leampoll import sources
 from leampoll.config import ConfigError
 from leampoll.loading import load
 from leampoll.options import build_parser
+from testing.pollers import poller_flags
 from tests.conftest import LEAMPOLL, PASSWORD, USER, password_file
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,23 +29,6 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
     return subprocess.run(
         [*LEAMPOLL, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
     )
-
-
-def quick(workdir: Path) -> list[str]:
-    return [
-        "--workdir",
-        str(workdir),
-        "--min-free-disk",
-        "1M",
-        "--min-free-mem",
-        "1M",
-        "--min-free-inodes",
-        "10",
-        "--speed",
-        "0.2",
-        "--max-backoff",
-        "0.5",
-    ]
 
 
 # -- the real command -------------------------------------------------------------------
@@ -100,7 +84,7 @@ def test_precedence_flags_environment_file_defaults(
     env["LEAMPOLL_CONFIG"] = str(config)
     if environ:
         env["LEAMPOLL_POPQ"] = "/env"
-    args = [*quick(workdir), "--once", *(["--popq", "/flag"] if flag else []), portal.url]
+    args = [*poller_flags(workdir), "--once", *(["--popq", "/flag"] if flag else []), portal.url]
     run(args, env, tmp_path)
     assert [r.path for r in portal.requests_of("pop") + portal.requests_of("other")] == [
         "/portal" + popped
@@ -127,7 +111,7 @@ def test_bad_settings_exit_2_naming_the_variable_or_key(
     config = tmp_path / "leampoll.toml"
     config.write_text(setting.pop("file", ""))
     env.update(setting)
-    out = run([*quick(workdir), "--config", str(config), portal.url], env, tmp_path)
+    out = run([*poller_flags(workdir), "--config", str(config), portal.url], env, tmp_path)
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert needle in last
@@ -145,11 +129,11 @@ def test_once_from_environment_and_check_flag(portal, workdir, env, tmp_path):
     """A flag of an exclusive group overrides the group's setting from the environment."""
     env["LEAMPOLL_ONCE"] = "1"
     portal.queue("j", "true")
-    out = run([*quick(workdir), "--check", portal.url], env, tmp_path)
+    out = run([*poller_flags(workdir), "--check", portal.url], env, tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert not portal.requests_of("pop")
     env["LEAMPOLL_CHECK"] = "yes"
-    out = run([*quick(workdir), portal.url], env, tmp_path)
+    out = run([*poller_flags(workdir), portal.url], env, tmp_path)
     assert out.returncode == 2
     assert "LEAMPOLL_ONCE and LEAMPOLL_CHECK cannot be used together" in out.stderr
 
@@ -229,7 +213,7 @@ def test_password_file_permissions_at_start(
     portal, workdir, file_env, tmp_path, mode, code, needle
 ):
     os.chmod(file_env["PORTAL_PASSWORD_FILE"], mode)
-    out = run([*quick(workdir), "--check", portal.url], file_env, tmp_path)
+    out = run([*poller_flags(workdir), "--check", portal.url], file_env, tmp_path)
     assert out.returncode == code, out.stdout + out.stderr
     assert needle in out.stderr and PASSWORD not in out.stdout + out.stderr
 
@@ -244,7 +228,9 @@ def test_password_file_from_config_file(portal, workdir, file_env, tmp_path):
     config = tmp_path / "leampoll.toml"
     config.write_text(f'password_file = "{file_env.pop("PORTAL_PASSWORD_FILE")}"\n')
     out = run(
-        [*quick(workdir), "--config", str(config), "--idle", "1", portal.url], file_env, tmp_path
+        [*poller_flags(workdir), "--config", str(config), "--idle", "1", portal.url],
+        file_env,
+        tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert [r.user for r in portal.requests_of("pop")] == [USER]

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from leampoll.usage import JobUsage
-from testing import playbook
-from testing.fleet import Stand, stand
+from testing.fleet import Inventory, Stand, leam_project, stand
 from testing.marks import sandbox_hosts
 from testing.playbook import recap
 from testing.portal_standin import PortalStandin
@@ -55,37 +54,31 @@ class GuardFleet:
         self.stand = s
         self.host: Host = s.hosts[HOST]
         self.portals = s.portals
-        self.inventory = workdir / "inventory.yml"
         self.dir = workdir
+        self.deployed = Inventory(
+            s.sandbox,
+            workdir / "inventory.yml",
+            projects={
+                HOST: [
+                    leam_project(
+                        name,
+                        self.portals[name].url,
+                        PASSWORD,
+                        speed=0.5,
+                        min_free_disk="100M",
+                        min_free_mem="100M",
+                        **extra,
+                    )
+                    for name, extra in PROJECTS.items()
+                ]
+            },
+            # A run that filled the disk is not kept: it would keep it full.
+            group_vars={"leampoll_extra_args": ["--keep-failed", "0", "--max-backoff", "2"]},
+            log_dir=workdir,
+        )
 
     def converge(self) -> None:
-        projects = [
-            {
-                "name": name,
-                "portal_url": self.portals[name].url,
-                "portal_user": "poller",
-                "portal_password": PASSWORD,
-                "speed": 0.5,
-                "min_free_disk": "100M",
-                "min_free_mem": "100M",
-                **extra,
-            }
-            for name, extra in PROJECTS.items()
-        ]
-        self.stand.sandbox.write_inventory(
-            self.inventory,
-            host_vars={HOST: {"leam_projects": projects}},
-            group_vars={
-                "leam_jobservers": {
-                    "leampoll_install_mode": "wheelhouse",
-                    "leam_jobdir_min_free": "20M",
-                    # A run that filled the disk is not kept: it would keep it full.
-                    "leampoll_extra_args": ["--keep-failed", "0", "--max-backoff", "2"],
-                }
-            },
-        )
-        out = playbook.run(self.inventory, "site.yml", log_dir=self.dir)
-        assert out.returncode == 0, out.stdout[-4000:]
+        out = self.deployed.converge()
         assert recap(out.stdout)[HOST]["failed"] == 0, out.stdout[-4000:]
 
     def ssh(self, command: str) -> str:

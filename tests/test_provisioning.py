@@ -9,6 +9,7 @@ which the hosts reach because they share the machine's network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -19,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from testing import playbook
@@ -67,10 +67,6 @@ class Fleet:
     def inventory(self) -> Path:
         """The inventory played: the deployed one, or one a test wrote for itself."""
         return self.deployed.path
-
-    @inventory.setter
-    def inventory(self, path: Path) -> None:
-        self.deployed.path = path
 
     def ensure(self, project: str, state: str) -> None:
         """Bring an alpha project to `present` or `absent` unless it is so already.
@@ -146,12 +142,12 @@ def peoria_absent(fleet) -> None:
 
 @pytest.fixture
 def own_inventory(fleet) -> Iterator[Fleet]:
-    """For a test that plays an inventory of its own: the one the other tests write and
-    play is back afterwards, and the hosts converged to it."""
-    deployed = fleet.inventory
+    """For a test that plays an inventory of its own (as `fleet.deployed`): the one the
+    other tests write and play is back afterwards, and the hosts converged to it."""
+    deployed = fleet.deployed
     yield fleet
-    if fleet.inventory != deployed:
-        fleet.inventory = deployed
+    if fleet.deployed is not deployed:
+        fleet.deployed = deployed
         out = fleet.play("--limit", "alpha,beta")
         assert out.returncode == 0, out.stdout[-4000:]
 
@@ -464,15 +460,14 @@ def test_status_playbook_prints_one_table_even_with_an_unreachable_host(fleet):
     assert recap(out.stdout)["alpha"]["changed"] == 0
     assert PASSWORD not in out.stdout
 
-    inventory = yaml.safe_load(fleet.inventory.read_text())
-    inventory["all"]["hosts"]["ghost"] = {
-        **inventory["all"]["hosts"]["beta"],
-        "ansible_host": "127.0.0.250",
-    }
-    inventory["all"]["children"]["leam_jobservers"]["hosts"]["ghost"] = None
-    ghost_inventory = fleet.dir / "with-ghost.yml"
-    ghost_inventory.write_text(yaml.safe_dump(inventory))
-    out = ops_play(fleet, "status.yml", "--limit", "alpha,ghost", inventory=ghost_inventory)
+    # beta's twin at an address nothing answers at
+    with_ghost = dataclasses.replace(
+        fleet.deployed,
+        path=fleet.dir / "with-ghost.yml",
+        projects={**fleet.deployed.projects, "ghost": fleet.deployed.projects["beta"]},
+        unreachable={"ghost": "127.0.0.250"},
+    )
+    out = ops_play(fleet, "status.yml", "--limit", "alpha,ghost", inventory=with_ghost.write())
     assert out.returncode == 0, out.stdout[-4000:]
     rows = table_rows(out.stdout)
     assert [r[:3] for r in rows] == [
@@ -678,14 +673,24 @@ def jobs_total(series: dict, project: str) -> dict[str, float]:
 
 @pytest.mark.usefixtures("own_inventory")
 def test_node_exporter_serves_the_pollers_series(fleet):
-    inventory = yaml.safe_load(fleet.inventory.read_text())
-    inventory["all"]["children"]["leam_jobservers"]["vars"]["leampoll_metrics"] = True
-    addresses = {}
-    for name in ("alpha", "beta"):
-        addresses[name] = f"{fleet.hosts[name].address}:9100"
-        inventory["all"]["hosts"][name]["leampoll_node_exporter_listen_address"] = addresses[name]
-    fleet.inventory = fleet.dir / "with-metrics.yml"
-    fleet.inventory.write_text(yaml.safe_dump(inventory))
+    addresses = {name: f"{fleet.hosts[name].address}:9100" for name in ("alpha", "beta")}
+    deployed = fleet.deployed
+    fleet.deployed = dataclasses.replace(
+        deployed,
+        path=fleet.dir / "with-metrics.yml",
+        host_vars={
+            **deployed.host_vars,
+            **{
+                name: {
+                    **deployed.host_vars.get(name, {}),
+                    "leampoll_node_exporter_listen_address": a,
+                }
+                for name, a in addresses.items()
+            },
+        },
+        group_vars={**deployed.group_vars, "leampoll_metrics": True},
+    )
+    fleet.deployed.write()
     out = fleet.play("--limit", "alpha,beta")
     assert out.returncode == 0, out.stdout[-4000:]
     assert fleet.play("--limit", "alpha,beta").stdout.count("changed=0") == 2

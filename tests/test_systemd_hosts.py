@@ -60,13 +60,7 @@ class Fleet:
         self.deployed.projects = {
             host: [leam_project(p, self.portals[p].url, PASSWORD) for p in projects]
             + [
-                {
-                    "name": p,
-                    "portal_url": f"http://127.0.0.1:9/{p}",
-                    "portal_user": "poller",
-                    "portal_password": PASSWORD,
-                    "state": "absent",
-                }
+                leam_project(p, f"http://127.0.0.1:9/{p}", PASSWORD, state="absent")
                 for p in self.absent[host]
                 if p not in projects
             ]
