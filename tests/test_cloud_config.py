@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testing import cloud_init
+from testing import cloud_init, playbook
 from testing.playbook import ROOT
 
 pytestmark = pytest.mark.timeout(300)
@@ -253,30 +253,22 @@ def _inventory(tmp: Path) -> Path:
     return inv
 
 
-def test_userdata_playbook_renders_a_valid_document_with_no_secret_in_clear(tmp_path):
+def userdata_playbook(tmp_path: Path, *extra_vars: str) -> subprocess.CompletedProcess:
+    """playbooks/userdata.yml against a test inventory in tmp_path; each of extra_vars an -e."""
     inv = _inventory(tmp_path)
+    options = [word for var in extra_vars for word in ("-e", var)]
+    vault = ["--vault-password-file", str(tmp_path / "vault-pass")]
+    return playbook.run(inv, "playbooks/userdata.yml", *vault, *options, timeout=240)
+
+
+def test_userdata_playbook_renders_a_valid_document_with_no_secret_in_clear(tmp_path):
     dest = tmp_path / "userdata.yaml"
-    run = subprocess.run(
-        [
-            Path(sys.executable).with_name("ansible-playbook"),
-            "-i",
-            str(inv),
-            "playbooks/userdata.yml",
-            "--vault-password-file",
-            str(tmp_path / "vault-pass"),
-            "-e",
-            "target=job1",
-            "-e",
-            "leam_userdata_repo=file:///srv/leam.git",
-            "-e",
-            f"leam_userdata_vault_password_file={tmp_path / 'vault-pass'}",
-            "-e",
-            f"dest={dest}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    run = userdata_playbook(
+        tmp_path,
+        "target=job1",
+        "leam_userdata_repo=file:///srv/leam.git",
+        f"leam_userdata_vault_password_file={tmp_path / 'vault-pass'}",
+        f"dest={dest}",
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert SECRET not in run.stdout + run.stderr
@@ -295,21 +287,5 @@ def test_userdata_playbook_renders_a_valid_document_with_no_secret_in_clear(tmp_
 
 
 def test_userdata_playbook_names_what_is_missing(tmp_path):
-    inv = _inventory(tmp_path)
-    run = subprocess.run(
-        [
-            Path(sys.executable).with_name("ansible-playbook"),
-            "-i",
-            str(inv),
-            "playbooks/userdata.yml",
-            "--vault-password-file",
-            str(tmp_path / "vault-pass"),
-            "-e",
-            "target=nohost",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    run = userdata_playbook(tmp_path, "target=nohost")
     assert run.returncode != 0 and "-e target=HOST" in run.stdout

@@ -97,18 +97,18 @@ def test_poller_and_role_agree_on_what_is_loopback(host):
     )
 
 
-def test_remote_http_portal_refused_with_one_line_naming_the_option(env):
-    out = subprocess.run(
-        [*LEAMPOLL, "http://portal.example.org/chicago"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=20,
-    )
+def one_line_error(env: dict[str, str], *args: str) -> str:
+    """The poller refusing to start: exit 1 and one line on stderr, which is returned."""
+    out = subprocess.run([*LEAMPOLL, *args], capture_output=True, text=True, env=env, timeout=20)
     assert out.returncode == 1
     (line,) = out.stderr.strip().splitlines()
+    return line
+
+
+def test_remote_http_portal_refused_with_one_line_naming_the_option(env):
+    line = one_line_error(env, "http://portal.example.org/chicago")
     assert "portal.example.org" in line and "--allow-insecure-http" in line
-    assert PASSWORD not in out.stderr
+    assert PASSWORD not in line
 
 
 def test_allow_insecure_http_lets_a_remote_http_portal_through():
@@ -251,15 +251,9 @@ def test_a_certificate_for_another_host_fails_even_with_its_ca(tmp_path, start_p
 
 
 def test_missing_ca_file_is_a_one_line_error(env, tmp_path):
-    out = subprocess.run(
-        [*LEAMPOLL, "--ca-file", str(tmp_path / "nope.pem"), "https://127.0.0.1:9/portal"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=20,
+    line = one_line_error(
+        env, "--ca-file", str(tmp_path / "nope.pem"), "https://127.0.0.1:9/portal"
     )
-    assert out.returncode == 1
-    (line,) = out.stderr.strip().splitlines()
     assert "--ca-file" in line and "nope.pem" in line
 
 
