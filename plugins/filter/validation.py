@@ -42,15 +42,15 @@ try:
     import leampoll  # noqa: F401  (a checkout's venv has it installed)
 except ImportError:  # the installed collection carries the poller's source at its root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
-from leampoll import loading, options, origins, security, sources, units
+from leampoll import loading, options, origins, security, units
 from leampoll.config import ConfigError
-from leampoll.paths import PLAIN_PATH, PLAIN_PATH_TEXT, is_plain_path
+from leampoll.paths import PLAIN_PATH_TEXT
+from leampoll.paths import is_plain_path as is_path
+from leampoll.sources import truth  # Ansible's bool: the poller's own words, y and t
 
 # Project names become directory, program and file names.
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 USER = re.compile(r"^[a-z_][a-z0-9_-]*$")
-# An absolute path of letters, digits and ._+-, without . or .. components.
-PATH = PLAIN_PATH
 # Never made the job tree root (it is chowned to leam_user).
 _TOP = "bin boot dev etc home lib lib64 media mnt opt proc root run sbin srv sys tmp usr var"
 SYSTEM_DIRS = frozenset(f"/{name}" for name in _TOP.split())
@@ -95,6 +95,7 @@ def credential_options() -> list[str]:
     )
 
 
+@functools.lru_cache(maxsize=1)
 def option_kinds() -> dict[str, str]:
     """dest -> what it takes, of each poller option whose conversion checks a value.
 
@@ -144,17 +145,6 @@ def is_size(value: Any) -> bool:
     return True
 
 
-def poller_accepts(dest: str, value: Any) -> bool:
-    """The value converts as the poller's own option `dest` converts it: one rule."""
-    if not callable(_parser().options[dest].action.type):
-        return False
-    try:
-        options.convert(_parser(), dest, value)
-    except ValueError:
-        return False
-    return True
-
-
 def number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -177,11 +167,6 @@ def at_least(low: float, kind: Callable[[Any], float | None] = number) -> Callab
 
 def above(low: float, kind: Callable[[Any], float | None] = number) -> Callable[[Any], bool]:
     return lambda value: (n := kind(value)) is not None and n > low
-
-
-# As the argument spec's bool type and Jinja's `| bool` read it: the poller's own words, y, t.
-truth = sources.truth
-is_path = is_plain_path
 
 
 def is_url(value: Any) -> bool:
